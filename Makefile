@@ -1,0 +1,43 @@
+# cweb: `make run` starts the embedded server, `make test` runs every suite.
+# Both install what is missing first (apt packages when root, then the venv).
+
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+APT_PACKAGES := gcc libc6-dev libssl-dev libsqlite3-dev libjansson-dev bubblewrap
+TEST_APT_PACKAGES := chromium wrk
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: install install-test run test lint bench images clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@scripts/ensure-system.sh $(APT_PACKAGES)
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e .
+	@touch $@
+
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	@scripts/ensure-system.sh $(TEST_APT_PACKAGES)
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+run: install
+	$(VPY) -m api
+
+test: install-test
+	$(VPY) -m pytest -q tests
+
+lint: install-test
+	$(VPY) -m ruff check api builder runtime tests bench
+
+bench: install-test
+	$(VPY) bench/run.py
+
+clean:
+	rm -rf $(VENV) data

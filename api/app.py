@@ -1,0 +1,193 @@
+"""create_app(): the control plane (FastAPI) behind the module fast path."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.deploy import ModuleHost
+from api.dispatch import Dispatcher
+from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
+from api.registry import Registry
+from api.runtime_client import AgentClient
+from api.settings import Settings
+from builder.errors import BuildError
+from builder.local import LocalBuilder, sdk_tarball
+from builder import compile as compile_mod
+
+log = logging.getLogger("cweb.api")
+
+
+def _error_response(exc: Exception) -> Response:
+    status, body = error_body(exc)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+class State:
+    """Everything the control plane needs, built in the lifespan."""
+
+    settings: Settings
+    host: ModuleHost
+    builder: Any
+    registry: Registry
+    agent: AgentClient
+    started_at: float
+
+
+async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise BadRequest(
+            "upload the C file as multipart/form-data with a field named 'code' (curl -F code=@module.c)",
+            code="not_multipart",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"upload is {declared} bytes; the source limit is {max_bytes}", code="source_too_large")
+    try:
+        form = await request.form(max_files=4, max_fields=16)
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the client's malformed body
+        raise BadRequest(f"malformed multipart body: {exc}", code="malformed_upload") from exc
+    field = form.get("code")
+    if field is None:
+        raise BadRequest("multipart field 'code' is missing", code="missing_code")
+    if isinstance(field, UploadFile):
+        data = await field.read(max_bytes + 1)
+        name = field.filename or "module.c"
+    else:
+        data = field.encode()
+        name = "module.c"
+    await form.close()
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"source is larger than the limit of {max_bytes} bytes", code="source_too_large")
+    return data, name
+
+
+def create_app(settings: Settings) -> Dispatcher:
+    settings = settings.resolved()
+    state = State()
+    state.settings = settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        os.makedirs(settings.data_dir, exist_ok=True)
+        os.makedirs(settings.run_dir, exist_ok=True)
+        state.started_at = time.time()
+        state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
+        state.builder = LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
+        if not state.builder.sandboxed:
+            if settings.unsafe_builds:
+                log.warning("bubblewrap is unavailable: compiling WITHOUT a sandbox (CWEB_UNSAFE_BUILDS=1)")
+            else:
+                log.error("bubblewrap is unavailable: uploads will be refused (set CWEB_UNSAFE_BUILDS=1 to allow unsandboxed builds)")
+        host_box: dict[str, ModuleHost] = {}
+
+        async def on_event(event: dict) -> None:
+            if "host" in host_box:
+                await host_box["host"].on_agent_event(event)
+
+        if settings.runtime_socket:
+            state.agent = AgentClient(settings.runtime_socket, on_event)
+        else:
+            state.agent = AgentClient(os.path.join(settings.run_dir, "agent.sock"), on_event)
+            await state.agent.spawn_embedded(settings.store_dir, settings.run_dir, settings.data_dir, settings.workdir)
+        await state.agent.connect()
+        state.host = ModuleHost(settings, state.agent, state.registry)
+        host_box["host"] = state.host
+        dispatcher.host = state.host
+        await state.host.restore()
+        try:
+            await state.builder.glue_object()
+        except BuildError as exc:
+            log.error("SDK glue does not compile: %s", exc.message)
+        log.info("cweb ready on %s:%d (data dir %s, builds: %s)", settings.host, settings.port, settings.data_dir, state.builder.mode)
+        yield
+        await state.agent.close()
+        state.registry.close()
+
+    app = FastAPI(title="cweb", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url="/redoc")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(BuildError)
+    async def _build_error(request: Request, exc: BuildError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(exc)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "modules": len(state.host.active), "builds": state.builder.mode}
+
+    @app.post("/mgnt")
+    async def deploy(request: Request, check: int = 0) -> dict:
+        """Build, validate and activate an uploaded C module (field `code`)."""
+        t0 = time.perf_counter()
+        source, filename = await _read_upload(request, settings.max_source_bytes)
+        result = await state.builder.build(source, filename)
+        base = {
+            "module_hash": result.module_hash,
+            "source_sha256": result.source_sha256,
+            "build_key": result.build_key,
+            "cache_hit": result.cache_hit,
+            "build_ms": round(result.build_ms, 2),
+            "warnings": result.warnings,
+        }
+        if check:
+            return {"ok": True, **base}
+        version, previous, noop = await state.host.activate(
+            result.module_hash, source_sha256=result.source_sha256, build_key=result.build_key
+        )
+        summary = version.summary()
+        return {
+            **summary,
+            **base,
+            "noop": noop,
+            "previous_hash": previous.module_hash if previous else None,
+            "deploy_ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
+
+    @app.get("/modules")
+    async def modules() -> dict:
+        return {"modules": [v.summary() for v in sorted(state.host.active.values(), key=lambda v: v.deployed_at)]}
+
+    @app.get("/modules/{name}")
+    async def module(name: str) -> dict:
+        return state.host.get(name).summary()
+
+    @app.delete("/modules/{name}")
+    async def remove_module(name: str) -> dict:
+        await state.host.remove(name)
+        return {"name": name, "removed": True}
+
+    @app.get("/sdk/cweb.h")
+    async def sdk_header() -> Response:
+        with open(os.path.join(compile_mod.SDK_DIR, "cweb.h"), "rb") as f:
+            return PlainTextResponse(f.read(), media_type="text/x-c")
+
+    @app.get("/sdk.tar.gz")
+    async def sdk_archive() -> Response:
+        return Response(sdk_tarball(), media_type="application/gzip",
+                        headers={"content-disposition": 'attachment; filename="cweb-sdk.tar.gz"'})
+
+    dispatcher = Dispatcher(None, app, settings.max_body_bytes, settings.request_timeout)  # type: ignore[arg-type]
+    dispatcher.state = state  # type: ignore[attr-defined]
+    return dispatcher

@@ -1,0 +1,236 @@
+"""Build -> load -> validate -> onload -> swap, and everything that changes
+which module versions serve: removal, rollback, restore after restart, and
+restarting crashed workers.
+
+Only one deploy runs at a time (a lock); requests are never blocked by it:
+they read `host.table`, which a deploy replaces in one assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from api import routing
+from api.errors import Invalid, NotFound, Unavailable
+from api.registry import Registry
+from api.runtime_client import AgentClient, RuntimeError_, WorkerPool
+from api.settings import Settings
+
+log = logging.getLogger("cweb.api")
+
+# A module that crashes this often is quarantined until it is redeployed.
+CRASH_LIMIT = 5
+CRASH_WINDOW_S = 60.0
+RESTART_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(eq=False)
+class Version:
+    """One artifact loaded in one worker process."""
+
+    name: str
+    module_hash: str
+    decl: dict
+    worker_id: int
+    pool: WorkerPool
+    source_sha256: str = ""
+    build_key: str = ""
+    deployed_at: float = 0.0
+    state: str = "active"  # active | restarting | quarantined | retiring | stopped
+    crashes: list[float] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "author": self.decl.get("author", ""),
+            "module_hash": self.module_hash,
+            "source_sha256": self.source_sha256,
+            "build_key": self.build_key,
+            "routes": [{"method": r["method"], "path": r["path"]} for r in self.decl["routes"]],
+            "websockets": [{"path": w["path"]} for w in self.decl["websockets"]],
+            "jobs": [{"name": j["name"]} for j in self.decl["jobs"]],
+            "deployed_at": self.deployed_at,
+            "state": self.state,
+        }
+
+
+_AGENT_ERRORS = {
+    "missing_config": "the module defines no `module_t config` symbol",
+}
+
+
+def _runtime_to_api(exc: RuntimeError_) -> Exception:
+    if exc.code in ("runtime_unreachable", "agent_error"):
+        return Unavailable(exc.message, code=exc.code)
+    return Invalid(exc.message, code=exc.code)
+
+
+class ModuleHost:
+    def __init__(self, settings: Settings, agent: AgentClient, registry: Registry) -> None:
+        self.settings = settings
+        self.agent = agent
+        self.registry = registry
+        self.active: dict[str, Version] = {}
+        self.table = routing.RouteTable()
+        self.by_worker: dict[int, Version] = {}
+        self.lock = asyncio.Lock()
+        self.retiring: set[Version] = set()
+
+    # ---- loading -----------------------------------------------------------
+
+    async def _load(self, module_hash: str) -> tuple[int, str, dict]:
+        try:
+            r = await self.agent.call("load", hash=module_hash, max_response=self.settings.max_response_bytes)
+        except RuntimeError_ as exc:
+            raise _runtime_to_api(exc) from exc
+        return r["worker_id"], r["socket"], r["describe"]
+
+    async def _start(self, worker_id: int, socket_path: str) -> WorkerPool:
+        try:
+            await self.agent.call("start", worker_id=worker_id)
+        except RuntimeError_ as exc:
+            raise _runtime_to_api(exc) from exc
+        pool = WorkerPool(socket_path, self.settings.worker_threads)
+        await pool.open()
+        return pool
+
+    async def _discard(self, worker_id: int) -> None:
+        try:
+            await self.agent.call("kill", worker_id=worker_id, expected=True)
+        except RuntimeError_:
+            pass
+
+    async def activate(self, module_hash: str, *, source_sha256: str, build_key: str, action: str = "deploy") -> tuple[Version, Version | None, bool]:
+        """Load module_hash and make it the active version of its module.
+
+        Returns (version, previous, noop). Any rejection leaves the previous
+        version serving and nothing changed."""
+        async with self.lock:
+            for v in self.active.values():
+                if v.module_hash == module_hash and v.state != "quarantined":
+                    return v, None, True
+            worker_id, socket_path, desc = await self._load(module_hash)
+            try:
+                decl = routing.validate_declaration(desc)
+                routing.check_conflicts(decl, list(self.active.values()))
+                pool = await self._start(worker_id, socket_path)
+            except BaseException:
+                await self._discard(worker_id)
+                raise
+            version = Version(decl["name"], module_hash, decl, worker_id, pool, source_sha256, build_key)
+            version.ready.set()
+            self.registry.record_artifact(module_hash, decl, source_sha256, build_key)
+            version.deployed_at = self.registry.activate(decl["name"], module_hash, action)
+            previous = self.active.get(decl["name"])
+            self.by_worker[worker_id] = version
+            self.active[decl["name"]] = version
+            self._rebuild()
+            if previous is not None:
+                self._retire(previous)
+            return version, previous, False
+
+    def _rebuild(self) -> None:
+        ordered = sorted(self.active.values(), key=lambda v: v.deployed_at)
+        self.table = routing.RouteTable(ordered)
+
+    def _retire(self, old: Version) -> None:
+        old.state = "retiring"
+        self.retiring.add(old)
+        asyncio.create_task(self._drain_and_stop(old))
+
+    async def _drain_and_stop(self, old: Version) -> None:
+        """Let requests that started on old finish, then unload and stop it."""
+        try:
+            await asyncio.wait_for(old.pool.drained.wait(), self.settings.request_timeout + 5)
+        except asyncio.TimeoutError:
+            log.warning("module %s %s did not drain; stopping it anyway", old.name, old.module_hash[:12])
+        old.pool.close()
+        self.by_worker.pop(old.worker_id, None)
+        try:
+            await self.agent.call("stop", worker_id=old.worker_id)
+        except RuntimeError_:
+            pass
+        old.state = "stopped"
+        self.retiring.discard(old)
+
+    # ---- removal and listing -------------------------------------------------
+
+    async def remove(self, name: str) -> None:
+        async with self.lock:
+            v = self.active.pop(name, None)
+            if v is None:
+                raise NotFound(f"no module named {name!r}", code="module_not_found")
+            self.registry.remove(name)
+            self._rebuild()
+            self._retire(v)
+
+    def get(self, name: str) -> Version:
+        v = self.active.get(name)
+        if v is None:
+            raise NotFound(f"no module named {name!r}", code="module_not_found")
+        return v
+
+    # ---- restart after a restart of the server ------------------------------
+
+    async def restore(self) -> None:
+        """Bring back every module that was active, from the store, no compile."""
+        for name, module_hash, deployed_at in self.registry.active():
+            art = self.registry.artifact(module_hash)
+            try:
+                worker_id, socket_path, desc = await self._load(module_hash)
+                decl = routing.validate_declaration(desc)
+                pool = await self._start(worker_id, socket_path)
+            except Exception as exc:  # noqa: BLE001 - one bad module must not stop the server
+                log.error("could not restore module %s (%s): %s", name, module_hash[:12], exc)
+                continue
+            v = Version(name, module_hash, decl, worker_id, pool,
+                        art["source_sha256"] if art else "", art["build_key"] if art else "", deployed_at)
+            v.ready.set()
+            self.active[name] = v
+            self.by_worker[worker_id] = v
+        self._rebuild()
+
+    # ---- crashes ----------------------------------------------------------------
+
+    async def on_agent_event(self, event: dict) -> None:
+        if event.get("event") != "exited" or event.get("expected"):
+            return
+        v = self.by_worker.pop(event["worker_id"], None)
+        if v is None:
+            return
+        v.pool.kill()
+        if v.state in ("retiring", "stopped"):
+            return
+        log.warning("module %s (%s) worker crashed: %s", v.name, v.module_hash[:12], event.get("reason"))
+        now = time.monotonic()
+        v.crashes = [t for t in v.crashes if now - t < CRASH_WINDOW_S] + [now]
+        if len(v.crashes) >= CRASH_LIMIT:
+            v.state = "quarantined"
+            v.ready.set()
+            log.error("module %s quarantined after %d crashes in %.0f s", v.name, len(v.crashes), CRASH_WINDOW_S)
+            return
+        v.state = "restarting"
+        v.ready.clear()
+        await asyncio.sleep(RESTART_BACKOFF_S[min(len(v.crashes) - 1, len(RESTART_BACKOFF_S) - 1)])
+        if self.active.get(v.name) is not v:
+            return
+        try:
+            worker_id, socket_path, _ = await self._load(v.module_hash)
+            pool = await self._start(worker_id, socket_path)
+        except Exception as exc:  # noqa: BLE001
+            log.error("restart of module %s failed: %s", v.name, exc)
+            v.state = "quarantined"
+            v.ready.set()
+            return
+        if self.active.get(v.name) is not v:
+            await self._discard(worker_id)
+            return
+        v.worker_id = worker_id
+        v.pool = pool
+        self.by_worker[worker_id] = v
+        v.state = "active"
+        v.ready.set()

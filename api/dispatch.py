@@ -1,0 +1,228 @@
+"""The ASGI fast path: module routes go straight from the ASGI scope to a
+worker frame and back, with no FastAPI, Starlette request objects or JSON on
+the way. Anything under a reserved prefix goes to the control-plane app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from api import routing
+from api.deploy import ModuleHost
+from api.errors import json_error
+from api.runtime_client import WorkerGone
+from runtime import protocol
+
+log = logging.getLogger("cweb.api")
+
+_CONTROL = tuple(routing.RESERVED_PREFIXES)
+_DEFAULT_TYPE = (b"content-type", b"text/html; charset=utf-8")
+_JSON_TYPE = (b"content-type", b"application/json")
+_METHOD_CODES = protocol.METHODS
+_SKIP_HEADERS = {b"content-length", b"transfer-encoding", b"connection"}
+
+
+async def send_json(send: Callable, status: int, body: bytes, extra: list | None = None) -> None:
+    headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _form_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]] | None:
+    """Parsed urlencoded or multipart form fields, for req->data."""
+    ctype = b""
+    for k, v in headers:
+        if k == b"content-type":
+            ctype = v
+            break
+    if ctype.startswith(b"application/x-www-form-urlencoded"):
+        return [(k.encode(), v.encode()) for k, v in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
+    if ctype.startswith(b"multipart/form-data"):
+        return _multipart_fields(ctype, body)
+    return None
+
+
+def _multipart_fields(ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
+    from multipart.multipart import parse_options_header
+    import multipart
+
+    _, params = parse_options_header(ctype)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        return []
+    fields: list[tuple[bytes, bytes]] = []
+    current: dict[str, Any] = {}
+
+    def on_part_begin() -> None:
+        current.clear()
+        current["headers"] = {}
+        current["data"] = bytearray()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        current["hname"] = current.get("hname", b"") + data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        current["hvalue"] = current.get("hvalue", b"") + data[start:end]
+
+    def on_header_end() -> None:
+        current["headers"][current.pop("hname", b"").lower()] = current.pop("hvalue", b"")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        current["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        disp = current["headers"].get(b"content-disposition", b"")
+        _, p = parse_options_header(disp)
+        name = p.get(b"name")
+        if name is not None:
+            fields.append((name, bytes(current["data"])))
+
+    parser = multipart.MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    parser.write(body)
+    parser.finalize()
+    return fields
+
+
+class Dispatcher:
+    """The outermost ASGI app."""
+
+    def __init__(self, host: ModuleHost, control: Any, max_body: int, timeout: float) -> None:
+        self.host = host
+        self.control = control
+        self.max_body = max_body
+        self.timeout = timeout
+        self.ws_handler: Callable | None = None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path.startswith(_CONTROL) or path == "/favicon.ico":
+                await self.control(scope, receive, send)
+                return
+            await self.http(scope, receive, send, path)
+        elif kind == "websocket":
+            if self.ws_handler is not None and not scope["path"].startswith(_CONTROL):
+                await self.ws_handler(scope, receive, send)
+            else:
+                await self.control(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+    async def http(self, scope: dict, receive: Callable, send: Callable, path: str) -> None:
+        method = scope["method"]
+        entry, allowed = self.host.table.match(method, path)
+        if entry is None:
+            if allowed:
+                status, body = json_error(405, "method_not_allowed", f"{method} is not allowed on {path}", allowed=list(allowed))
+                await send_json(send, status, body, [(b"allow", ", ".join(allowed).encode())])
+            elif path == "/":
+                await self.control(scope, receive, send)
+            else:
+                status, body = json_error(404, "not_found", f"no route for {path}")
+                await send_json(send, status, body)
+            return
+
+        headers = scope["headers"]
+        body = await self._read_body(headers, receive, send)
+        if body is None:
+            return
+
+        version = entry.version
+        if version.state != "active":
+            if version.state == "restarting":
+                try:
+                    await asyncio.wait_for(version.ready.wait(), 5)
+                except asyncio.TimeoutError:
+                    pass
+            if version.state != "active":
+                msg = (
+                    f"module {version.name} is quarantined after repeated crashes; redeploy it"
+                    if version.state == "quarantined"
+                    else f"module {version.name} is restarting"
+                )
+                status, err = json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash)
+                await send_json(send, status, err)
+                return
+
+        data = _form_fields(headers, body) if body else None
+        frame = protocol.encode_http(
+            _METHOD_CODES.get(method, 0), entry.index, path.encode(), scope["query_string"], body, headers, data
+        )
+        try:
+            reply = await version.pool.request(frame, self.timeout)
+        except WorkerGone:
+            status, err = json_error(
+                502, "worker_crashed", f"module {version.name} crashed while handling the request",
+                module=version.name, module_hash=version.module_hash,
+            )
+            await send_json(send, status, err)
+            return
+        except asyncio.TimeoutError:
+            status, err = json_error(
+                504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s",
+                module=version.name, module_hash=version.module_hash,
+            )
+            await send_json(send, status, err)
+            return
+
+        status, rheaders, rbody = protocol.decode_http_response(reply)
+        out = [(b"content-length", str(len(rbody)).encode())]
+        has_type = False
+        for k, v in rheaders:
+            lk = k.lower()
+            if lk in _SKIP_HEADERS or b"\n" in v or b"\r" in v or b"\n" in k or b"\r" in k or b":" in k:
+                continue
+            if lk == b"content-type":
+                has_type = True
+            out.append((lk, v))
+        if not has_type:
+            out.append(_DEFAULT_TYPE)
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else rbody})
+
+    async def _read_body(self, headers: list, receive: Callable, send: Callable) -> bytes | None:
+        for k, v in headers:
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    status, err = json_error(400, "bad_content_length", "Content-Length is not a number")
+                    await send_json(send, status, err)
+                    return None
+                if declared > self.max_body:
+                    status, err = json_error(413, "body_too_large", f"request body is {declared} bytes; the limit is {self.max_body}")
+                    await send_json(send, status, err)
+                    return None
+                break
+        msg = await receive()
+        body = msg.get("body", b"")
+        if not msg.get("more_body"):
+            return body
+        chunks = [body]
+        size = len(body)
+        while msg.get("more_body"):
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                status, err = json_error(413, "body_too_large", f"request body exceeds the limit of {self.max_body} bytes")
+                await send_json(send, status, err)
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)

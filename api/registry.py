@@ -1,0 +1,98 @@
+"""Which module versions are active, and every deploy ever made.
+
+A small SQLite file owned by the api (<data-dir>/registry.db). Writes happen
+on deploys only, so the synchronous sqlite3 module is fine here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    module_hash   TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    author        TEXT NOT NULL DEFAULT '',
+    source_sha256 TEXT NOT NULL,
+    build_key     TEXT NOT NULL,
+    decl          TEXT NOT NULL,
+    first_seen    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS modules (
+    name          TEXT PRIMARY KEY,
+    module_hash   TEXT NOT NULL REFERENCES artifacts(module_hash),
+    deployed_at   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deploys (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT NOT NULL,
+    module_hash   TEXT,
+    action        TEXT NOT NULL,
+    at            REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deploys_name ON deploys(name, id);
+"""
+
+
+class Registry:
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def record_artifact(self, module_hash: str, decl: dict, source_sha256: str, build_key: str) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (module_hash, decl["name"], decl.get("author", ""), source_sha256, build_key, json.dumps(decl), time.time()),
+        )
+
+    def artifact(self, module_hash: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT module_hash, name, author, source_sha256, build_key, decl, first_seen FROM artifacts WHERE module_hash = ?",
+            (module_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "module_hash": row[0], "name": row[1], "author": row[2], "source_sha256": row[3],
+            "build_key": row[4], "decl": json.loads(row[5]), "first_seen": row[6],
+        }
+
+    def activate(self, name: str, module_hash: str, action: str = "deploy") -> float:
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO modules VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET module_hash = excluded.module_hash, deployed_at = excluded.deployed_at",
+                (name, module_hash, now),
+            )
+            self.db.execute("INSERT INTO deploys (name, module_hash, action, at) VALUES (?, ?, ?, ?)", (name, module_hash, action, now))
+        return now
+
+    def remove(self, name: str) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM modules WHERE name = ?", (name,))
+            self.db.execute("INSERT INTO deploys (name, module_hash, action, at) VALUES (?, NULL, 'remove', ?)", (name, time.time()))
+
+    def active(self) -> list[tuple[str, str, float]]:
+        """(name, module_hash, deployed_at) in deploy order."""
+        return self.db.execute("SELECT name, module_hash, deployed_at FROM modules ORDER BY deployed_at").fetchall()
+
+    def versions(self, name: str) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT d.module_hash, a.source_sha256, MIN(d.at), MAX(d.at) FROM deploys d JOIN artifacts a USING(module_hash) "
+            "WHERE d.name = ? AND d.module_hash IS NOT NULL GROUP BY d.module_hash ORDER BY MAX(d.at) DESC",
+            (name,),
+        ).fetchall()
+        return [{"module_hash": r[0], "source_sha256": r[1], "deployed_at": r[2], "last_deployed_at": r[3]} for r in rows]
+
+    def deploys_of(self, module_hash: str) -> list[dict]:
+        rows = self.db.execute("SELECT name, action, at FROM deploys WHERE module_hash = ? ORDER BY id", (module_hash,)).fetchall()
+        return [{"name": r[0], "action": r[1], "at": r[2]} for r in rows]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,212 @@
+"""The route table: which module version answers a method and path.
+
+Precedence (documented in README): a path without regex metacharacters is
+matched exactly by dictionary lookup and always wins; otherwise regex paths
+are tried in the order their modules were deployed, then in the order the
+module declares them, and the first full match wins.
+
+Tables are immutable: a deploy builds a new one and swaps the reference, so
+a request sees either the old table or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from api.errors import Conflict, Invalid
+
+# Paths owned by the server; no module route or socket may live under them.
+RESERVED_PREFIXES = (
+    "/jobs",
+    "/mgnt",
+    "/modules",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/metrics",
+    "/healthz",
+    "/sdk",
+    "/sdk.tar.gz",
+    "/artifacts",
+    "/ui",
+    "/_cweb",
+)
+METHODS = ("GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD")
+_META = set(".^$*+?()[]{}|\\")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def is_reserved(path: str) -> bool:
+    for prefix in RESERVED_PREFIXES:
+        if path == prefix or path.startswith(prefix + "/") or path.startswith(prefix + "?"):
+            return True
+    return False
+
+
+def is_literal(path: str) -> bool:
+    return not (set(path) & _META)
+
+
+def _shadows_reserved(pattern: re.Pattern) -> str | None:
+    for prefix in RESERVED_PREFIXES:
+        if pattern.fullmatch(prefix) or pattern.fullmatch(prefix + "/x"):
+            return prefix
+    return None
+
+
+def compile_path(path: str) -> re.Pattern | None:
+    """None for a literal path; the compiled regex otherwise (Invalid if bad)."""
+    if is_literal(path):
+        return None
+    try:
+        return re.compile(path)
+    except re.error as exc:
+        raise Invalid(f"route path {path!r} is not a valid regular expression: {exc}", code="invalid_regex") from exc
+
+
+def check_path(path: Any, what: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise Invalid(f"{what} path {path!r} must be a string starting with '/'", code="invalid_module")
+    if len(path) > 1024 or any(ord(c) < 0x20 for c in path):
+        raise Invalid(f"{what} path {path[:64]!r} is too long or has control characters", code="invalid_module")
+    if is_reserved(path):
+        raise Invalid(f"{what} path {path} is under a reserved prefix ({', '.join(RESERVED_PREFIXES)})", code="reserved_path")
+    pattern = compile_path(path)
+    if pattern is not None:
+        owner = _shadows_reserved(pattern)
+        if owner:
+            raise Invalid(f"{what} path {path} would match the reserved path {owner}", code="reserved_path")
+    return path
+
+
+def validate_declaration(desc: dict) -> dict:
+    """Check a module's declaration (from the glue) and return it normalised.
+
+    Raises Invalid naming the first problem found.
+    """
+    name = desc.get("name") or ""
+    if not _NAME.match(name):
+        raise Invalid(
+            f"module name {name!r} must be 1-128 characters of letters, digits, '_', '.', '-'",
+            code="invalid_module",
+        )
+    for field, limit_key, what in (("size", "max_routes", "routes"), ("ws_size", "max_websockets", "websockets"), ("job_size", "max_jobs", "jobs")):
+        count = desc.get(field, 0)
+        if count < 0 or count > desc.get(limit_key, 0):
+            raise Invalid(f".{field} = {count}, but a module may declare 0..{desc.get(limit_key)} {what}", code="invalid_module")
+    routes = []
+    seen: set[tuple[str, str]] = set()
+    for i, r in enumerate(desc.get("routes", [])):
+        method = (r.get("method") or "").upper()
+        if method not in METHODS:
+            raise Invalid(f"route {i} has method {r.get('method')!r}; use one of {', '.join(METHODS)}", code="invalid_module")
+        path = check_path(r.get("path"), f"route {i}")
+        if not r.get("has_handler"):
+            raise Invalid(f"route {i} ({method} {path}) has a NULL handler", code="invalid_module")
+        if (method, path) in seen:
+            raise Invalid(f"route {method} {path} is declared twice", code="duplicate_route")
+        seen.add((method, path))
+        routes.append({"method": method, "path": path, "index": i})
+    sockets = []
+    seen_ws: set[str] = set()
+    for i, w in enumerate(desc.get("websockets", [])):
+        path = check_path(w.get("path"), f"websocket {i}")
+        if path in seen_ws:
+            raise Invalid(f"websocket {path} is declared twice", code="duplicate_route")
+        seen_ws.add(path)
+        sockets.append({"path": path, "index": i})
+    jobs = []
+    seen_jobs: set[str] = set()
+    for i, j in enumerate(desc.get("jobs", [])):
+        jname = j.get("name")
+        if not jname or not isinstance(jname, str):
+            raise Invalid(f"job {i} has no name", code="invalid_module")
+        if not j.get("has_run"):
+            raise Invalid(f"job {jname!r} has a NULL run function", code="invalid_module")
+        if jname in seen_jobs:
+            raise Invalid(f"job {jname!r} is declared twice", code="duplicate_job")
+        seen_jobs.add(jname)
+        jobs.append({"name": jname, "index": i})
+    return {"name": name, "author": desc.get("author", ""), "routes": routes, "websockets": sockets, "jobs": jobs}
+
+
+@dataclass(frozen=True)
+class Entry:
+    version: Any  # api.deploy.Version
+    index: int
+    path: str
+    method: str
+
+
+class RouteTable:
+    """Immutable lookup from (method, path) to an Entry."""
+
+    def __init__(self, versions: list[Any] = ()) -> None:
+        # path -> {method: Entry}
+        self.exact: dict[str, dict[str, Entry]] = {}
+        self.patterns: list[tuple[re.Pattern, dict[str, Entry]]] = []
+        self.sockets: dict[str, Entry] = {}
+        self.socket_patterns: list[tuple[re.Pattern, Entry]] = []
+        by_pattern: dict[str, dict[str, Entry]] = {}
+        for v in versions:
+            for r in v.decl["routes"]:
+                entry = Entry(v, r["index"], r["path"], r["method"])
+                if is_literal(r["path"]):
+                    self.exact.setdefault(r["path"], {})[r["method"]] = entry
+                else:
+                    methods = by_pattern.get(r["path"])
+                    if methods is None:
+                        methods = by_pattern[r["path"]] = {}
+                        self.patterns.append((re.compile(r["path"]), methods))
+                    methods[r["method"]] = entry
+            for w in v.decl["websockets"]:
+                entry = Entry(v, w["index"], w["path"], "GET")
+                if is_literal(w["path"]):
+                    self.sockets[w["path"]] = entry
+                else:
+                    self.socket_patterns.append((re.compile(w["path"]), entry))
+
+    def match(self, method: str, path: str) -> tuple[Entry | None, tuple[str, ...]]:
+        """The entry for method+path, else (None, methods allowed on path)."""
+        methods = self.exact.get(path)
+        if methods is None:
+            for pattern, candidate in self.patterns:
+                if pattern.fullmatch(path):
+                    methods = candidate
+                    break
+            else:
+                return None, ()
+        entry = methods.get(method)
+        if entry is None:
+            return None, tuple(methods)
+        return entry, ()
+
+    def match_socket(self, path: str) -> Entry | None:
+        entry = self.sockets.get(path)
+        if entry is not None:
+            return entry
+        for pattern, e in self.socket_patterns:
+            if pattern.fullmatch(path):
+                return e
+        return None
+
+
+def check_conflicts(decl: dict, others: list[Any]) -> None:
+    """Raise Conflict if decl claims a route or socket another module owns."""
+    for v in others:
+        if v.name == decl["name"]:
+            continue
+        owned = {(r["method"], r["path"]) for r in v.decl["routes"]}
+        for r in decl["routes"]:
+            if (r["method"], r["path"]) in owned:
+                raise Conflict(
+                    f"route {r['method']} {r['path']} is already served by module {v.name!r}",
+                    code="route_conflict",
+                    owner=v.name,
+                )
+        owned_ws = {w["path"] for w in v.decl["websockets"]}
+        for w in decl["websockets"]:
+            if w["path"] in owned_ws:
+                raise Conflict(f"websocket {w['path']} is already served by module {v.name!r}", code="route_conflict", owner=v.name)

@@ -1,0 +1,248 @@
+"""The api's side of the runtime: the agent's control socket and the data
+connections to each worker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import logging
+import os
+import struct
+import sys
+from typing import Awaitable, Callable
+
+log = logging.getLogger("cweb.api")
+
+_U32 = struct.Struct("<I")
+
+
+class RuntimeError_(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class WorkerGone(Exception):
+    """The worker closed the connection: it crashed or was stopped."""
+
+
+class AgentClient:
+    """JSON-lines requests to the runtime agent, plus its event stream."""
+
+    def __init__(self, socket_path: str, on_event: Callable[[dict], Awaitable[None] | None]) -> None:
+        self.socket_path = socket_path
+        self.on_event = on_event
+        self.ids = itertools.count(1)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader_task: asyncio.Task | None = None
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def spawn_embedded(self, store: str, run_dir: str, data_dir: str, workdir: str) -> None:
+        """Start `python -m runtime` as our child and wait until it listens."""
+        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = project_root
+        for secret in ("CWEB_API_KEY",):
+            env.pop(secret, None)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime",
+            "--socket", self.socket_path, "--store", store, "--run-dir", run_dir,
+            "--data-dir", data_dir, "--workdir", workdir, "--parent-pid", str(os.getpid()),
+            stdout=asyncio.subprocess.PIPE, env=env,
+        )
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+        if b"ready" not in line:
+            raise RuntimeError_("runtime_failed", "the runtime agent did not start")
+
+    async def connect(self, attempts: int = 100) -> None:
+        for _ in range(attempts):
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=1 << 24)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError_("runtime_unreachable", f"cannot reach the runtime agent at {self.socket_path}")
+        self.writer = writer
+        self.reader_task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            msg = json.loads(line)
+            if "event" in msg:
+                res = self.on_event(msg)
+                if asyncio.iscoroutine(res):
+                    asyncio.create_task(res)
+                continue
+            fut = self.pending.pop(msg.get("id"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(RuntimeError_("runtime_unreachable", "the runtime agent went away"))
+        self.pending.clear()
+
+    async def call(self, op: str, timeout: float = 60.0, **args: object) -> dict:
+        if self.writer is None:
+            raise RuntimeError_("runtime_unreachable", "not connected to the runtime agent")
+        req_id = next(self.ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[req_id] = fut
+        self.writer.write(json.dumps({"id": req_id, "op": op, **args}).encode() + b"\n")
+        try:
+            msg = await asyncio.wait_for(fut, timeout)
+        finally:
+            self.pending.pop(req_id, None)
+        if not msg.get("ok"):
+            raise RuntimeError_(msg.get("error", "runtime_error"), msg.get("message", "runtime error"))
+        return msg
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except asyncio.TimeoutError:
+                self.process.kill()
+
+
+class WorkerConn(asyncio.Protocol):
+    """One data connection to a worker: one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if len(buf) < 4:
+            return
+        (n,) = _U32.unpack_from(buf, 0)
+        if len(buf) < 4 + n:
+            return
+        frame = bytes(buf[4 : 4 + n])
+        del buf[: 4 + n]
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(WorkerGone())
+
+    def call(self, frame: bytes) -> asyncio.Future:
+        if self.closed or self.transport is None:
+            raise WorkerGone()
+        fut = asyncio.get_running_loop().create_future()
+        self.waiter = fut
+        self.transport.write(frame)
+        return fut
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class WorkerPool:
+    """A fixed set of data connections to one worker process."""
+
+    def __init__(self, socket_path: str, size: int) -> None:
+        self.socket_path = socket_path
+        self.size = size
+        self.idle: list[WorkerConn] = []
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.inflight = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.dead = False
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self.size):
+            _, conn = await loop.create_unix_connection(WorkerConn, self.socket_path)
+            self.idle.append(conn)
+
+    async def request(self, frame: bytes, timeout: float) -> bytes:
+        """Send one frame and return the worker's answer frame.
+
+        Raises WorkerGone if the worker dies, asyncio.TimeoutError if it does
+        not answer in time (that connection is then dropped)."""
+        if self.dead:
+            raise WorkerGone()
+        self.inflight += 1
+        self.drained.clear()
+        conn = None
+        try:
+            conn = await self._acquire()
+            return await asyncio.wait_for(conn.call(frame), timeout)
+        except asyncio.TimeoutError:
+            # The handler may still answer later on this connection: never reuse it.
+            if conn is not None:
+                conn.abort()
+            raise
+        finally:
+            if conn is not None:
+                self._release(conn)
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.drained.set()
+
+    async def _acquire(self) -> WorkerConn:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+        if self.dead:
+            raise WorkerGone()
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        return await fut
+
+    def _release(self, conn: WorkerConn) -> None:
+        if conn.closed:
+            if not self.dead:
+                asyncio.create_task(self._replace())
+            return
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return
+        self.idle.append(conn)
+
+    async def _replace(self) -> None:
+        try:
+            _, conn = await asyncio.get_running_loop().create_unix_connection(WorkerConn, self.socket_path)
+        except OSError:
+            return
+        self._release(conn)
+
+    def kill(self) -> None:
+        """The worker is gone: fail everyone waiting and drop connections."""
+        self.dead = True
+        for conn in self.idle:
+            conn.abort()
+        self.idle.clear()
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(WorkerGone())
+
+    def close(self) -> None:
+        self.kill()

@@ -1,0 +1,87 @@
+"""Server settings: read once from the environment and flags, then passed in."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "./data"
+    api_keys: list[str] = field(default_factory=list)
+    insecure_no_auth: bool = False
+    builder_url: str = ""
+    runtime_socket: str = ""
+    run_dir: str = ""
+    workdir: str = ""
+    unsafe_builds: bool = False
+    max_source_bytes: int = 1 << 20
+    max_body_bytes: int = 8 << 20
+    max_response_bytes: int = 16 << 20
+    worker_threads: int = 8
+    request_timeout: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_json: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        keys = [k.strip() for k in env.get("CWEB_API_KEY", "").split(",") if k.strip()]
+        return cls(
+            host=env.get("CWEB_HOST", "127.0.0.1"),
+            port=_int(env, "CWEB_PORT", 8080),
+            data_dir=env.get("CWEB_DATA_DIR", "./data"),
+            api_keys=keys,
+            builder_url=env.get("CWEB_BUILDER_URL", ""),
+            runtime_socket=env.get("CWEB_RUNTIME_SOCKET", ""),
+            run_dir=env.get("CWEB_RUN_DIR", ""),
+            workdir=env.get("CWEB_WORKDIR", ""),
+            unsafe_builds=env.get("CWEB_UNSAFE_BUILDS", "") == "1",
+            max_source_bytes=_int(env, "CWEB_MAX_SOURCE_BYTES", 1 << 20),
+            max_body_bytes=_int(env, "CWEB_MAX_BODY_BYTES", 8 << 20),
+            max_response_bytes=_int(env, "CWEB_MAX_RESPONSE_BYTES", 16 << 20),
+            worker_threads=_int(env, "CWEB_WORKER_THREADS", 8),
+            request_timeout=_float(env, "CWEB_REQUEST_TIMEOUT", 30.0),
+            tls_cert=env.get("CWEB_TLS_CERT", ""),
+            tls_key=env.get("CWEB_TLS_KEY", ""),
+            log_json=env.get("CWEB_LOG_JSON", "") == "1",
+        )
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.host in LOOPBACK
+
+    def resolved(self) -> "Settings":
+        """Fill in the paths that derive from data_dir."""
+        self.data_dir = os.path.abspath(self.data_dir)
+        if not self.workdir:
+            self.workdir = os.getcwd()
+        if not self.run_dir:
+            candidate = os.path.join(self.data_dir, "run")
+            # Unix socket paths are limited to 107 bytes.
+            if len(candidate) + len("/agent.sock") > 100:
+                import tempfile
+
+                candidate = tempfile.mkdtemp(prefix="cweb-run-")
+            self.run_dir = candidate
+        return self
+
+    @property
+    def store_dir(self) -> str:
+        return os.path.join(self.data_dir, "store")

@@ -1,0 +1,180 @@
+"""The one place that runs gcc: fixed argv, scrubbed environment, limits, sandbox.
+
+Embedded mode jails gcc with bubblewrap: it sees /usr read-only (toolchain
+and system headers), the SDK and the prebuilt glue object read-only, a fresh
+scratch directory as /build, an empty /tmp, a minimal /dev, and no network.
+Inside the builder container the container itself is the sandbox, and the
+operator says so with CWEB_UNSAFE_BUILDS=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+
+from builder import limits
+from builder.errors import BuildTimeout, SandboxUnavailable
+
+SDK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk")
+
+# The fixed compile flags; paths are the in-sandbox ones.
+CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-fdiagnostics-color=never", "-fmax-errors=50"]
+LDFLAGS = ["-shared", "-Wl,-z,defs", "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"]
+SANDBOX_SDK = "/sdk"
+SANDBOX_GLUE = "/glue/glue.o"
+SANDBOX_BUILD = "/build"
+
+
+def sdk_digest() -> str:
+    """sha256 over every SDK and glue file, by name and content."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(SDK_DIR)):
+        path = os.path.join(SDK_DIR, name)
+        if os.path.isfile(path):
+            h.update(name.encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(f.read())
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def compiler_identity(gcc: str = "gcc") -> str:
+    """gcc's own version line and target, e.g. 'gcc (Debian 12.2.0-14) 12.2.0 x86_64-linux-gnu'."""
+    version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
+    machine = subprocess.run([gcc, "-dumpmachine"], capture_output=True, text=True, check=True).stdout
+    return f"{version.splitlines()[0].strip()} {machine.strip()}"
+
+
+def _bwrap_prefix(scratch: str, glue_obj: str | None) -> list[str]:
+    argv = [
+        "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        "--ro-bind", "/usr", "/usr",
+        "--symlink", "usr/bin", "/bin",
+        "--symlink", "usr/lib", "/lib",
+        "--symlink", "usr/sbin", "/sbin",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--ro-bind", SDK_DIR, SANDBOX_SDK,
+        "--bind", scratch, SANDBOX_BUILD,
+        "--chdir", SANDBOX_BUILD,
+        "--setenv", "PATH", "/usr/bin",
+        "--setenv", "LANG", "C",
+        "--setenv", "TMPDIR", "/tmp",
+    ]
+    if os.path.isdir("/usr/lib64"):
+        argv[argv.index("--proc"):argv.index("--proc")] = ["--symlink", "usr/lib64", "/lib64"]
+    if glue_obj:
+        argv += ["--ro-bind", glue_obj, SANDBOX_GLUE]
+    return argv + ["--"]
+
+
+def _prlimit_prefix() -> list[str]:
+    return [
+        "prlimit",
+        f"--as={limits.COMPILE_MEMORY_BYTES}",
+        f"--cpu={limits.COMPILE_CPU_SECONDS}",
+        f"--fsize={limits.COMPILE_FILE_BYTES}",
+        "--core=0",
+        "--nofile=256",
+        f"--nproc={limits.COMPILE_PROCESSES}",
+        "--",
+    ]
+
+
+def sandbox_works() -> bool:
+    """Whether bubblewrap can start a jail on this machine."""
+    if not shutil.which("bwrap"):
+        return False
+    probe = _bwrap_prefix("/tmp", None) + ["/usr/bin/true"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    truncated: bool
+
+
+class Compiler:
+    """Runs gcc jailed (or, with unsafe builds allowed, merely limited)."""
+
+    def __init__(self, sandboxed: bool, gcc: str = "gcc") -> None:
+        self.sandboxed = sandboxed
+        self.gcc = gcc
+
+    def argv(self, scratch: str, glue_obj: str, out: str, sources: list[str], link: bool) -> list[str]:
+        if self.sandboxed:
+            prefix = _prlimit_prefix() + _bwrap_prefix(scratch, glue_obj)
+            sdk, glue = SANDBOX_SDK, SANDBOX_GLUE
+        else:
+            prefix = _prlimit_prefix()
+            sdk, glue = SDK_DIR, glue_obj
+        cmd = [self.gcc, *CFLAGS, "-I", sdk, "-o", out]
+        if link:
+            return prefix + cmd + sources + [glue] + LDFLAGS
+        return prefix + cmd + ["-c"] + sources
+
+    async def run(self, argv: list[str], cwd: str) -> Run:
+        """Run argv with a scrubbed environment, a wall-time limit and an output cap."""
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C", "TMPDIR": cwd}
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        chunks: list[bytes] = []
+        size = 0
+        truncated = False
+
+        async def pump() -> None:
+            nonlocal size, truncated
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(65536):
+                if size < limits.DIAGNOSTICS_BYTES:
+                    chunks.append(chunk[: limits.DIAGNOSTICS_BYTES - size])
+                    size += len(chunks[-1])
+                else:
+                    truncated = True
+            await proc.wait()
+
+        try:
+            await asyncio.wait_for(pump(), limits.COMPILE_WALL_SECONDS)
+        except asyncio.TimeoutError as exc:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+            raise BuildTimeout(f"the compiler ran longer than {limits.COMPILE_WALL_SECONDS:g} s and was stopped") from exc
+        output = b"".join(chunks).decode("utf-8", "replace")
+        if truncated:
+            output += f"\n[output truncated at {limits.DIAGNOSTICS_BYTES} bytes]\n"
+        assert proc.returncode is not None
+        return Run(proc.returncode, output, truncated)
+
+
+def require_sandbox(sandboxed: bool, unsafe_allowed: bool) -> None:
+    if not sandboxed and not unsafe_allowed:
+        raise SandboxUnavailable(
+            "bubblewrap cannot run on this machine, so uploads are refused; "
+            "install bubblewrap or set CWEB_UNSAFE_BUILDS=1 to compile without a sandbox"
+        )

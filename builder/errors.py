@@ -1,0 +1,57 @@
+"""Errors of the builder.
+
+    BuildError                 anything that stops a build
+    ├── CompileFailed          gcc rejected the source (422, with diagnostics)
+    ├── SourceRejected         the upload is not buildable source (413/422)
+    ├── BuildBusy              too many builds at once (429)
+    ├── BuildTimeout           gcc exceeded its wall time (422)
+    ├── ArtifactInvalid        gcc produced something that is not a shared object
+    └── SandboxUnavailable     no sandbox and unsafe builds not allowed (503)
+"""
+
+from __future__ import annotations
+
+
+class BuildError(Exception):
+    code = "build_failed"
+    status = 500
+
+    def __init__(self, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class CompileFailed(BuildError):
+    code = "compile_failed"
+    status = 422
+
+
+class SourceRejected(BuildError):
+    code = "bad_source"
+    status = 422
+
+
+class SourceTooLarge(SourceRejected):
+    code = "source_too_large"
+    status = 413
+
+
+class BuildBusy(BuildError):
+    code = "builder_busy"
+    status = 429
+
+
+class BuildTimeout(BuildError):
+    code = "compile_timeout"
+    status = 422
+
+
+class ArtifactInvalid(BuildError):
+    code = "artifact_invalid"
+    status = 422
+
+
+class SandboxUnavailable(BuildError):
+    code = "sandbox_unavailable"
+    status = 503

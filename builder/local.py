@@ -1,0 +1,183 @@
+"""The builder used in-process: compile, cache, store. The builder service
+(builder/service.py) wraps the same class behind HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from builder import cache, compile, diagnostics, elf, limits
+from builder.errors import BuildBusy, CompileFailed, SourceRejected, SourceTooLarge
+from builder.store import Store, write_atomic
+
+ABI_VERSION = 1
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SOURCE_NAME = "module.c"
+
+
+@dataclass
+class BuildResult:
+    module_hash: str
+    source_sha256: str
+    build_key: str
+    cache_hit: bool
+    build_ms: float
+    warnings: list[dict] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+
+def display_name(filename: str | None) -> str:
+    """The name shown in diagnostics: the upload's base name when it is tame."""
+    base = os.path.basename((filename or "").replace("\\", "/"))
+    return base if _SAFE_NAME.match(base) else SOURCE_NAME
+
+
+def check_source(source: bytes, max_bytes: int) -> None:
+    if len(source) > max_bytes:
+        raise SourceTooLarge(f"source is {len(source)} bytes; the limit is {max_bytes}")
+    if not source.strip():
+        raise SourceRejected("source is empty")
+    if b"\0" in source:
+        raise SourceRejected("source contains NUL bytes: upload C text, not a binary")
+    try:
+        source.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceRejected(f"source is not UTF-8 text (byte {exc.start})") from exc
+
+
+class LocalBuilder:
+    def __init__(self, store_dir: str, *, unsafe_builds: bool = False, max_source_bytes: int = limits.MAX_SOURCE_BYTES) -> None:
+        self.store = Store(store_dir)
+        self.sandboxed = compile.sandbox_works()
+        self.unsafe_builds = unsafe_builds
+        self.compiler = compile.Compiler(self.sandboxed)
+        self.compiler_id = compile.compiler_identity()
+        self.sdk_digest = compile.sdk_digest()
+        self.max_source_bytes = max_source_bytes
+        self.flags = compile.CFLAGS + compile.LDFLAGS
+        self._slots = asyncio.Semaphore(limits.MAX_CONCURRENT_BUILDS)
+        self._pending = 0
+        self._glue_lock = asyncio.Lock()
+
+    @property
+    def mode(self) -> str:
+        return "bubblewrap" if self.sandboxed else "unsandboxed"
+
+    def key_for(self, source_sha256: str) -> str:
+        return cache.build_key(
+            source_sha256=source_sha256,
+            sdk_digest=self.sdk_digest,
+            compiler=self.compiler_id,
+            flags=self.flags,
+            abi_version=ABI_VERSION,
+        )
+
+    async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True) -> BuildResult:
+        """Source -> artifact in the store. Raises a BuildError subclass on failure."""
+        check_source(source, self.max_source_bytes)
+        compile.require_sandbox(self.sandboxed, self.unsafe_builds)
+        started = time.perf_counter()
+        source_sha = hashlib.sha256(source).hexdigest()
+        key = self.key_for(source_sha)
+        if use_cache:
+            hit = self.store.lookup_action(key)
+            if hit:
+                manifest = self.store.manifest(hit) or {}
+                return BuildResult(hit, source_sha, key, True, (time.perf_counter() - started) * 1000, manifest.get("warnings", []), manifest)
+        if self._pending >= limits.MAX_CONCURRENT_BUILDS + limits.MAX_WAITING_BUILDS:
+            raise BuildBusy("too many builds are running; retry shortly")
+        self._pending += 1
+        try:
+            async with self._slots:
+                return await self._compile(source, source_sha, key, display_name(filename), started)
+        finally:
+            self._pending -= 1
+
+    async def glue_object(self) -> str:
+        """The glue compiled once per SDK digest, kept in the store."""
+        path = os.path.join(self.store.root, "glue", f"{self.sdk_digest}.o")
+        async with self._glue_lock:
+            if os.path.exists(path):
+                return path
+            scratch = tempfile.mkdtemp(prefix="cweb-glue-")
+            try:
+                argv = self.compiler.argv(scratch, "", "glue.o", [f"{self._sdk_path()}/cweb_glue.c"], link=False)
+                run = await self.compiler.run(argv, scratch)
+                if run.returncode != 0:
+                    raise CompileFailed("the SDK glue failed to compile", log=run.output, diagnostics=diagnostics.parse(run.output))
+                with open(os.path.join(scratch, "glue.o"), "rb") as f:
+                    write_atomic(path, f.read(), 0o444)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return path
+
+    def _sdk_path(self) -> str:
+        return compile.SANDBOX_SDK if self.sandboxed else compile.SDK_DIR
+
+    async def _compile(self, source: bytes, source_sha: str, key: str, shown: str, started: float) -> BuildResult:
+        glue = await self.glue_object()
+        scratch = tempfile.mkdtemp(prefix="cweb-build-")
+        try:
+            with open(os.path.join(scratch, SOURCE_NAME), "wb") as f:
+                f.write(source)
+            argv = self.compiler.argv(scratch, glue, "module.so", [SOURCE_NAME], link=True)
+            run = await self.compiler.run(argv, scratch)
+            log = self._scrub(run.output, scratch, shown)
+            diags = diagnostics.parse(log)
+            if run.returncode != 0:
+                errors = [d for d in diags if d["severity"] == "error"]
+                first = errors[0]["message"] if errors else "the compiler failed"
+                raise CompileFailed(f"compilation failed: {first}", diagnostics=diags, log=log)
+            data = elf.read_shared_object(os.path.join(scratch, "module.so"), limits.MAX_ARTIFACT_BYTES)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        module_hash = hashlib.sha256(data).hexdigest()
+        build_ms = (time.perf_counter() - started) * 1000
+        warnings = [d for d in diags if d["severity"] in ("warning", "note")]
+        manifest = {
+            "module_hash": module_hash,
+            "source_sha256": source_sha,
+            "source_name": shown,
+            "build_key": key,
+            "compiler": self.compiler_id,
+            "flags": self.flags,
+            "sdk_digest": self.sdk_digest,
+            "abi_version": ABI_VERSION,
+            "sandbox": self.mode,
+            "built_at": time.time(),
+            "build_ms": round(build_ms, 2),
+            "size": len(data),
+            "warnings": warnings,
+        }
+        self.store.put_source(source_sha, source)
+        self.store.put_artifact(module_hash, data, manifest)
+        self.store.record_action(key, module_hash)
+        return BuildResult(module_hash, source_sha, key, False, build_ms, warnings, manifest)
+
+    @staticmethod
+    def _scrub(output: str, scratch: str, shown: str) -> str:
+        """Hide server paths; show the uploader's file name."""
+        out = output.replace(scratch + "/", "").replace(compile.SDK_DIR, "cweb-sdk")
+        out = out.replace(compile.SANDBOX_BUILD + "/", "").replace(compile.SANDBOX_SDK + "/", "cweb-sdk/")
+        out = re.sub(r"(?m)^/\S*/(collect2|ld)", r"\1", out)
+        if shown != SOURCE_NAME:
+            out = re.sub(rf"(?<![\w./-]){re.escape(SOURCE_NAME)}(?=[:(])", shown, out)
+        return out
+
+
+def sdk_tarball() -> bytes:
+    """Every public SDK header as a gzip tarball rooted at cweb-sdk/."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in sorted(os.listdir(compile.SDK_DIR)):
+            if name.endswith(".h") and name != "cweb_wire.h":
+                tar.add(os.path.join(compile.SDK_DIR, name), arcname=f"cweb-sdk/{name}")
+    return buf.getvalue()

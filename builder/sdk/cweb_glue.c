@@ -1,0 +1,830 @@
+/*
+ * cweb_glue.c - linked into every module artifact.
+ *
+ * Implements the SDK side of cweb.h for the module and exports the flat
+ * entry ABI (cweb_abi_*) that runtime/worker.py calls through ctypes. The
+ * request loop lives here, in C, so that a worker thread serving a
+ * connection never re-enters Python between requests.
+ */
+#define _GNU_SOURCE
+#include "cweb.h"
+#include "cweb_wire.h"
+
+#include <errno.h>
+#include <strings.h>
+#include <unistd.h>
+#include <sys/uio.h>
+#include <sys/socket.h>
+
+#define ABI __attribute__((visibility("default")))
+
+extern module_t config __attribute__((weak));
+
+/* ------------------------------------------------------------------ */
+/* key/value stores                                                    */
+
+http_kv_store_t *http_kv_create(size_t initial_capacity)
+{
+    http_kv_store_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->capacity = initial_capacity ? initial_capacity : 8;
+    s->entries = calloc(s->capacity, sizeof(http_kv_pair_t));
+    s->owns = 1;
+    if (!s->entries) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void kv_clear(http_kv_store_t *s, int free_values)
+{
+    for (size_t i = 0; i < s->size; i++) {
+        free(s->entries[i].key);
+        if (free_values)
+            free(s->entries[i].value);
+    }
+    s->size = 0;
+}
+
+void http_kv_destroy(http_kv_store_t *store, int free_values)
+{
+    if (!store)
+        return;
+    kv_clear(store, free_values);
+    free(store->entries);
+    free(store);
+}
+
+int http_kv_insert(http_kv_store_t *store, const char *key, char *value)
+{
+    if (!store || !key)
+        return -1;
+    if (store->size == store->capacity) {
+        size_t cap = store->capacity ? store->capacity * 2 : 8;
+        http_kv_pair_t *e = realloc(store->entries, cap * sizeof(*e));
+        if (!e)
+            return -1;
+        store->entries = e;
+        store->capacity = cap;
+    }
+    char *k = strdup(key);
+    if (!k)
+        return -1;
+    store->entries[store->size].key = k;
+    store->entries[store->size].value = value;
+    store->size++;
+    return 0;
+}
+
+char *http_kv_get(const http_kv_store_t *store, const char *key)
+{
+    if (!store || !key)
+        return NULL;
+    for (size_t i = 0; i < store->size; i++) {
+        const char *k = store->entries[i].key;
+        if (store->nocase ? strcasecmp(k, key) == 0 : strcmp(k, key) == 0)
+            return store->entries[i].value;
+    }
+    return NULL;
+}
+
+size_t http_kv_size(const http_kv_store_t *store)
+{
+    return store ? store->size : 0;
+}
+
+int map_insert(http_kv_store_t *store, const char *key, const char *value)
+{
+    char *v = strdup(value ? value : "");
+    if (!v)
+        return -1;
+    if (http_kv_insert(store, key, v) != 0) {
+        free(v);
+        return -1;
+    }
+    return 0;
+}
+
+char *map_get(const http_kv_store_t *store, const char *key)
+{
+    return http_kv_get(store, key);
+}
+
+/* ------------------------------------------------------------------ */
+/* names and status codes                                              */
+
+const char *http_methods[] = {"GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD", NULL};
+
+static const int status_codes[HTTP_STATUS_COUNT_] = {
+    [HTTP_000_UNKNOWN] = 500,
+    [HTTP_101_SWITCHING_PROTOCOLS] = 101,
+    [HTTP_200_OK] = 200,
+    [HTTP_201_CREATED] = 201,
+    [HTTP_202_ACCEPTED] = 202,
+    [HTTP_204_NO_CONTENT] = 204,
+    [HTTP_301_MOVED_PERMANENTLY] = 301,
+    [HTTP_302_FOUND] = 302,
+    [HTTP_303_SEE_OTHER] = 303,
+    [HTTP_304_NOT_MODIFIED] = 304,
+    [HTTP_307_TEMPORARY_REDIRECT] = 307,
+    [HTTP_400_BAD_REQUEST] = 400,
+    [HTTP_401_UNAUTHORIZED] = 401,
+    [HTTP_403_FORBIDDEN] = 403,
+    [HTTP_404_NOT_FOUND] = 404,
+    [HTTP_405_METHOD_NOT_ALLOWED] = 405,
+    [HTTP_409_CONFLICT] = 409,
+    [HTTP_413_PAYLOAD_TOO_LARGE] = 413,
+    [HTTP_414_URI_TOO_LONG] = 414,
+    [HTTP_415_UNSUPPORTED_MEDIA_TYPE] = 415,
+    [HTTP_422_UNPROCESSABLE_ENTITY] = 422,
+    [HTTP_429_TOO_MANY_REQUESTS] = 429,
+    [HTTP_500_INTERNAL_SERVER_ERROR] = 500,
+    [HTTP_501_NOT_IMPLEMENTED] = 501,
+    [HTTP_502_BAD_GATEWAY] = 502,
+    [HTTP_503_SERVICE_UNAVAILABLE] = 503,
+    [HTTP_504_GATEWAY_TIMEOUT] = 504,
+};
+
+const char *http_errors[] = {
+    "500 Internal Server Error", "101 Switching Protocols", "200 OK", "201 Created",
+    "202 Accepted", "204 No Content", "301 Moved Permanently", "302 Found",
+    "303 See Other", "304 Not Modified", "307 Temporary Redirect", "400 Bad Request",
+    "401 Unauthorized", "403 Forbidden", "404 Not Found", "405 Method Not Allowed",
+    "409 Conflict", "413 Payload Too Large", "414 URI Too Long",
+    "415 Unsupported Media Type", "422 Unprocessable Entity", "429 Too Many Requests",
+    "500 Internal Server Error", "501 Not Implemented", "502 Bad Gateway",
+    "503 Service Unavailable", "504 Gateway Timeout", NULL,
+};
+
+static int numeric_status(const http_response_t *res)
+{
+    if (res->status_code >= 100 && res->status_code <= 599)
+        return res->status_code;
+    if ((int)res->status >= 0 && res->status < HTTP_STATUS_COUNT_)
+        return status_codes[res->status];
+    return 500;
+}
+
+/* ------------------------------------------------------------------ */
+/* host state                                                          */
+
+static struct {
+    size_t max_response;
+    char data_dir[4096];
+    pthread_mutex_t events_lock;
+    int events_fd;
+} host = {
+    .max_response = 16u << 20,
+    .events_lock = PTHREAD_MUTEX_INITIALIZER,
+    .events_fd = -1,
+};
+
+/* In-process pointer sharing (c-web-modules' container). */
+struct container {
+    pthread_mutex_t lock;
+    http_kv_store_t items;
+};
+static struct container g_container = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+int container_set(struct container *c, const char *name, void *value)
+{
+    if (!c || !name)
+        return -1;
+    pthread_mutex_lock(&c->lock);
+    int rc = 0;
+    for (size_t i = 0; i < c->items.size; i++) {
+        if (strcmp(c->items.entries[i].key, name) == 0) {
+            c->items.entries[i].value = value;
+            goto out;
+        }
+    }
+    rc = http_kv_insert(&c->items, name, value);
+out:
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+void *container_get(struct container *c, const char *name)
+{
+    if (!c || !name)
+        return NULL;
+    pthread_mutex_lock(&c->lock);
+    void *v = http_kv_get(&c->items, name);
+    pthread_mutex_unlock(&c->lock);
+    return v;
+}
+
+int container_remove(struct container *c, const char *name)
+{
+    if (!c || !name)
+        return -1;
+    int rc = -1;
+    pthread_mutex_lock(&c->lock);
+    for (size_t i = 0; i < c->items.size; i++) {
+        if (strcmp(c->items.entries[i].key, name) == 0) {
+            free(c->items.entries[i].key);
+            c->items.entries[i] = c->items.entries[--c->items.size];
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* Deferred work: SYNC runs on the calling thread once the handler has
+ * returned; ASYNC on a detached thread. */
+struct scheduler {
+    int unused;
+};
+static struct scheduler g_scheduler;
+
+struct deferred {
+    work_t fn;
+    void *data;
+    struct deferred *next;
+};
+static __thread struct deferred *t_deferred;
+
+static void *async_trampoline(void *arg)
+{
+    struct deferred *d = arg;
+    d->fn(d->data);
+    free(d);
+    return NULL;
+}
+
+int scheduler_add(struct scheduler *s, work_t work, void *data, worker_state_t state)
+{
+    (void)s;
+    if (!work)
+        return -1;
+    struct deferred *d = malloc(sizeof(*d));
+    if (!d)
+        return -1;
+    d->fn = work;
+    d->data = data;
+    if (state == ASYNC) {
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &a, async_trampoline, d);
+        pthread_attr_destroy(&a);
+        if (rc != 0) {
+            free(d);
+            return -1;
+        }
+        return 0;
+    }
+    d->next = t_deferred;
+    t_deferred = d;
+    return 0;
+}
+
+static void run_deferred(void)
+{
+    /* Run in the order they were added. */
+    struct deferred *rev = NULL;
+    while (t_deferred) {
+        struct deferred *d = t_deferred;
+        t_deferred = d->next;
+        d->next = rev;
+        rev = d;
+    }
+    while (rev) {
+        struct deferred *d = rev;
+        rev = d->next;
+        d->fn(d->data);
+        free(d);
+    }
+}
+
+int cweb_schedule_after(struct cweb_context *ctx, unsigned delay_ms, work_t fn, void *data)
+{
+    (void)ctx; (void)delay_ms; (void)fn; (void)data;
+    return -1;
+}
+
+int cweb_cache_set(struct cweb_context *ctx, const char *key, const void *data, size_t len, int ttl_seconds)
+{
+    (void)ctx; (void)key; (void)data; (void)len; (void)ttl_seconds;
+    return -1;
+}
+
+ssize_t cweb_cache_get(struct cweb_context *ctx, const char *key, void *buf, size_t cap)
+{
+    (void)ctx; (void)key; (void)buf; (void)cap;
+    return -1;
+}
+
+int cweb_cache_del(struct cweb_context *ctx, const char *key)
+{
+    (void)ctx; (void)key;
+    return -1;
+}
+
+int jobs_create(const char *job_name, const char *payload_json, cweb_uuid_t *job_uuid_out)
+{
+    (void)job_name; (void)payload_json; (void)job_uuid_out;
+    return -1;
+}
+
+const char *uuid_c_str(const cweb_uuid_t *uuid)
+{
+    return uuid ? uuid->str : "";
+}
+
+static void *no_symbol(void *user_data, const char *module, const char *symbol)
+{
+    (void)user_data; (void)module; (void)symbol;
+    return NULL;
+}
+static struct symbols g_symbols = {.resolv = no_symbol};
+
+static cweb_context_t g_ctx = {
+    .cache = &g_container,
+    .scheduler = &g_scheduler,
+    .symbols = &g_symbols,
+};
+
+/* ------------------------------------------------------------------ */
+/* entry ABI: version, describe, lifecycle                             */
+
+ABI int cweb_abi_version(void)
+{
+    return CWEB_ABI_VERSION;
+}
+
+ABI int cweb_abi_init(const char *data_dir, unsigned long long max_response)
+{
+    if (data_dir)
+        snprintf(host.data_dir, sizeof(host.data_dir), "%s", data_dir);
+    if (max_response)
+        host.max_response = (size_t)max_response;
+    /* stdout is a pipe to the log collector: keep printf lines prompt. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    return 0;
+}
+
+/* Writes the module's declaration as JSON into buf. Returns its length,
+ * -1 when the module has no `config`, or the length needed if cap is too
+ * small. Validation of the contents is the runtime's job. */
+ABI long cweb_abi_describe(char *buf, size_t cap)
+{
+    if (&config == NULL)
+        return -1;
+    const module_t *m = &config;
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_stringn(m->name, strnlen(m->name, sizeof(m->name))));
+    json_object_set_new(o, "author", json_stringn(m->author, strnlen(m->author, sizeof(m->author))));
+    json_object_set_new(o, "size", json_integer(m->size));
+    json_object_set_new(o, "ws_size", json_integer(m->ws_size));
+    json_object_set_new(o, "job_size", json_integer(m->job_size));
+    json_object_set_new(o, "max_routes", json_integer(MAX_ROUTES));
+    json_object_set_new(o, "max_websockets", json_integer(MAX_WEBSOCKETS));
+    json_object_set_new(o, "max_jobs", json_integer(MAX_JOBS));
+    json_t *routes = json_array();
+    for (int i = 0; i < m->size && i < MAX_ROUTES; i++) {
+        const route_info_t *r = &m->routes[i];
+        json_t *ro = json_object();
+        json_object_set_new(ro, "path", r->path ? json_string(r->path) : json_null());
+        json_object_set_new(ro, "method", r->method ? json_string(r->method) : json_null());
+        json_object_set_new(ro, "has_handler", json_boolean(r->handler != NULL));
+        json_object_set_new(ro, "flags", json_integer(r->flags));
+        json_array_append_new(routes, ro);
+    }
+    json_object_set_new(o, "routes", routes);
+    json_t *ws = json_array();
+    for (int i = 0; i < m->ws_size && i < MAX_WEBSOCKETS; i++) {
+        const websocket_info_t *w = &m->websockets[i];
+        json_t *wo = json_object();
+        json_object_set_new(wo, "path", w->path ? json_string(w->path) : json_null());
+        json_array_append_new(ws, wo);
+    }
+    json_object_set_new(o, "websockets", ws);
+    json_t *jobs = json_array();
+    for (int i = 0; i < m->job_size && i < MAX_JOBS; i++) {
+        const job_info_t *j = &m->jobs[i];
+        json_t *jo = json_object();
+        json_object_set_new(jo, "name", j->name ? json_string(j->name) : json_null());
+        json_object_set_new(jo, "has_run", json_boolean(j->run != NULL));
+        json_array_append_new(jobs, jo);
+    }
+    json_object_set_new(o, "jobs", jobs);
+    json_object_set_new(o, "has_onload", json_boolean(m->onload != NULL));
+    json_object_set_new(o, "has_unload", json_boolean(m->unload != NULL));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(o);
+    if (!s)
+        return -2;
+    long n = (long)strlen(s);
+    if ((size_t)n < cap)
+        memcpy(buf, s, (size_t)n + 1);
+    free(s);
+    return n;
+}
+
+ABI void cweb_abi_onload(void)
+{
+    if (&config != NULL && config.onload)
+        config.onload(&g_ctx);
+}
+
+ABI void cweb_abi_unload(void)
+{
+    if (&config != NULL && config.unload)
+        config.unload(&g_ctx);
+    fflush(stdout);
+    fflush(stderr);
+}
+
+/* ------------------------------------------------------------------ */
+/* framing                                                             */
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+static int buf_reserve(struct buf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(struct buf *b, const void *src, size_t n)
+{
+    if (buf_reserve(b, n) != 0)
+        return -1;
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static int put_u8(struct buf *b, uint8_t v) { return buf_put(b, &v, 1); }
+static int put_u16(struct buf *b, uint16_t v) { return buf_put(b, &v, 2); }
+static int put_u32(struct buf *b, uint32_t v) { return buf_put(b, &v, 4); }
+static __attribute__((unused)) int put_u64(struct buf *b, uint64_t v) { return buf_put(b, &v, 8); }
+
+static int put_str(struct buf *b, const char *s, size_t n)
+{
+    if (put_u32(b, (uint32_t)n) || buf_put(b, s, n))
+        return -1;
+    return put_u8(b, 0);
+}
+
+static int read_full(int fd, void *dst, size_t n)
+{
+    char *p = dst;
+    while (n) {
+        ssize_t r = read(fd, p, n);
+        if (r == 0)
+            return -1;
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int write_all_iov(int fd, struct iovec *iov, int cnt)
+{
+    while (cnt > 0) {
+        ssize_t w = writev(fd, iov, cnt);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        while (cnt > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            cnt--;
+        }
+        if (cnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+/* Sends header+body as one frame: length, then both parts. */
+static int send_frame(int fd, struct buf *head, const void *body, size_t body_len)
+{
+    uint32_t total = (uint32_t)(head->len + body_len);
+    struct iovec iov[3] = {
+        {&total, 4}, {head->p, head->len}, {(void *)body, body_len},
+    };
+    return write_all_iov(fd, iov, body_len ? 3 : 2);
+}
+
+struct reader {
+    const char *p, *end;
+    int bad;
+};
+
+static uint8_t get_u8(struct reader *r)
+{
+    if (r->end - r->p < 1) { r->bad = 1; return 0; }
+    return (uint8_t)*r->p++;
+}
+
+static uint16_t get_u16(struct reader *r)
+{
+    uint16_t v = 0;
+    if (r->end - r->p < 2) { r->bad = 1; return 0; }
+    memcpy(&v, r->p, 2);
+    r->p += 2;
+    return v;
+}
+
+static uint32_t get_u32(struct reader *r)
+{
+    uint32_t v = 0;
+    if (r->end - r->p < 4) { r->bad = 1; return 0; }
+    memcpy(&v, r->p, 4);
+    r->p += 4;
+    return v;
+}
+
+static __attribute__((unused)) uint64_t get_u64(struct reader *r)
+{
+    uint64_t v = 0;
+    if (r->end - r->p < 8) { r->bad = 1; return 0; }
+    memcpy(&v, r->p, 8);
+    r->p += 8;
+    return v;
+}
+
+/* Returns a pointer into the frame; the wire guarantees the NUL. */
+static char *get_str(struct reader *r, size_t *len)
+{
+    uint32_t n = get_u32(r);
+    if (r->bad || (size_t)(r->end - r->p) < (size_t)n + 1 || r->p[n] != '\0') {
+        r->bad = 1;
+        if (len)
+            *len = 0;
+        return (char *)"";
+    }
+    char *s = (char *)r->p;
+    r->p += n + 1;
+    if (len)
+        *len = n;
+    return s;
+}
+
+/* kv pairs borrowed from the frame: keys are strdup'd by insert, values
+ * point into the frame and are never freed. */
+static int get_kv(struct reader *r, http_kv_store_t *s)
+{
+    uint32_t n = get_u32(r);
+    for (uint32_t i = 0; i < n && !r->bad; i++) {
+        char *k = get_str(r, NULL);
+        char *v = get_str(r, NULL);
+        if (!r->bad && http_kv_insert(s, k, v) != 0)
+            return -1;
+    }
+    return r->bad ? -1 : 0;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes %XX and '+' in place. */
+static void url_decode(char *s)
+{
+    char *o = s;
+    for (; *s; s++) {
+        if (*s == '+') {
+            *o++ = ' ';
+        } else if (*s == '%' && hexval(s[1]) >= 0 && hexval(s[2]) >= 0) {
+            *o++ = (char)(hexval(s[1]) * 16 + hexval(s[2]));
+            s += 2;
+        } else {
+            *o++ = *s;
+        }
+    }
+    *o = '\0';
+}
+
+/* Splits a copy of the query into params; the copy lives in qbuf. */
+static void parse_query(const char *query, struct buf *qbuf, http_kv_store_t *params)
+{
+    size_t n = strlen(query);
+    qbuf->len = 0;
+    if (!n || buf_put(qbuf, query, n + 1) != 0)
+        return;
+    char *save = NULL;
+    for (char *part = strtok_r(qbuf->p, "&", &save); part; part = strtok_r(NULL, "&", &save)) {
+        char *eq = strchr(part, '=');
+        char *val = (char *)"";
+        if (eq) {
+            *eq = '\0';
+            val = eq + 1;
+        }
+        url_decode(part);
+        url_decode(val);
+        http_kv_insert(params, part, val);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* the per-connection loop                                             */
+
+struct conn {
+    int fd;
+    struct buf in, out, qbuf;
+    http_kv_store_t params, headers, data, resp_headers;
+    char *body;   /* HTTP_RESPONSE_SIZE + 1 */
+};
+
+char *http_response_alloc(http_response_t *res, size_t len)
+{
+    if (!res || len > host.max_response)
+        return NULL;
+    char *p = malloc(len + 1);
+    if (!p)
+        return NULL;
+    p[len] = '\0';
+    /* The preallocated buffer stays owned by the connection. */
+    res->body = p;
+    res->content_length = (int)len;
+    return p;
+}
+
+static int send_error_response(struct conn *c, int code, const char *msg)
+{
+    char body[512];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"module_error\",\"message\":\"%s\"}", msg);
+    c->out.len = 0;
+    put_u8(&c->out, CWEB_F_HTTP_RESP);
+    put_u8(&c->out, 0);
+    put_u16(&c->out, (uint16_t)code);
+    put_u32(&c->out, 1);
+    put_str(&c->out, "content-type", 12);
+    put_str(&c->out, "application/json", 16);
+    put_u32(&c->out, (uint32_t)n);
+    return send_frame(c->fd, &c->out, body, (size_t)n + 1);
+}
+
+static int handle_http(struct conn *c, struct reader *r)
+{
+    http_request_t req;
+    http_response_t res;
+    memset(&req, 0, sizeof(req));
+    memset(&res, 0, sizeof(res));
+
+    uint8_t method = get_u8(r);
+    uint16_t route = get_u16(r);
+    size_t body_len = 0;
+    req.path = get_str(r, NULL);
+    req.query = get_str(r, NULL);
+    req.body = get_str(r, &body_len);
+    kv_clear(&c->params, 0);
+    kv_clear(&c->headers, 0);
+    kv_clear(&c->data, 0);
+    if (get_kv(r, &c->headers) != 0 || get_kv(r, &c->data) != 0 || r->bad)
+        return -1;
+    parse_query(req.query, &c->qbuf, &c->params);
+    req.method = method < 7 ? (http_method_t)method : HTTP_ERR;
+    req.method_name = method < 7 ? http_methods[method] : "";
+    req.version = HTTP_VERSION_1_1;
+    req.content_length = (int)body_len;
+    req.keep_alive = 1;
+    req.tid = pthread_self();
+    req.params = &c->params;
+    req.headers = &c->headers;
+    req.data = &c->data;
+
+    if (&config == NULL || route >= config.size || route >= MAX_ROUTES || !config.routes[route].handler)
+        return send_error_response(c, 500, "route not found in module");
+
+    kv_clear(&c->resp_headers, 1);
+    c->body[0] = '\0';
+    res.body = c->body;
+    res.headers = &c->resp_headers;
+    res.status = HTTP_200_OK;
+
+    config.routes[route].handler(&g_ctx, &req, &res);
+    run_deferred();
+
+    size_t blen;
+    if (res.body == c->body) {
+        blen = res.content_length > 0 ? (size_t)res.content_length : strnlen(c->body, HTTP_RESPONSE_SIZE);
+        if (blen > HTTP_RESPONSE_SIZE)
+            blen = HTTP_RESPONSE_SIZE;
+    } else if (res.body) {
+        blen = res.content_length > 0 ? (size_t)res.content_length : strlen(res.body);
+    } else {
+        blen = 0;
+    }
+
+    int rc;
+    if (blen > host.max_response) {
+        rc = send_error_response(c, 500, "response body exceeds the server limit");
+    } else {
+        c->out.len = 0;
+        put_u8(&c->out, CWEB_F_HTTP_RESP);
+        put_u8(&c->out, 0);
+        put_u16(&c->out, (uint16_t)numeric_status(&res));
+        put_u32(&c->out, (uint32_t)c->resp_headers.size);
+        for (size_t i = 0; i < c->resp_headers.size; i++) {
+            const char *k = c->resp_headers.entries[i].key;
+            const char *v = c->resp_headers.entries[i].value ? c->resp_headers.entries[i].value : "";
+            put_str(&c->out, k, strlen(k));
+            put_str(&c->out, v, strlen(v));
+        }
+        put_u32(&c->out, (uint32_t)blen);
+        /* The trailing NUL of the body string travels in the body part. */
+        static const char nul = 0;
+        if (res.body && res.body != c->body) {
+            uint32_t total = (uint32_t)(c->out.len + blen + 1);
+            struct iovec iov[4] = {
+                {&total, 4}, {c->out.p, c->out.len}, {res.body, blen}, {(void *)&nul, 1},
+            };
+            rc = write_all_iov(c->fd, iov, 4);
+        } else {
+            c->body[blen] = '\0';
+            rc = send_frame(c->fd, &c->out, c->body, blen + 1);
+        }
+    }
+    if (res.body && res.body != c->body)
+        free(res.body);
+    kv_clear(&c->resp_headers, 1);
+    return rc;
+}
+
+/* Serves one connection until the peer closes it. Called from a worker
+ * thread through ctypes with the GIL released. */
+ABI int cweb_abi_serve(int fd)
+{
+    struct conn c;
+    memset(&c, 0, sizeof(c));
+    c.fd = fd;
+    c.headers.nocase = 1;
+    c.body = malloc(HTTP_RESPONSE_SIZE + 1);
+    if (!c.body)
+        return -1;
+
+    int rc = 0;
+    for (;;) {
+        uint32_t len;
+        if (read_full(fd, &len, 4) != 0)
+            break;
+        c.in.len = 0;
+        if (buf_reserve(&c.in, (size_t)len + 1) != 0 || read_full(fd, c.in.p, len) != 0) {
+            rc = -1;
+            break;
+        }
+        c.in.len = len;
+        struct reader r = {c.in.p, c.in.p + len, 0};
+        uint8_t type = get_u8(&r);
+        int hrc;
+        switch (type) {
+        case CWEB_F_HTTP:
+            hrc = handle_http(&c, &r);
+            break;
+        default:
+            hrc = -1;
+        }
+        if (hrc != 0) {
+            rc = -1;
+            break;
+        }
+    }
+    free(c.body);
+    free(c.in.p);
+    free(c.out.p);
+    free(c.qbuf.p);
+    kv_clear(&c.params, 0);
+    kv_clear(&c.headers, 0);
+    kv_clear(&c.data, 0);
+    kv_clear(&c.resp_headers, 1);
+    free(c.params.entries);
+    free(c.headers.entries);
+    free(c.data.entries);
+    free(c.resp_headers.entries);
+    return rc;
+}

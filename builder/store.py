@@ -1,0 +1,109 @@
+"""The content-addressed store shared by the builder and the runtime.
+
+    <store>/artifacts/<module_hash>.so     read-only, named by sha256 of its bytes
+    <store>/artifacts/<module_hash>.json   manifest: build provenance
+    <store>/sources/<source_sha256>.c      uploaded sources, for provenance
+    <store>/actions/<build_key>.json       action cache: build key -> module_hash
+
+Every file is written to a temporary name in the same directory, synced and
+renamed, so a reader sees either nothing or the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_hash(value: str) -> bool:
+    return bool(_HEX64.match(value))
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o444) -> None:
+    """Write data to path so that no reader ever sees a partial file."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Store:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        for sub in ("artifacts", "sources", "actions", "glue"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+
+    def artifact_path(self, module_hash: str) -> str:
+        if not is_hash(module_hash):
+            raise ValueError("not a module hash")
+        return os.path.join(self.root, "artifacts", f"{module_hash}.so")
+
+    def has_artifact(self, module_hash: str) -> bool:
+        return is_hash(module_hash) and os.path.exists(self.artifact_path(module_hash))
+
+    def put_artifact(self, module_hash: str, data: bytes, manifest: dict) -> None:
+        path = self.artifact_path(module_hash)
+        if not os.path.exists(path):
+            write_atomic(path, data, 0o444)
+        mpath = os.path.join(self.root, "artifacts", f"{module_hash}.json")
+        if not os.path.exists(mpath):
+            write_atomic(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode(), 0o444)
+
+    def manifest(self, module_hash: str) -> dict | None:
+        if not is_hash(module_hash):
+            return None
+        try:
+            with open(os.path.join(self.root, "artifacts", f"{module_hash}.json"), "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+
+    def put_source(self, source_sha256: str, data: bytes) -> None:
+        path = os.path.join(self.root, "sources", f"{source_sha256}.c")
+        if not os.path.exists(path):
+            write_atomic(path, data, 0o444)
+
+    def source(self, source_sha256: str) -> bytes | None:
+        if not is_hash(source_sha256):
+            return None
+        try:
+            with open(os.path.join(self.root, "sources", f"{source_sha256}.c"), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def lookup_action(self, key: str) -> str | None:
+        """The module_hash a build key produced, if its artifact is still here."""
+        try:
+            with open(os.path.join(self.root, "actions", f"{key}.json"), "rb") as f:
+                module_hash = json.loads(f.read())["module_hash"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+        return module_hash if self.has_artifact(module_hash) else None
+
+    def record_action(self, key: str, module_hash: str) -> None:
+        write_atomic(
+            os.path.join(self.root, "actions", f"{key}.json"),
+            json.dumps({"module_hash": module_hash}).encode(),
+            0o644,
+        )

@@ -1,0 +1,3 @@
+from runtime.agent import main
+
+main()

@@ -1,0 +1,82 @@
+"""Frames between the api and a worker; mirrors builder/sdk/cweb_wire.h.
+
+Every frame is a little-endian u32 length and that many bytes, the first of
+which is the frame type. Strings are a u32 length, the bytes and a NUL the
+length does not count (so the C side can point into the frame).
+"""
+
+from __future__ import annotations
+
+import struct
+
+F_HTTP = 1
+F_WS_OPEN = 2
+F_WS_MSG = 3
+F_WS_CLOSE = 4
+F_JOB_RUN = 5
+F_EVENTS = 6
+F_JOB_CANCEL = 7
+F_REPLY = 8
+F_HTTP_RESP = 64
+F_ACK = 65
+F_JOB_EVENT = 66
+F_JOB_END = 67
+F_WS_SEND = 96
+F_WS_CLOSE_REQ = 97
+F_JOBS_CREATE = 98
+
+METHODS = {"GET": 0, "POST": 1, "PUT": 2, "DELETE": 3, "OPTIONS": 4, "PATCH": 5, "HEAD": 6}
+
+_U32 = struct.Struct("<I")
+_HTTP_HEAD = struct.Struct("<IBBH")  # frame length, type, method, route index
+_RESP_HEAD = struct.Struct("<BBHI")  # type, pad, status, header count
+
+
+def _str(b: bytes) -> bytes:
+    return _U32.pack(len(b)) + b + b"\0"
+
+
+def _kv(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [_U32.pack(len(pairs))]
+    for k, v in pairs:
+        parts.append(_str(k))
+        parts.append(_str(v))
+    return b"".join(parts)
+
+
+_EMPTY_KV = _U32.pack(0)
+
+
+def encode_http(
+    method: int,
+    route: int,
+    path: bytes,
+    query: bytes,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    data: list[tuple[bytes, bytes]] | None = None,
+) -> bytes:
+    """One HTTP request frame, length prefix included."""
+    tail = b"".join(
+        (_str(path), _str(query), _str(body), _kv(headers), _kv(data) if data else _EMPTY_KV)
+    )
+    return _HTTP_HEAD.pack(4 + len(tail), F_HTTP, method, route) + tail
+
+
+def decode_http_response(frame: bytes | memoryview) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of an F_HTTP_RESP frame (without its length prefix)."""
+    mv = memoryview(frame)
+    _type, _pad, status, count = _RESP_HEAD.unpack_from(mv, 0)
+    off = _RESP_HEAD.size
+    headers = []
+    for _ in range(count):
+        (n,) = _U32.unpack_from(mv, off)
+        k = bytes(mv[off + 4 : off + 4 + n])
+        off += 5 + n
+        (n,) = _U32.unpack_from(mv, off)
+        v = bytes(mv[off + 4 : off + 4 + n])
+        off += 5 + n
+        headers.append((k, v))
+    (n,) = _U32.unpack_from(mv, off)
+    body = bytes(mv[off + 4 : off + 4 + n])
+    return status, headers, body
