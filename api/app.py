@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import versions
 from api.deploy import ModuleHost
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
@@ -114,6 +115,9 @@ def create_app(settings: Settings) -> Dispatcher:
         state.registry.close()
 
     app = FastAPI(title="cweb", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url="/redoc")
+    # Routers defined in other modules reach the shared state through request.app.state.cweb.
+    app.state.cweb = state
+    app.include_router(versions.router)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:

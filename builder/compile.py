@@ -126,7 +126,8 @@ class Compiler:
         cmd = [self.gcc, *CFLAGS, "-I", sdk, "-o", out]
         if link:
             return prefix + cmd + sources + [glue] + LDFLAGS
-        return prefix + cmd + ["-c"] + sources
+        # One relocatable object from every glue source, linked into each module.
+        return prefix + cmd + ["-r", "-nostdlib"] + sources
 
     async def run(self, argv: list[str], cwd: str) -> Run:
         """Run argv with a scrubbed environment, a wall-time limit and an output cap."""

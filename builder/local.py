@@ -109,7 +109,8 @@ class LocalBuilder:
                 return path
             scratch = tempfile.mkdtemp(prefix="cweb-glue-")
             try:
-                argv = self.compiler.argv(scratch, "", "glue.o", [f"{self._sdk_path()}/cweb_glue.c"], link=False)
+                sources = sorted(n for n in os.listdir(compile.SDK_DIR) if n.endswith(".c"))
+                argv = self.compiler.argv(scratch, "", "glue.o", [f"{self._sdk_path()}/{n}" for n in sources], link=False)
                 run = await self.compiler.run(argv, scratch)
                 if run.returncode != 0:
                     raise CompileFailed("the SDK glue failed to compile", log=run.output, diagnostics=diagnostics.parse(run.output))

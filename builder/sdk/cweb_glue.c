@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "cweb.h"
 #include "cweb_wire.h"
+#include "cweb_internal.h"
 
 #include <errno.h>
 #include <strings.h>
@@ -181,151 +182,6 @@ static struct {
     .events_fd = -1,
 };
 
-/* In-process pointer sharing (c-web-modules' container). */
-struct container {
-    pthread_mutex_t lock;
-    http_kv_store_t items;
-};
-static struct container g_container = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-int container_set(struct container *c, const char *name, void *value)
-{
-    if (!c || !name)
-        return -1;
-    pthread_mutex_lock(&c->lock);
-    int rc = 0;
-    for (size_t i = 0; i < c->items.size; i++) {
-        if (strcmp(c->items.entries[i].key, name) == 0) {
-            c->items.entries[i].value = value;
-            goto out;
-        }
-    }
-    rc = http_kv_insert(&c->items, name, value);
-out:
-    pthread_mutex_unlock(&c->lock);
-    return rc;
-}
-
-void *container_get(struct container *c, const char *name)
-{
-    if (!c || !name)
-        return NULL;
-    pthread_mutex_lock(&c->lock);
-    void *v = http_kv_get(&c->items, name);
-    pthread_mutex_unlock(&c->lock);
-    return v;
-}
-
-int container_remove(struct container *c, const char *name)
-{
-    if (!c || !name)
-        return -1;
-    int rc = -1;
-    pthread_mutex_lock(&c->lock);
-    for (size_t i = 0; i < c->items.size; i++) {
-        if (strcmp(c->items.entries[i].key, name) == 0) {
-            free(c->items.entries[i].key);
-            c->items.entries[i] = c->items.entries[--c->items.size];
-            rc = 0;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&c->lock);
-    return rc;
-}
-
-/* Deferred work: SYNC runs on the calling thread once the handler has
- * returned; ASYNC on a detached thread. */
-struct scheduler {
-    int unused;
-};
-static struct scheduler g_scheduler;
-
-struct deferred {
-    work_t fn;
-    void *data;
-    struct deferred *next;
-};
-static __thread struct deferred *t_deferred;
-
-static void *async_trampoline(void *arg)
-{
-    struct deferred *d = arg;
-    d->fn(d->data);
-    free(d);
-    return NULL;
-}
-
-int scheduler_add(struct scheduler *s, work_t work, void *data, worker_state_t state)
-{
-    (void)s;
-    if (!work)
-        return -1;
-    struct deferred *d = malloc(sizeof(*d));
-    if (!d)
-        return -1;
-    d->fn = work;
-    d->data = data;
-    if (state == ASYNC) {
-        pthread_t t;
-        pthread_attr_t a;
-        pthread_attr_init(&a);
-        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&t, &a, async_trampoline, d);
-        pthread_attr_destroy(&a);
-        if (rc != 0) {
-            free(d);
-            return -1;
-        }
-        return 0;
-    }
-    d->next = t_deferred;
-    t_deferred = d;
-    return 0;
-}
-
-static void run_deferred(void)
-{
-    /* Run in the order they were added. */
-    struct deferred *rev = NULL;
-    while (t_deferred) {
-        struct deferred *d = t_deferred;
-        t_deferred = d->next;
-        d->next = rev;
-        rev = d;
-    }
-    while (rev) {
-        struct deferred *d = rev;
-        rev = d->next;
-        d->fn(d->data);
-        free(d);
-    }
-}
-
-int cweb_schedule_after(struct cweb_context *ctx, unsigned delay_ms, work_t fn, void *data)
-{
-    (void)ctx; (void)delay_ms; (void)fn; (void)data;
-    return -1;
-}
-
-int cweb_cache_set(struct cweb_context *ctx, const char *key, const void *data, size_t len, int ttl_seconds)
-{
-    (void)ctx; (void)key; (void)data; (void)len; (void)ttl_seconds;
-    return -1;
-}
-
-ssize_t cweb_cache_get(struct cweb_context *ctx, const char *key, void *buf, size_t cap)
-{
-    (void)ctx; (void)key; (void)buf; (void)cap;
-    return -1;
-}
-
-int cweb_cache_del(struct cweb_context *ctx, const char *key)
-{
-    (void)ctx; (void)key;
-    return -1;
-}
-
 int jobs_create(const char *job_name, const char *payload_json, cweb_uuid_t *job_uuid_out)
 {
     (void)job_name; (void)payload_json; (void)job_uuid_out;
@@ -336,19 +192,6 @@ const char *uuid_c_str(const cweb_uuid_t *uuid)
 {
     return uuid ? uuid->str : "";
 }
-
-static void *no_symbol(void *user_data, const char *module, const char *symbol)
-{
-    (void)user_data; (void)module; (void)symbol;
-    return NULL;
-}
-static struct symbols g_symbols = {.resolv = no_symbol};
-
-static cweb_context_t g_ctx = {
-    .cache = &g_container,
-    .scheduler = &g_scheduler,
-    .symbols = &g_symbols,
-};
 
 /* ------------------------------------------------------------------ */
 /* entry ABI: version, describe, lifecycle                             */
@@ -364,6 +207,7 @@ ABI int cweb_abi_init(const char *data_dir, unsigned long long max_response)
         snprintf(host.data_dir, sizeof(host.data_dir), "%s", data_dir);
     if (max_response)
         host.max_response = (size_t)max_response;
+    cweb_services_init(host.data_dir);
     /* stdout is a pipe to the log collector: keep printf lines prompt. */
     setvbuf(stdout, NULL, _IOLBF, 0);
     return 0;
@@ -430,13 +274,15 @@ ABI long cweb_abi_describe(char *buf, size_t cap)
 ABI void cweb_abi_onload(void)
 {
     if (&config != NULL && config.onload)
-        config.onload(&g_ctx);
+        config.onload(&cweb_g_ctx);
 }
 
 ABI void cweb_abi_unload(void)
 {
+    /* Deferred work queued by this version runs before its unload. */
+    cweb_services_retire();
     if (&config != NULL && config.unload)
-        config.unload(&g_ctx);
+        config.unload(&cweb_g_ctx);
     fflush(stdout);
     fflush(stderr);
 }
@@ -727,8 +573,8 @@ static int handle_http(struct conn *c, struct reader *r)
     res.headers = &c->resp_headers;
     res.status = HTTP_200_OK;
 
-    config.routes[route].handler(&g_ctx, &req, &res);
-    run_deferred();
+    config.routes[route].handler(&cweb_g_ctx, &req, &res);
+    cweb_services_after_handler();
 
     size_t blen;
     if (res.body == c->body) {

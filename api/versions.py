@@ -1,0 +1,7 @@
+"""Module versions, rollback and artifact provenance (control plane)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,138 @@
+"""Shared fixtures: a real cweb server in a subprocess on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "example"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running `python -m api` with its own data dir."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, env: dict | None = None, args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = env or {}
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.scheme = "http"
+        self.verify: object = True
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "Server":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+        env.update(self.env)
+        env["PYTHONPATH"] = str(ROOT)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args],
+            cwd=str(self.env.get("CWEB_WORKDIR", ROOT)),
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become healthy: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc is None:
+            return
+        if sig is None:
+            self.proc.terminate()
+        else:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        self.proc = None
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, verify=self.verify, **kw)  # type: ignore[arg-type]
+
+    def deploy(self, source: str | bytes, filename: str = "module.c", **kw: object) -> httpx.Response:
+        data = source.encode() if isinstance(source, str) else source
+        with self.client() as c:
+            return c.post("/mgnt", files={"code": (filename, data, "text/x-c")}, **kw)  # type: ignore[arg-type]
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server shared by a test session; tests use unique module names."""
+    s = Server(tmp_path_factory.mktemp("cweb") / "data").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    """Factory for servers owned by one test (restart, settings)."""
+    started: list[Server] = []
+
+    def make(data_dir: Path | None = None, **kw: object) -> Server:
+        s = Server(data_dir or tmp_path / "data", **kw)  # type: ignore[arg-type]
+        started.append(s)
+        return s.start()
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+def unique(prefix: str = "m") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def route_module(name: str, path: str, body: str = "hello", method: str = "GET", extra: str = "") -> str:
+    """A one-route module whose handler answers `body` (a C string literal's content)."""
+    return f"""
+#include <cweb.h>
+{extra}
+static int handler(struct cweb_context *ctx, http_request_t *req, http_response_t *res) {{
+    (void)ctx; (void)req;
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "%s", "{body}");
+    http_kv_insert(res->headers, "Content-Type", strdup("text/plain"));
+    res->status = HTTP_200_OK;
+    return 0;
+}}
+export module_t config = {{
+    .name = "{name}", .author = "tests",
+    .routes = {{ {{"{path}", "{method}", handler, NONE}} }}, .size = 1,
+}};
+"""
