@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import versions
+from api import auth, versions
 from api.deploy import ModuleHost
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
@@ -194,4 +194,5 @@ def create_app(settings: Settings) -> Dispatcher:
 
     dispatcher = Dispatcher(None, app, settings.max_body_bytes, settings.request_timeout)  # type: ignore[arg-type]
     dispatcher.state = state  # type: ignore[attr-defined]
+    dispatcher.guard = auth.make_guard(settings)
     return dispatcher

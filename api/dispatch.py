@@ -107,12 +107,19 @@ class Dispatcher:
         self.max_body = max_body
         self.timeout = timeout
         self.ws_handler: Callable | None = None
+        # Set by create_app: refuses control-plane requests that lack a valid key.
+        self.guard: Callable[[dict], tuple[int, bytes] | None] | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
             if path.startswith(_CONTROL) or path == "/favicon.ico":
+                if self.guard is not None:
+                    refused = self.guard(scope)
+                    if refused is not None:
+                        await send_json(send, *refused)
+                        return
                 await self.control(scope, receive, send)
                 return
             await self.http(scope, receive, send, path)
