@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> Dispatcher:
         state.host = ModuleHost(settings, state.agent, state.registry)
         host_box["host"] = state.host
         dispatcher.host = state.host
+        dispatcher.ws_handler = state.host.sockets
         await state.host.restore()
         try:
             await state.builder.glue_object()
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> Dispatcher:
             log.error("SDK glue does not compile: %s", exc.message)
         log.info("cweb ready on %s:%d (data dir %s, builds: %s)", settings.host, settings.port, settings.data_dir, state.builder.mode)
         yield
+        state.host.sockets.close_all()
         await state.agent.close()
         state.registry.close()
 
@@ -169,13 +171,18 @@ def create_app(settings: Settings) -> Dispatcher:
             "deploy_ms": round((time.perf_counter() - t0) * 1000, 2),
         }
 
+    def live_summary(v: Any) -> dict:
+        summary = v.summary()
+        summary["connections"] = state.host.sockets.count(v.name)
+        return summary
+
     @app.get("/modules")
     async def modules() -> dict:
-        return {"modules": [v.summary() for v in sorted(state.host.active.values(), key=lambda v: v.deployed_at)]}
+        return {"modules": [live_summary(v) for v in sorted(state.host.active.values(), key=lambda v: v.deployed_at)]}
 
     @app.get("/modules/{name}")
     async def module(name: str) -> dict:
-        return state.host.get(name).summary()
+        return live_summary(state.host.get(name))
 
     @app.delete("/modules/{name}")
     async def remove_module(name: str) -> dict:

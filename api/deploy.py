@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from api import routing
 from api.errors import Invalid, NotFound, Unavailable
 from api.registry import Registry
-from api.runtime_client import AgentClient, RuntimeError_, WorkerPool
+from api.runtime_client import AgentClient, EventsConn, RuntimeError_, WorkerPool, open_events
+from api.sockets import SocketHub
+from runtime import protocol
 from api.settings import Settings
 
 log = logging.getLogger("cweb.api")
@@ -39,6 +41,8 @@ class Version:
     source_sha256: str = ""
     build_key: str = ""
     deployed_at: float = 0.0
+    jobs_pool: WorkerPool | None = None
+    events: EventsConn | None = None
     state: str = "active"  # active | restarting | quarantined | retiring | stopped
     crashes: list[float] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,6 +83,11 @@ class ModuleHost:
         self.by_worker: dict[int, Version] = {}
         self.lock = asyncio.Lock()
         self.retiring: set[Version] = set()
+        self.sockets = SocketHub(self, settings.ws_queue_limit, settings.request_timeout)
+        # Set by the jobs service: answers a module's jobs_create().
+        self.on_jobs_create = None
+        # Set by the jobs service: whether jobs pinned to a version still need it.
+        self.jobs_pending_for = None
 
     # ---- loading -----------------------------------------------------------
 
@@ -89,14 +98,29 @@ class ModuleHost:
             raise _runtime_to_api(exc) from exc
         return r["worker_id"], r["socket"], r["describe"]
 
-    async def _start(self, worker_id: int, socket_path: str) -> WorkerPool:
+    async def _start(self, worker_id: int, socket_path: str, decl: dict) -> tuple[WorkerPool, WorkerPool | None, EventsConn]:
+        """Run onload, then open the request pool, the job pool and the events channel."""
         try:
             await self.agent.call("start", worker_id=worker_id)
         except RuntimeError_ as exc:
             raise _runtime_to_api(exc) from exc
+        events = await open_events(socket_path, lambda frame: self._on_worker_frame(worker_id, frame))
         pool = WorkerPool(socket_path, self.settings.worker_threads)
         await pool.open()
-        return pool
+        jobs_pool = None
+        if decl["jobs"]:
+            jobs_pool = WorkerPool(socket_path, self.settings.job_threads)
+            await jobs_pool.open()
+        return pool, jobs_pool, events
+
+    def _on_worker_frame(self, worker_id: int, frame: bytes) -> None:
+        kind = frame[0]
+        if kind in (protocol.F_WS_SEND, protocol.F_WS_CLOSE_REQ):
+            self.sockets.from_worker(worker_id, frame)
+        elif kind == protocol.F_JOBS_CREATE and self.on_jobs_create is not None:
+            version = self.by_worker.get(worker_id)
+            if version is not None:
+                asyncio.create_task(self.on_jobs_create(version, frame))
 
     async def _discard(self, worker_id: int) -> None:
         try:
@@ -117,11 +141,12 @@ class ModuleHost:
             try:
                 decl = routing.validate_declaration(desc)
                 routing.check_conflicts(decl, list(self.active.values()))
-                pool = await self._start(worker_id, socket_path)
+                pool, jobs_pool, events = await self._start(worker_id, socket_path, decl)
             except BaseException:
                 await self._discard(worker_id)
                 raise
-            version = Version(decl["name"], module_hash, decl, worker_id, pool, source_sha256, build_key)
+            version = Version(decl["name"], module_hash, decl, worker_id, pool, source_sha256, build_key,
+                              jobs_pool=jobs_pool, events=events)
             version.ready.set()
             self.registry.record_artifact(module_hash, decl, source_sha256, build_key)
             version.deployed_at = self.registry.activate(decl["name"], module_hash, action)
@@ -131,6 +156,7 @@ class ModuleHost:
             self._rebuild()
             if previous is not None:
                 self._retire(previous)
+            await self.sockets.migrate(version)
             return version, previous, False
 
     def _rebuild(self) -> None:
@@ -143,12 +169,14 @@ class ModuleHost:
         asyncio.create_task(self._drain_and_stop(old))
 
     async def _drain_and_stop(self, old: Version) -> None:
-        """Let requests that started on old finish, then unload and stop it."""
+        """Let requests and pinned jobs that started on old finish, then unload and stop it."""
         try:
             await asyncio.wait_for(old.pool.drained.wait(), self.settings.request_timeout + 5)
         except asyncio.TimeoutError:
             log.warning("module %s %s did not drain; stopping it anyway", old.name, old.module_hash[:12])
-        old.pool.close()
+        while self.jobs_pending_for is not None and await self.jobs_pending_for(old):
+            await asyncio.sleep(0.2)
+        self._close_handles(old)
         self.by_worker.pop(old.worker_id, None)
         try:
             await self.agent.call("stop", worker_id=old.worker_id)
@@ -156,6 +184,14 @@ class ModuleHost:
             pass
         old.state = "stopped"
         self.retiring.discard(old)
+
+    @staticmethod
+    def _close_handles(v: Version) -> None:
+        v.pool.close()
+        if v.jobs_pool is not None:
+            v.jobs_pool.close()
+        if v.events is not None:
+            v.events.close()
 
     # ---- removal and listing -------------------------------------------------
 
@@ -166,6 +202,7 @@ class ModuleHost:
                 raise NotFound(f"no module named {name!r}", code="module_not_found")
             self.registry.remove(name)
             self._rebuild()
+            self.sockets.close_module(name)
             self._retire(v)
 
     def get(self, name: str) -> Version:
@@ -183,12 +220,13 @@ class ModuleHost:
             try:
                 worker_id, socket_path, desc = await self._load(module_hash)
                 decl = routing.validate_declaration(desc)
-                pool = await self._start(worker_id, socket_path)
+                pool, jobs_pool, events = await self._start(worker_id, socket_path, decl)
             except Exception as exc:  # noqa: BLE001 - one bad module must not stop the server
                 log.error("could not restore module %s (%s): %s", name, module_hash[:12], exc)
                 continue
             v = Version(name, module_hash, decl, worker_id, pool,
-                        art["source_sha256"] if art else "", art["build_key"] if art else "", deployed_at)
+                        art["source_sha256"] if art else "", art["build_key"] if art else "", deployed_at,
+                        jobs_pool=jobs_pool, events=events)
             v.ready.set()
             self.active[name] = v
             self.by_worker[worker_id] = v
@@ -202,7 +240,7 @@ class ModuleHost:
         v = self.by_worker.pop(event["worker_id"], None)
         if v is None:
             return
-        v.pool.kill()
+        self._close_handles(v)
         if v.state in ("retiring", "stopped"):
             return
         log.warning("module %s (%s) worker crashed: %s", v.name, v.module_hash[:12], event.get("reason"))
@@ -220,7 +258,7 @@ class ModuleHost:
             return
         try:
             worker_id, socket_path, _ = await self._load(v.module_hash)
-            pool = await self._start(worker_id, socket_path)
+            pool, jobs_pool, events = await self._start(worker_id, socket_path, v.decl)
         except Exception as exc:  # noqa: BLE001
             log.error("restart of module %s failed: %s", v.name, exc)
             v.state = "quarantined"
@@ -230,7 +268,8 @@ class ModuleHost:
             await self._discard(worker_id)
             return
         v.worker_id = worker_id
-        v.pool = pool
+        v.pool, v.jobs_pool, v.events = pool, jobs_pool, events
         self.by_worker[worker_id] = v
         v.state = "active"
         v.ready.set()
+        await self.sockets.migrate(v)

@@ -13,6 +13,8 @@ import struct
 import sys
 from typing import Awaitable, Callable
 
+from runtime import protocol
+
 log = logging.getLogger("cweb.api")
 
 _U32 = struct.Struct("<I")
@@ -121,6 +123,7 @@ class WorkerConn(asyncio.Protocol):
         self.buf = bytearray()
         self.waiter: asyncio.Future | None = None
         self.closed = False
+        self.sink: Callable[[bytes], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -128,16 +131,19 @@ class WorkerConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        if len(buf) < 4:
-            return
-        (n,) = _U32.unpack_from(buf, 0)
-        if len(buf) < 4 + n:
-            return
-        frame = bytes(buf[4 : 4 + n])
-        del buf[: 4 + n]
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(frame)
+        while len(buf) >= 4:
+            (n,) = _U32.unpack_from(buf, 0)
+            if len(buf) < 4 + n:
+                return
+            frame = bytes(buf[4 : 4 + n])
+            del buf[: 4 + n]
+            # Jobs stream their events on the connection before the answer.
+            if self.sink is not None and frame[0] == protocol.F_JOB_EVENT:
+                self.sink(frame)
+                continue
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -178,7 +184,7 @@ class WorkerPool:
             _, conn = await loop.create_unix_connection(WorkerConn, self.socket_path)
             self.idle.append(conn)
 
-    async def request(self, frame: bytes, timeout: float) -> bytes:
+    async def request(self, frame: bytes, timeout: float | None, sink: Callable[[bytes], None] | None = None) -> bytes:
         """Send one frame and return the worker's answer frame.
 
         Raises WorkerGone if the worker dies, asyncio.TimeoutError if it does
@@ -190,6 +196,7 @@ class WorkerPool:
         conn = None
         try:
             conn = await self._acquire()
+            conn.sink = sink
             return await asyncio.wait_for(conn.call(frame), timeout)
         except asyncio.TimeoutError:
             # The handler may still answer later on this connection: never reuse it.
@@ -198,6 +205,7 @@ class WorkerPool:
             raise
         finally:
             if conn is not None:
+                conn.sink = None
                 self._release(conn)
             self.inflight -= 1
             if self.inflight == 0:
@@ -246,3 +254,48 @@ class WorkerPool:
 
     def close(self) -> None:
         self.kill()
+
+
+class EventsConn(asyncio.Protocol):
+    """The worker's outbound channel: socket sends, close requests, jobs_create."""
+
+    def __init__(self, on_frame: Callable[[bytes], None]) -> None:
+        self.on_frame = on_frame
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(_U32.pack(1) + bytes([protocol.F_EVENTS]))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= 4:
+            (n,) = _U32.unpack_from(buf, 0)
+            if len(buf) < 4 + n:
+                return
+            frame = bytes(buf[4 : 4 + n])
+            del buf[: 4 + n]
+            try:
+                self.on_frame(frame)
+            except Exception:  # noqa: BLE001 - a bad frame must not kill the channel
+                log.exception("bad frame on a worker events channel")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+
+    def send(self, frame: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(frame)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_events(socket_path: str, on_frame: Callable[[bytes], None]) -> EventsConn:
+    _, conn = await asyncio.get_running_loop().create_unix_connection(lambda: EventsConn(on_frame), socket_path)
+    return conn

@@ -34,6 +34,10 @@ class Settings:
     max_body_bytes: int = 8 << 20
     max_response_bytes: int = 16 << 20
     worker_threads: int = 8
+    job_threads: int = 4
+    ws_max_message: int = 1 << 20
+    ws_queue_limit: int = 256
+    ws_ping_interval: float = 20.0
     request_timeout: float = 30.0
     tls_cert: str = ""
     tls_key: str = ""
@@ -57,6 +61,10 @@ class Settings:
             max_body_bytes=_int(env, "CWEB_MAX_BODY_BYTES", 8 << 20),
             max_response_bytes=_int(env, "CWEB_MAX_RESPONSE_BYTES", 16 << 20),
             worker_threads=_int(env, "CWEB_WORKER_THREADS", 8),
+            job_threads=_int(env, "CWEB_JOB_THREADS", 4),
+            ws_max_message=_int(env, "CWEB_WS_MAX_MESSAGE", 1 << 20),
+            ws_queue_limit=_int(env, "CWEB_WS_QUEUE", 256),
+            ws_ping_interval=_float(env, "CWEB_WS_PING_INTERVAL", 20.0),
             request_timeout=_float(env, "CWEB_REQUEST_TIMEOUT", 30.0),
             tls_cert=env.get("CWEB_TLS_CERT", ""),
             tls_key=env.get("CWEB_TLS_KEY", ""),

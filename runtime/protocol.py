@@ -80,3 +80,63 @@ def decode_http_response(frame: bytes | memoryview) -> tuple[int, list[tuple[byt
     (n,) = _U32.unpack_from(mv, off)
     body = bytes(mv[off + 4 : off + 4 + n])
     return status, headers, body
+
+
+_WS_HEAD = struct.Struct("<IBBHQ")  # frame length, type, flag, index, connection id
+
+
+def encode_ws(kind: int, index: int, conn_id: int, data: bytes = b"", binary: bool = False) -> bytes:
+    """A WS_OPEN (data = path), WS_MSG or WS_CLOSE frame."""
+    tail = b"" if kind == F_WS_CLOSE else _str(data)
+    return _WS_HEAD.pack(12 + len(tail), kind, 1 if binary else 0, index, conn_id) + tail
+
+
+def decode_ws_out(frame: bytes) -> tuple[int, bool, int, bytes]:
+    """(type, binary, connection id, data) of WS_SEND / WS_CLOSE_REQ."""
+    kind, binary, _, conn_id = struct.unpack_from("<BBHQ", frame, 0)
+    data = b""
+    if kind == F_WS_SEND:
+        (n,) = _U32.unpack_from(frame, 12)
+        data = frame[16 : 16 + n]
+    return kind, bool(binary), conn_id, data
+
+
+def encode_job_run(index: int, attempt: int, job_uuid: str, payload: bytes) -> bytes:
+    tail = _str(job_uuid.encode()) + _str(payload)
+    return struct.pack("<IBBHI", 8 + len(tail), F_JOB_RUN, 0, index, attempt) + tail
+
+
+def encode_job_cancel(job_uuid: str) -> bytes:
+    tail = _str(job_uuid.encode())
+    return struct.pack("<IBBH", 4 + len(tail), F_JOB_CANCEL, 0, 0) + tail
+
+
+def encode_reply(seq: int, rc: int, value: bytes) -> bytes:
+    tail = _str(value)
+    return struct.pack("<IBIi", 9 + len(tail), F_REPLY, seq, rc) + tail
+
+
+def _read_str(frame: bytes, off: int) -> tuple[bytes, int]:
+    (n,) = _U32.unpack_from(frame, off)
+    return frame[off + 4 : off + 4 + n], off + 5 + n
+
+
+def decode_job_event(frame: bytes) -> tuple[str, bytes]:
+    """(type, data json) of a JOB_EVENT frame."""
+    kind, off = _read_str(frame, 1)
+    data, _ = _read_str(frame, off)
+    return kind.decode("utf-8", "replace"), data
+
+
+def decode_job_end(frame: bytes) -> tuple[int, int, bytes]:
+    """(outcome 0 result / 1 error / 2 none, return code, data) of JOB_END."""
+    outcome, rc = struct.unpack_from("<Bi", frame, 1)
+    data, _ = _read_str(frame, 6)
+    return outcome, rc, data
+
+
+def decode_jobs_create(frame: bytes) -> tuple[int, str, bytes]:
+    (seq,) = _U32.unpack_from(frame, 1)
+    name, off = _read_str(frame, 5)
+    payload, _ = _read_str(frame, off)
+    return seq, name.decode("utf-8", "replace"), payload

@@ -10,6 +10,7 @@
 #include "cweb.h"
 #include "cweb_wire.h"
 #include "cweb_internal.h"
+#include "cweb_frame.h"
 
 #include <errno.h>
 #include <strings.h>
@@ -19,7 +20,6 @@
 
 #define ABI __attribute__((visibility("default")))
 
-extern module_t config __attribute__((weak));
 
 /* ------------------------------------------------------------------ */
 /* key/value stores                                                    */
@@ -182,12 +182,6 @@ static struct {
     .events_fd = -1,
 };
 
-int jobs_create(const char *job_name, const char *payload_json, cweb_uuid_t *job_uuid_out)
-{
-    (void)job_name; (void)payload_json; (void)job_uuid_out;
-    return -1;
-}
-
 const char *uuid_c_str(const cweb_uuid_t *uuid)
 {
     return uuid ? uuid->str : "";
@@ -285,169 +279,6 @@ ABI void cweb_abi_unload(void)
         config.unload(&cweb_g_ctx);
     fflush(stdout);
     fflush(stderr);
-}
-
-/* ------------------------------------------------------------------ */
-/* framing                                                             */
-
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
-static int buf_reserve(struct buf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_put(struct buf *b, const void *src, size_t n)
-{
-    if (buf_reserve(b, n) != 0)
-        return -1;
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-    return 0;
-}
-
-static int put_u8(struct buf *b, uint8_t v) { return buf_put(b, &v, 1); }
-static int put_u16(struct buf *b, uint16_t v) { return buf_put(b, &v, 2); }
-static int put_u32(struct buf *b, uint32_t v) { return buf_put(b, &v, 4); }
-static __attribute__((unused)) int put_u64(struct buf *b, uint64_t v) { return buf_put(b, &v, 8); }
-
-static int put_str(struct buf *b, const char *s, size_t n)
-{
-    if (put_u32(b, (uint32_t)n) || buf_put(b, s, n))
-        return -1;
-    return put_u8(b, 0);
-}
-
-static int read_full(int fd, void *dst, size_t n)
-{
-    char *p = dst;
-    while (n) {
-        ssize_t r = read(fd, p, n);
-        if (r == 0)
-            return -1;
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
-static int write_all_iov(int fd, struct iovec *iov, int cnt)
-{
-    while (cnt > 0) {
-        ssize_t w = writev(fd, iov, cnt);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        while (cnt > 0 && (size_t)w >= iov->iov_len) {
-            w -= (ssize_t)iov->iov_len;
-            iov++;
-            cnt--;
-        }
-        if (cnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + w;
-            iov->iov_len -= (size_t)w;
-        }
-    }
-    return 0;
-}
-
-/* Sends header+body as one frame: length, then both parts. */
-static int send_frame(int fd, struct buf *head, const void *body, size_t body_len)
-{
-    uint32_t total = (uint32_t)(head->len + body_len);
-    struct iovec iov[3] = {
-        {&total, 4}, {head->p, head->len}, {(void *)body, body_len},
-    };
-    return write_all_iov(fd, iov, body_len ? 3 : 2);
-}
-
-struct reader {
-    const char *p, *end;
-    int bad;
-};
-
-static uint8_t get_u8(struct reader *r)
-{
-    if (r->end - r->p < 1) { r->bad = 1; return 0; }
-    return (uint8_t)*r->p++;
-}
-
-static uint16_t get_u16(struct reader *r)
-{
-    uint16_t v = 0;
-    if (r->end - r->p < 2) { r->bad = 1; return 0; }
-    memcpy(&v, r->p, 2);
-    r->p += 2;
-    return v;
-}
-
-static uint32_t get_u32(struct reader *r)
-{
-    uint32_t v = 0;
-    if (r->end - r->p < 4) { r->bad = 1; return 0; }
-    memcpy(&v, r->p, 4);
-    r->p += 4;
-    return v;
-}
-
-static __attribute__((unused)) uint64_t get_u64(struct reader *r)
-{
-    uint64_t v = 0;
-    if (r->end - r->p < 8) { r->bad = 1; return 0; }
-    memcpy(&v, r->p, 8);
-    r->p += 8;
-    return v;
-}
-
-/* Returns a pointer into the frame; the wire guarantees the NUL. */
-static char *get_str(struct reader *r, size_t *len)
-{
-    uint32_t n = get_u32(r);
-    if (r->bad || (size_t)(r->end - r->p) < (size_t)n + 1 || r->p[n] != '\0') {
-        r->bad = 1;
-        if (len)
-            *len = 0;
-        return (char *)"";
-    }
-    char *s = (char *)r->p;
-    r->p += n + 1;
-    if (len)
-        *len = n;
-    return s;
-}
-
-/* kv pairs borrowed from the frame: keys are strdup'd by insert, values
- * point into the frame and are never freed. */
-static int get_kv(struct reader *r, http_kv_store_t *s)
-{
-    uint32_t n = get_u32(r);
-    for (uint32_t i = 0; i < n && !r->bad; i++) {
-        char *k = get_str(r, NULL);
-        char *v = get_str(r, NULL);
-        if (!r->bad && http_kv_insert(s, k, v) != 0)
-            return -1;
-    }
-    return r->bad ? -1 : 0;
 }
 
 static int hexval(int c)
@@ -652,6 +483,22 @@ ABI int cweb_abi_serve(int fd)
         case CWEB_F_HTTP:
             hrc = handle_http(&c, &r);
             break;
+        case CWEB_F_WS_OPEN:
+        case CWEB_F_WS_MSG:
+        case CWEB_F_WS_CLOSE:
+            hrc = cweb_ws_frame(fd, type, &r, &c.out);
+            break;
+        case CWEB_F_JOB_RUN:
+            hrc = cweb_job_run(fd, &r, &c.out);
+            break;
+        case CWEB_F_EVENTS:
+            cweb_events_attach(fd);
+            hrc = 0;
+            break;
+        case CWEB_F_JOB_CANCEL:
+        case CWEB_F_REPLY:
+            hrc = cweb_events_frame(type, &r);
+            break;
         default:
             hrc = -1;
         }
@@ -660,6 +507,7 @@ ABI int cweb_abi_serve(int fd)
             break;
         }
     }
+    cweb_events_detach(fd);
     free(c.body);
     free(c.in.p);
     free(c.out.p);

@@ -6,6 +6,7 @@
 #define CWEB_INTERNAL_H
 
 #include "cweb.h"
+#include "cweb_frame.h"
 
 /* The one context every handler, socket callback and job receives. */
 extern cweb_context_t cweb_g_ctx;
@@ -16,5 +17,27 @@ void cweb_services_init(const char *data_dir);
 void cweb_services_after_handler(void);
 /* Called before the module's unload: runs deferred work still queued. */
 void cweb_services_retire(void);
+
+/* The module's declaration (weak: absent when the module forgot it). */
+extern module_t config __attribute__((weak));
+
+/* Frames other than HTTP, called by the serve loop; each answers on fd
+ * using out as scratch. Return 0, or -1 to drop the connection. */
+int cweb_ws_frame(int fd, uint8_t type, struct reader *r, struct buf *out);
+int cweb_job_run(int fd, struct reader *r, struct buf *out);
+
+/* The outbound channel: worker -> api frames that are not answers. */
+void cweb_events_attach(int fd);
+void cweb_events_detach(int fd);
+int cweb_events_frame(uint8_t type, struct reader *r);
+/* Sends head (a frame body without its length) followed by tail. */
+int cweb_events_send(struct buf *head, const void *tail, size_t tail_len);
+
+/* Jobs side of the channel. */
+void cweb_job_cancel(const char *uuid);
+void cweb_jobs_reply(uint32_t seq, int32_t rc, const char *value);
+
+/* Answers an event frame with a bare ACK. */
+int cweb_send_ack(int fd);
 
 #endif /* CWEB_INTERNAL_H */
