@@ -3,14 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import ssl
 import sys
 
 import uvicorn
 
+from api import auth
 from api.app import create_app
 from api.settings import Settings
+
+log = logging.getLogger("cweb.api")
+
+# Used when present in the working directory, as c-web-modules does.
+DEFAULT_CERT = "server.crt"
+DEFAULT_KEY = "server.key"
+PR_SET_DUMPABLE = 4
+
+
+def resolve_tls(cert: str, key: str, cwd: str) -> tuple[str, str] | None:
+    """The (certificate, key) pair to serve with, or None for plain HTTP.
+
+    Explicit paths win; otherwise server.crt + server.key in cwd. Raises
+    ValueError with a message for the operator when the pair is unusable."""
+    if bool(cert) != bool(key):
+        raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key, or CWEB_TLS_CERT and CWEB_TLS_KEY)")
+    if not cert:
+        c, k = os.path.join(cwd, DEFAULT_CERT), os.path.join(cwd, DEFAULT_KEY)
+        if os.path.isfile(c) and os.path.isfile(k):
+            cert, key = c, k
+        elif os.path.isfile(c) or os.path.isfile(k):
+            raise ValueError(f"found only one of {DEFAULT_CERT} and {DEFAULT_KEY} in {cwd}; TLS needs both")
+        else:
+            return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use TLS certificate {cert} with key {key}: {exc}") from exc
+    return os.path.abspath(cert), os.path.abspath(key)
+
+
+def _not_dumpable() -> None:
+    """Keep module workers (same uid, no CAP_SYS_PTRACE) out of this process's
+    /proc/<pid>/environ and /proc/<pid>/mem, where the API key lives."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +69,30 @@ def main(argv: list[str] | None = None) -> None:
     settings.tls_cert, settings.tls_key = args.tls_cert, args.tls_key
     settings.insecure_no_auth = args.insecure_no_auth
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    problem = auth.startup_problem(settings)
+    if problem:
+        print(f"cweb: {problem}", file=sys.stderr)
+        sys.exit(2)
+    if settings.insecure_no_auth and not settings.api_keys and not auth.is_loopback(settings.host):
+        banner = "!" * 78
+        log.warning(
+            "\n%s\n  INSECURE: listening on %s with NO API KEY (--insecure-no-auth).\n"
+            "  Anyone who can reach this port can upload and run C code on this machine.\n%s",
+            banner, settings.host, banner,
+        )
+    try:
+        tls = resolve_tls(settings.tls_cert, settings.tls_key, os.getcwd())
+    except ValueError as exc:
+        print(f"cweb: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if tls:
+        settings.tls_cert, settings.tls_key = tls
+        log.info("TLS on: HTTPS and WSS with certificate %s", tls[0])
+    if settings.api_keys:
+        log.info("API key required on deploy, module management and job control (%d key(s) configured)", len(settings.api_keys))
+    _not_dumpable()
+
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -42,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
 
 

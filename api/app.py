@@ -14,10 +14,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, versions
+from api.jobs import routes as job_routes
+from api.jobs.service import JobService
+from api.jobs.store import Store as JobStore
 from api.deploy import ModuleHost
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.registry import Registry
+from api.remote_builder import RemoteBuilder
 from api.runtime_client import AgentClient
 from api.settings import Settings
 from builder.errors import BuildError
@@ -40,6 +44,8 @@ class State:
     builder: Any
     registry: Registry
     agent: AgentClient
+    jobs: JobService
+    job_store: JobStore
     started_at: float
 
 
@@ -83,7 +89,7 @@ def create_app(settings: Settings) -> Dispatcher:
         os.makedirs(settings.run_dir, exist_ok=True)
         state.started_at = time.time()
         state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
-        state.builder = LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
+        state.builder = RemoteBuilder(settings.builder_url) if settings.builder_url else LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
         if not state.builder.sandboxed:
             if settings.unsafe_builds:
                 log.warning("bubblewrap is unavailable: compiling WITHOUT a sandbox (CWEB_UNSAFE_BUILDS=1)")
@@ -106,6 +112,10 @@ def create_app(settings: Settings) -> Dispatcher:
         dispatcher.host = state.host
         dispatcher.ws_handler = state.host.sockets
         await state.host.restore()
+        state.job_store = JobStore(os.path.join(settings.data_dir, "jobs.db"))
+        await state.job_store.open()
+        state.jobs = JobService(state.job_store, state.host)
+        await state.jobs.start()
         try:
             await state.builder.glue_object()
         except BuildError as exc:
@@ -113,6 +123,8 @@ def create_app(settings: Settings) -> Dispatcher:
         log.info("cweb ready on %s:%d (data dir %s, builds: %s)", settings.host, settings.port, settings.data_dir, state.builder.mode)
         yield
         state.host.sockets.close_all()
+        await state.jobs.stop()
+        await state.job_store.close()
         await state.agent.close()
         state.registry.close()
 
@@ -120,6 +132,7 @@ def create_app(settings: Settings) -> Dispatcher:
     # Routers defined in other modules reach the shared state through request.app.state.cweb.
     app.state.cweb = state
     app.include_router(versions.router)
+    app.include_router(job_routes.router)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:

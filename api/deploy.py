@@ -83,6 +83,9 @@ class ModuleHost:
         self.by_worker: dict[int, Version] = {}
         self.lock = asyncio.Lock()
         self.retiring: set[Version] = set()
+        # Versions loaded only because jobs are pinned to them (not routable).
+        self.pinned: dict[str, Version] = {}
+        self.pin_lock = asyncio.Lock()
         self.sockets = SocketHub(self, settings.ws_queue_limit, settings.request_timeout)
         # Set by the jobs service: answers a module's jobs_create().
         self.on_jobs_create = None
@@ -176,6 +179,7 @@ class ModuleHost:
             log.warning("module %s %s did not drain; stopping it anyway", old.name, old.module_hash[:12])
         while self.jobs_pending_for is not None and await self.jobs_pending_for(old):
             await asyncio.sleep(0.2)
+        old.state = "stopping"
         self._close_handles(old)
         self.by_worker.pop(old.worker_id, None)
         try:
@@ -192,6 +196,62 @@ class ModuleHost:
             v.jobs_pool.close()
         if v.events is not None:
             v.events.close()
+
+    # ---- versions that jobs are pinned to -------------------------------------
+
+    async def version_for_hash(self, module_hash: str) -> Version | None:
+        """The loaded version of exactly this artifact, loading it if jobs need it."""
+        for v in self.active.values():
+            if v.module_hash == module_hash:
+                if v.state == "restarting":
+                    await asyncio.wait_for(v.ready.wait(), 30)
+                if v.state == "active":
+                    return v
+        for v in self.retiring:
+            if v.module_hash == module_hash and v.state == "retiring":
+                return v
+        async with self.pin_lock:
+            v = self.pinned.get(module_hash)
+            if v is not None and v.state == "pinned":
+                return v
+            worker_id, socket_path, desc = await self._load(module_hash)
+            try:
+                decl = routing.validate_declaration(desc)
+                pool, jobs_pool, events = await self._start(worker_id, socket_path, decl)
+            except BaseException:
+                await self._discard(worker_id)
+                raise
+            art = self.registry.artifact(module_hash) or {}
+            v = Version(decl["name"], module_hash, decl, worker_id, pool, art.get("source_sha256", ""), art.get("build_key", ""),
+                        jobs_pool=jobs_pool, events=events, state="pinned")
+            v.ready.set()
+            self.pinned[module_hash] = v
+            self.by_worker[worker_id] = v
+            log.info("loaded %s %s for jobs pinned to it", v.name, module_hash[:12])
+            return v
+
+    def job_finished(self, module_hash: str) -> None:
+        """A job of module_hash ended: a pinned-only version with no work left goes away."""
+        v = self.pinned.get(module_hash)
+        if v is None or v.state != "pinned":
+            return
+
+        async def maybe_retire() -> None:
+            if self.jobs_pending_for is not None and await self.jobs_pending_for(v):
+                return
+            if self.pinned.get(module_hash) is v:
+                del self.pinned[module_hash]
+                self._retire(v)
+
+        asyncio.create_task(maybe_retire())
+
+    async def replace_worker(self, v: Version, reason: str) -> None:
+        """Kill a worker whose code will not return; the crash path restarts it."""
+        log.warning("replacing worker of %s (%s): %s", v.name, v.module_hash[:12], reason)
+        try:
+            await self.agent.call("kill", worker_id=v.worker_id, expected=False)
+        except RuntimeError_:
+            pass
 
     # ---- removal and listing -------------------------------------------------
 
@@ -241,7 +301,12 @@ class ModuleHost:
         if v is None:
             return
         self._close_handles(v)
-        if v.state in ("retiring", "stopped"):
+        if v.state in ("retiring", "stopping", "stopped", "pinned"):
+            # Not routable: nothing to restart. Pinned jobs reload it on demand.
+            self.retiring.discard(v)
+            if self.pinned.get(v.module_hash) is v:
+                del self.pinned[v.module_hash]
+            v.state = "stopped"
             return
         log.warning("module %s (%s) worker crashed: %s", v.name, v.module_hash[:12], event.get("reason"))
         now = time.monotonic()

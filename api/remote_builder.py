@@ -11,7 +11,6 @@ failures become BuilderUnreachable (503).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 
@@ -90,7 +89,6 @@ class RemoteBuilder:
 
     async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True) -> BuildResult:
         """Source -> artifact in the shared store. Raises a BuildError subclass on failure."""
-        started = time.perf_counter()
         params = {} if use_cache else {"cache": "0"}
         resp = await self._request("POST", "/build", params=params, files={"code": (filename or "module.c", source, "text/x-c")})
         try:
@@ -101,7 +99,7 @@ class RemoteBuilder:
             raise error_from_response(resp.status_code, body)
         if not isinstance(body, dict) or not is_hash(str(body.get("module_hash", ""))):
             raise BuilderUnreachable("the builder answered 200 without a build result")
-        result = BuildResult(
+        return BuildResult(
             module_hash=body["module_hash"],
             source_sha256=body["source_sha256"],
             build_key=body["build_key"],
@@ -110,8 +108,6 @@ class RemoteBuilder:
             warnings=list(body.get("warnings") or []),
             manifest=dict(body.get("manifest") or {}),
         )
-        result.manifest.setdefault("remote_ms", round((time.perf_counter() - started) * 1000, 2))
-        return result
 
     async def artifact(self, module_hash: str) -> bytes:
         """The artifact's bytes, fetched from the builder."""

@@ -1,0 +1,557 @@
+"""Running jobs: submission, dispatch to the pinned module version, retries,
+timeouts, cancellation, recovery after a crash, and live event fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import random
+import sqlite3
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from api.errors import BadRequest, Conflict, Invalid, NotFound
+from api.jobs.store import JOB_COLUMNS, Store, add_event, row_to_job
+from api.runtime_client import WorkerGone
+from runtime import protocol
+
+if TYPE_CHECKING:
+    from api.deploy import ModuleHost, Version
+
+log = logging.getLogger("cweb.jobs")
+
+DEFAULT_TIMEOUT_S = 600.0
+MAX_ATTEMPTS_LIMIT = 20
+CANCEL_GRACE_S = 5.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 60.0
+MAX_PAYLOAD_BYTES = 1 << 20
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    """Accepted and waiting for its run_after time or a free job slot."""
+    RUNNING = "running"
+    """An attempt is executing in the worker of the job's module_hash."""
+    DONE = "done"
+    """Finished; `result` holds what the job set."""
+    FAILED = "failed"
+    """Gave up: the last attempt failed and none are left; `error` says why."""
+    CANCELED = "canceled"
+    """Canceled before it finished."""
+
+
+TERMINAL = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELED.value}
+
+
+@dataclass(order=True)
+class Queued:
+    sort_key: tuple
+    job_uuid: str = field(compare=False)
+
+
+def _json_or_string(raw: bytes | str) -> Any:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def public_job(job: dict) -> dict:
+    """The wire shape of a job (c-web-modules' fields plus cweb's)."""
+    return {
+        "job_uuid": job["job_uuid"],
+        "module": job["module"],
+        "job": job["job"],
+        "state": job["state"],
+        "module_hash": job["module_hash"],
+        "created_at": job["created_at"],
+        "updated_at": job["updated_at"],
+        "result": _json_or_string(job["result"]) if job["result"] is not None else None,
+        "error": job["error"],
+        "attempts": job["attempts"],
+        "max_attempts": job["max_attempts"],
+        "priority": job["priority"],
+        "run_after": job["run_after"],
+        "timeout_s": job["timeout_s"],
+    }
+
+
+def public_event(ev: dict) -> dict:
+    return {"job_uuid": ev["job_uuid"], "event_id": ev["event_id"], "ts": ev["ts"], "type": ev["type"], "data": _json_or_string(ev["data"])}
+
+
+class JobService:
+    def __init__(self, store: Store, host: "ModuleHost", instance: str | None = None) -> None:
+        self.store = store
+        self.host = host
+        self.instance = instance or uuidlib.uuid4().hex
+        self.queues: dict[str, list[Queued]] = {}     # module_hash -> heap of pending
+        self.running: dict[str, "asyncio.Task"] = {}  # job_uuid -> run task
+        self.running_hash: dict[str, str] = {}        # job_uuid -> module_hash
+        self.busy: dict[str, int] = {}                # module_hash -> running count
+        self.cancel_requested: set[str] = set()
+        self.subscribers: dict[str, set[asyncio.Queue]] = {}
+        self.seq = itertools.count(int(time.time() * 1000) * 1000)
+        self.wake = asyncio.Event()
+        self.dispatcher: asyncio.Task | None = None
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.finished = 0
+        host.on_jobs_create = self.on_jobs_create
+        host.jobs_pending_for = self.pending_for
+
+    # ---- startup -----------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        self.dispatcher = asyncio.create_task(self._dispatch_loop())
+
+    async def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.cancel()
+        for t in self.timers.values():
+            t.cancel()
+        for task in list(self.running.values()):
+            task.cancel()
+
+    async def recover(self) -> None:
+        """Jobs left running by a dead server are retried or failed; pending ones are queued."""
+        now = time.time()
+
+        def fix(conn: sqlite3.Connection) -> list[dict]:
+            events = []
+            rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'").fetchall()
+            for row in rows:
+                job = row_to_job(row)
+                if job["attempts"] < job["max_attempts"]:
+                    conn.execute(
+                        "UPDATE jobs SET state='pending', lease_owner=NULL, lease_until=NULL, run_after=?, updated_at=? WHERE job_uuid=?",
+                        (now, now, job["job_uuid"]),
+                    )
+                    events.append(add_event(conn, job["job_uuid"], "retry", json.dumps({"attempt": job["attempts"], "reason": "server restarted"})))
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET state='failed', error=?, lease_owner=NULL, lease_until=NULL, updated_at=? WHERE job_uuid=?",
+                        ("interrupted: the server stopped during the last attempt", now, job["job_uuid"]),
+                    )
+                    events.append(add_event(conn, job["job_uuid"], "failed", json.dumps("interrupted: the server stopped during the last attempt")))
+            return events
+
+        for ev in await self.store.write(fix):
+            self._publish(ev)
+        rows = await self.store.read(
+            lambda c: c.execute("SELECT job_uuid, module_hash, priority, run_after, seq FROM jobs WHERE state='pending'").fetchall()
+        )
+        for job_uuid, module_hash, priority, run_after, seq in rows:
+            self._enqueue(job_uuid, module_hash, priority, run_after, seq)
+        if rows:
+            log.info("recovered %d pending jobs", len(rows))
+
+    # ---- submission -----------------------------------------------------------
+
+    def _resolve(self, module: str, job: str) -> tuple["Version", int]:
+        version = self.host.active.get(module)
+        if version is None:
+            raise NotFound(f"no module named {module!r}", code="module_not_found")
+        for j in version.decl["jobs"]:
+            if j["name"] == job:
+                return version, j["index"]
+        raise NotFound(f"module {module!r} has no job {job!r}", code="job_not_found")
+
+    async def submit(
+        self,
+        module: str,
+        job: str,
+        payload: Any,
+        *,
+        max_attempts: int = 1,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        priority: int = 0,
+        delay_s: float = 0.0,
+        run_after: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[dict, bool]:
+        """Create a job pinned to the module's active hash. Returns (job, created)."""
+        if not isinstance(payload, dict):
+            raise Invalid("payload must be a JSON object", code="invalid_payload")
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise Invalid(f"max_attempts must be 1..{MAX_ATTEMPTS_LIMIT}", code="invalid_job")
+        if not 0 < timeout_s <= 7 * 86400:
+            raise Invalid("timeout_s must be > 0 and at most a week", code="invalid_job")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise BadRequest("Idempotency-Key must be 1-200 characters", code="invalid_idempotency_key")
+        version, _ = self._resolve(module, job)
+        payload_text = json.dumps(payload, separators=(",", ":"))
+        if len(payload_text) > MAX_PAYLOAD_BYTES:
+            raise Invalid(f"payload is larger than {MAX_PAYLOAD_BYTES} bytes", code="payload_too_large")
+        now = time.time()
+        when = run_after if run_after is not None else now + max(0.0, delay_s)
+        job_uuid = str(uuidlib.uuid4())
+        seq = next(self.seq)
+        row = (job_uuid, module, job, version.module_hash, "pending", payload_text, None, None, 0, max_attempts,
+               timeout_s, priority, when, None, None, idempotency_key, now, now, seq)
+
+        def insert(conn: sqlite3.Connection) -> tuple[dict, bool, dict | None]:
+            if idempotency_key is not None:
+                existing = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if existing is not None:
+                    return row_to_job(existing), False, None
+            conn.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join('?' * 19)})", row)
+            ev = add_event(conn, job_uuid, "created", payload_text, now)
+            return row_to_job(row), True, ev
+
+        created_job, created, ev = await self.store.write(insert)
+        if created:
+            assert ev is not None
+            self._publish(ev)
+            self._enqueue(job_uuid, version.module_hash, priority, when, seq)
+        return created_job, created
+
+    # ---- queueing and dispatch ---------------------------------------------------
+
+    def _enqueue(self, job_uuid: str, module_hash: str, priority: int, run_after: float, seq: int) -> None:
+        delay = run_after - time.time()
+        if delay > 0.001:
+            loop = asyncio.get_running_loop()
+            self.timers[job_uuid] = loop.call_later(delay, self._due, job_uuid, module_hash, priority, seq)
+            return
+        heapq.heappush(self.queues.setdefault(module_hash, []), Queued((-priority, seq), job_uuid))
+        self.wake.set()
+
+    def _due(self, job_uuid: str, module_hash: str, priority: int, seq: int) -> None:
+        self.timers.pop(job_uuid, None)
+        heapq.heappush(self.queues.setdefault(module_hash, []), Queued((-priority, seq), job_uuid))
+        self.wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            for module_hash, heap in list(self.queues.items()):
+                if not heap:
+                    continue
+                try:
+                    version = await self.host.version_for_hash(module_hash)
+                except Exception as exc:  # noqa: BLE001 - the artifact cannot run: fail its jobs
+                    await self._fail_queue(module_hash, f"module version {module_hash[:12]} cannot be loaded: {exc}")
+                    continue
+                if version is None or version.jobs_pool is None:
+                    continue
+                slots = version.jobs_pool.size - self.busy.get(module_hash, 0)
+                while slots > 0 and heap:
+                    item = heapq.heappop(heap)
+                    if item.job_uuid in self.running:
+                        continue
+                    slots -= 1
+                    self.busy[module_hash] = self.busy.get(module_hash, 0) + 1
+                    self.running_hash[item.job_uuid] = module_hash
+                    self.running[item.job_uuid] = asyncio.create_task(self._run(item.job_uuid, module_hash))
+                if not heap:
+                    del self.queues[module_hash]
+
+    async def _fail_queue(self, module_hash: str, message: str) -> None:
+        heap = self.queues.pop(module_hash, [])
+        for item in heap:
+            await self._finish(item.job_uuid, None, "failed", error=message, only_if_state="pending")
+
+    async def pending_for(self, version: "Version") -> bool:
+        """Whether pending or running jobs still need this version's worker."""
+        h = version.module_hash
+        return bool(self.queues.get(h) or self.busy.get(h))
+
+    # ---- one attempt ------------------------------------------------------------------
+
+    async def _run(self, job_uuid: str, module_hash: str) -> None:
+        try:
+            await self._attempt(job_uuid, module_hash)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - never lose a job to a bug in here
+            log.exception("job %s attempt crashed in the api", job_uuid)
+            await self._finish(job_uuid, None, "failed", error="internal error while running the job")
+        finally:
+            self.running.pop(job_uuid, None)
+            self.running_hash.pop(job_uuid, None)
+            self.busy[module_hash] = self.busy.get(module_hash, 1) - 1
+            self.wake.set()
+            self.host.job_finished(module_hash)
+
+    async def _attempt(self, job_uuid: str, module_hash: str) -> None:
+        now = time.time()
+
+        def start(conn: sqlite3.Connection) -> tuple[dict | None, dict | None]:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone()
+            if row is None:
+                return None, None
+            job = row_to_job(row)
+            if job["state"] != "pending":
+                return None, None
+            attempt = job["attempts"] + 1
+            conn.execute(
+                "UPDATE jobs SET state='running', attempts=?, lease_owner=?, lease_until=?, updated_at=? WHERE job_uuid=? AND state='pending'",
+                (attempt, self.instance, now + job["timeout_s"], now, job_uuid),
+            )
+            job.update(state="running", attempts=attempt)
+            return job, add_event(conn, job_uuid, "started", json.dumps({"attempt": attempt}), now)
+
+        job, ev = await self.store.write(start)
+        if job is None:
+            return
+        assert ev is not None
+        self._publish(ev)
+        attempt = job["attempts"]
+        version = await self.host.version_for_hash(module_hash)
+        index = next((j["index"] for j in version.decl["jobs"] if j["name"] == job["job"]), None) if version else None
+        if version is None or version.jobs_pool is None or index is None:
+            await self._finish(job_uuid, attempt, "failed", error=f"job {job['job']!r} is not available in {module_hash[:12]}")
+            return
+
+        pending_events: list[asyncio.Future] = []
+
+        def sink(frame: bytes) -> None:
+            kind, data = protocol.decode_job_event(frame)
+            text = data.decode("utf-8", "replace")
+            try:
+                json.loads(text)
+            except ValueError:
+                text = json.dumps(text)
+            if kind in TERMINAL or kind in ("created", "started", "retry"):
+                kind = f"module_{kind}"
+            pending_events.append(asyncio.ensure_future(self._event(job_uuid, attempt, kind, text)))
+
+        frame = protocol.encode_job_run(index, attempt, job_uuid, job["payload"].encode())
+        outcome: tuple[str, Any]
+        try:
+            reply = await version.jobs_pool.request(frame, job["timeout_s"], sink)
+            code, rc, data = protocol.decode_job_end(reply)
+            if code == 0:
+                outcome = ("done", data)
+            elif code == 1:
+                outcome = ("error", data.decode("utf-8", "replace"))
+            elif rc == 0:
+                outcome = ("done", b"null")
+            else:
+                outcome = ("error", f"the job returned {rc} without setting a result")
+        except WorkerGone:
+            outcome = ("error", "the module's worker crashed during the job")
+        except asyncio.TimeoutError:
+            outcome = ("error", f"timed out after {job['timeout_s']:g} s")
+            asyncio.create_task(self.host.replace_worker(version, "job timed out"))
+        if pending_events:
+            await asyncio.gather(*pending_events)
+
+        if job_uuid in self.cancel_requested:
+            self.cancel_requested.discard(job_uuid)
+            await self._finish(job_uuid, attempt, "canceled")
+            return
+        kind, value = outcome
+        if kind == "done":
+            text = value.decode("utf-8", "replace")
+            try:
+                json.loads(text)
+            except ValueError:
+                await self._retry_or_fail(job, attempt, "the job's result is not valid JSON")
+                return
+            await self._finish(job_uuid, attempt, "done", result=text)
+        else:
+            await self._retry_or_fail(job, attempt, value)
+
+    async def _event(self, job_uuid: str, attempt: int, kind: str, data: str) -> None:
+        def write(conn: sqlite3.Connection) -> dict | None:
+            # A stale attempt may not add events to a job that moved on.
+            ok = conn.execute("SELECT 1 FROM jobs WHERE job_uuid=? AND attempts=? AND state='running'", (job_uuid, attempt)).fetchone()
+            return add_event(conn, job_uuid, kind, data) if ok else None
+
+        ev = await self.store.write(write)
+        if ev is not None:
+            self._publish(ev)
+
+    async def _retry_or_fail(self, job: dict, attempt: int, error: str) -> None:
+        if attempt < job["max_attempts"]:
+            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            when = time.time() + delay
+            job_uuid = job["job_uuid"]
+
+            def retry(conn: sqlite3.Connection) -> dict | None:
+                cur = conn.execute(
+                    "UPDATE jobs SET state='pending', run_after=?, lease_owner=NULL, lease_until=NULL, error=?, updated_at=? "
+                    "WHERE job_uuid=? AND attempts=? AND state='running'",
+                    (when, error, time.time(), job_uuid, attempt),
+                )
+                if cur.rowcount != 1:
+                    return None
+                return add_event(conn, job_uuid, "retry", json.dumps({"attempt": attempt, "error": error, "delay_s": round(delay, 3)}))
+
+            ev = await self.store.write(retry)
+            if ev is not None:
+                self._publish(ev)
+                self._enqueue(job_uuid, job["module_hash"], job["priority"], when, job["seq"])
+            return
+        await self._finish(job["job_uuid"], attempt, "failed", error=error)
+
+    async def _finish(self, job_uuid: str, attempt: int | None, state: str, *, result: str | None = None,
+                      error: str | None = None, only_if_state: str = "running") -> bool:
+        """Conditional final write plus exactly one terminal event."""
+        now = time.time()
+
+        def final(conn: sqlite3.Connection) -> dict | None:
+            sql = "UPDATE jobs SET state=?, result=?, error=?, lease_owner=NULL, lease_until=NULL, updated_at=? WHERE job_uuid=? AND state=?"
+            params: list[Any] = [state, result, error, now, job_uuid, only_if_state]
+            if attempt is not None:
+                sql += " AND attempts=?"
+                params.append(attempt)
+            if conn.execute(sql, params).rowcount != 1:
+                return None
+            data = result if state == "done" else json.dumps(error) if state == "failed" else "null"
+            return add_event(conn, job_uuid, state, data or "null", now)
+
+        ev = await self.store.write(final)
+        if ev is None:
+            return False
+        self.finished += 1
+        self._publish(ev)
+        return True
+
+    # ---- cancel ------------------------------------------------------------------------
+
+    async def cancel(self, job_uuid: str) -> dict:
+        job = await self.get(job_uuid)
+        if job["state"] in TERMINAL:
+            raise Conflict(f"job {job_uuid} is already {job['state']}", code="job_finished", state=job["state"])
+        if job["state"] == "pending":
+            timer = self.timers.pop(job_uuid, None)
+            if timer is not None:
+                timer.cancel()
+            if await self._finish(job_uuid, None, "canceled", only_if_state="pending"):
+                return {"job_uuid": job_uuid, "state": "canceled"}
+            job = await self.get(job_uuid)
+            if job["state"] in TERMINAL:
+                return {"job_uuid": job_uuid, "state": job["state"]}
+        # Running: ask the module, then insist.
+        self.cancel_requested.add(job_uuid)
+        version = await self.host.version_for_hash(job["module_hash"])
+        if version is not None and version.events is not None:
+            version.events.send(protocol.encode_job_cancel(job_uuid))
+        task = self.running.get(job_uuid)
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+            if not done and version is not None:
+                log.warning("job %s ignored cancellation; replacing its worker", job_uuid)
+                await self.host.replace_worker(version, "job ignored cancellation")
+                await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+        job = await self.get(job_uuid)
+        return {"job_uuid": job_uuid, "state": job["state"]}
+
+    # ---- queries -----------------------------------------------------------------------
+
+    async def get(self, job_uuid: str) -> dict:
+        row = await self.store.read(lambda c: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone())
+        if row is None:
+            raise NotFound(f"no job {job_uuid}", code="job_not_found")
+        return row_to_job(row)
+
+    async def list(self, state: str | None, limit: int, cursor: int | None, module: str | None = None) -> tuple[list[dict], int | None]:
+        if state is not None and state not in {s.value for s in JobState}:
+            raise BadRequest(f"state must be one of {', '.join(s.value for s in JobState)}", code="invalid_state")
+        limit = max(1, min(limit, 1000))
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1"
+        params: list[Any] = []
+        if state:
+            sql += " AND state = ?"
+            params.append(state)
+        if module:
+            sql += " AND module = ?"
+            params.append(module)
+        if cursor is not None:
+            sql += " AND seq < ?"
+            params.append(cursor)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = await self.store.read(lambda c: c.execute(sql, params).fetchall())
+        jobs = [row_to_job(r) for r in rows]
+        next_cursor = jobs[limit - 1]["seq"] if len(jobs) > limit else None
+        return jobs[:limit], next_cursor
+
+    async def events_since(self, job_uuid: str, since: int) -> list[dict]:
+        rows = await self.store.read(
+            lambda c: c.execute(
+                "SELECT event_id, ts, type, data FROM job_events WHERE job_uuid = ? AND event_id > ? ORDER BY event_id", (job_uuid, since)
+            ).fetchall()
+        )
+        return [{"job_uuid": job_uuid, "event_id": r[0], "ts": r[1], "type": r[2], "data": r[3]} for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.store.read(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return {s.value: 0 for s in JobState} | dict(rows)
+
+    # ---- live events --------------------------------------------------------------------
+
+    def subscribe(self, job_uuid: str) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue()
+        self.subscribers.setdefault(job_uuid, set()).add(q)
+        return q
+
+    def unsubscribe(self, job_uuid: str, q: asyncio.Queue) -> None:
+        subs = self.subscribers.get(job_uuid)
+        if subs is not None:
+            subs.discard(q)
+            if not subs:
+                del self.subscribers[job_uuid]
+
+    def _publish(self, ev: dict) -> None:
+        for q in self.subscribers.get(ev["job_uuid"], ()):
+            q.put_nowait(ev)
+        for q in self.subscribers.get("*", ()):
+            q.put_nowait(ev)
+
+    async def stream(self, job_uuid: str, since: int):
+        """Stored events after `since`, then live ones, ending after the terminal event."""
+        job = await self.get(job_uuid)
+        q = self.subscribe(job_uuid)
+        try:
+            last = since
+            for ev in await self.events_since(job_uuid, since):
+                last = ev["event_id"]
+                yield ev
+                if ev["type"] in TERMINAL:
+                    return
+            if job["state"] in TERMINAL:
+                # Terminal event older than `since`: nothing more will come.
+                return
+            while True:
+                ev = await q.get()
+                if ev["event_id"] <= last:
+                    continue
+                last = ev["event_id"]
+                yield ev
+                if ev["type"] in TERMINAL:
+                    return
+        finally:
+            self.unsubscribe(job_uuid, q)
+
+    # ---- jobs_create() from module code --------------------------------------------------
+
+    async def on_jobs_create(self, version: "Version", frame: bytes) -> None:
+        seq, name, payload = protocol.decode_jobs_create(frame)
+        rc, value = -1, b""
+        try:
+            module = version.name
+            if not any(j["name"] == name for j in version.decl["jobs"]):
+                owners = [v.name for v in self.host.active.values() if any(j["name"] == name for j in v.decl["jobs"])]
+                if len(owners) != 1:
+                    raise NotFound(f"job {name!r} is defined by {len(owners)} modules", code="job_not_found")
+                module = owners[0]
+            body = json.loads(payload.decode("utf-8") or "{}")
+            job, _ = await self.submit(module, name, body)
+            rc, value = 0, job["job_uuid"].encode()
+        except Exception as exc:  # noqa: BLE001 - the module gets -1 and the reason is logged
+            log.warning("jobs_create(%r) from module %s failed: %s", name, version.name, exc)
+        if version.events is not None:
+            version.events.send(protocol.encode_reply(seq, rc, value))

@@ -1,0 +1,164 @@
+"""The jobs database: <data-dir>/jobs.db, written only by the api process.
+
+Writes are group-committed: every caller hands a small function to
+`Store.write()`, a single writer thread runs all functions queued at that
+moment inside one transaction (each in its own savepoint, so one failing
+op does not undo its neighbours) and commits once. A caller's await returns
+only after the commit, so "committed before acknowledged or sent" holds while
+many concurrent submissions share one fsync.
+
+aiosqlite offers no way to run several statements as one unit on its thread;
+the dedicated writer thread here is the same idea with batching added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+import time
+from typing import Any, Callable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_uuid        TEXT PRIMARY KEY,
+    module          TEXT NOT NULL,
+    job             TEXT NOT NULL,
+    module_hash     TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    result          TEXT,
+    error           TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER NOT NULL DEFAULT 1,
+    timeout_s       REAL NOT NULL,
+    priority        INTEGER NOT NULL DEFAULT 0,
+    run_after       REAL NOT NULL,
+    lease_owner     TEXT,
+    lease_until     REAL,
+    idempotency_key TEXT UNIQUE,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    seq             INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_hash ON jobs(module_hash, state);
+CREATE TABLE IF NOT EXISTS job_events (
+    event_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_uuid  TEXT NOT NULL,
+    ts        REAL NOT NULL,
+    type      TEXT NOT NULL,
+    data      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_uuid, event_id);
+"""
+
+JOB_COLUMNS = (
+    "job_uuid, module, job, module_hash, state, payload, result, error, attempts, max_attempts, "
+    "timeout_s, priority, run_after, lease_owner, lease_until, idempotency_key, created_at, updated_at, seq"
+)
+
+
+def row_to_job(row: tuple) -> dict:
+    keys = [c.strip() for c in JOB_COLUMNS.split(",")]
+    return dict(zip(keys, row))
+
+
+def add_event(conn: sqlite3.Connection, job_uuid: str, kind: str, data: str, ts: float | None = None) -> dict:
+    """Insert one event (inside the caller's transaction) and return it."""
+    ts = time.time() if ts is None else ts
+    cur = conn.execute("INSERT INTO job_events (job_uuid, ts, type, data) VALUES (?, ?, ?, ?)", (job_uuid, ts, kind, data))
+    return {"job_uuid": job_uuid, "event_id": cur.lastrowid, "ts": ts, "type": kind, "data": data}
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cweb-jobs-db")
+        self.conn: sqlite3.Connection | None = None
+        self.queue: list[tuple[Callable, asyncio.Future]] = []
+        self.wakeup = asyncio.Event()
+        self.writer: asyncio.Task | None = None
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        self.conn = conn
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._open)
+        self.writer = asyncio.create_task(self._write_loop())
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.cancel()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._close)
+        self.executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    # ---- reads ---------------------------------------------------------------
+
+    async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        assert self.conn is not None
+        conn = self.conn
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, conn)
+
+    # ---- group-committed writes ---------------------------------------------
+
+    async def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn in a transaction shared with other queued writes; return its result after commit."""
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.append((fn, fut))
+        self.wakeup.set()
+        return await fut
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            batch, self.queue = self.queue, []
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self._run_batch, [fn for fn, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - the commit itself failed: every caller learns it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), (ok, value) in zip(batch, results):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def _run_batch(self, fns: list[Callable]) -> list[tuple[bool, Any]]:
+        conn = self.conn
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn in fns:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, fn(conn)))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # noqa: BLE001 - reported to that op's caller only
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results
