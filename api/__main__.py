@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
         log_level="warning",
         access_log=False,
+        # No proxy in front by default; the middleware costs time on every request.
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=5,
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,

@@ -115,6 +115,11 @@ class AgentClient:
                 self.process.kill()
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
 class WorkerConn(asyncio.Protocol):
     """One data connection to a worker: one request in flight at a time."""
 
@@ -194,22 +199,36 @@ class WorkerPool:
         self.inflight += 1
         self.drained.clear()
         conn = None
+        timer = None
         try:
-            conn = await self._acquire()
+            conn = self._take_idle() or await self._acquire()
             conn.sink = sink
-            return await asyncio.wait_for(conn.call(frame), timeout)
+            fut = conn.call(frame)
+            if timeout is not None:
+                # Cheaper than asyncio.wait_for, which wraps the await in a new task.
+                timer = fut.get_loop().call_later(timeout, _expire, fut)
+            return await fut
         except asyncio.TimeoutError:
             # The handler may still answer later on this connection: never reuse it.
             if conn is not None:
                 conn.abort()
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             if conn is not None:
                 conn.sink = None
                 self._release(conn)
             self.inflight -= 1
             if self.inflight == 0:
                 self.drained.set()
+
+    def _take_idle(self) -> WorkerConn | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+        return None
 
     async def _acquire(self) -> WorkerConn:
         while self.idle:
