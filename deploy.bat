@@ -25,7 +25,7 @@ if defined CWEB_CACERT set TLS=--cacert "%CWEB_CACERT%"
 
 set "FAILED=0"
 for %%F in (%*) do call :deploy "%%~F"
-rem
+if "%FAILED%"=="1" exit /b 1
 exit /b 0
 
 :deploy

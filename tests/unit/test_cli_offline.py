@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -302,7 +303,14 @@ def test_script_imports_only_the_standard_library(tmp_path: Path) -> None:
         "top = {m.split('.')[0] for m in sys.modules}\n"
         "print(json.dumps(sorted(t for t in top if t != '__main__' and t not in sys.stdlib_module_names)), file=sys.stderr)\n"
     )
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=20)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert 0 == result.returncode
     assert [] == json.loads(result.stderr.strip().splitlines()[-1])
 
@@ -343,7 +351,10 @@ def test_usage_errors_exit_2_without_contacting_the_server(args: list[str], tmp_
 def test_invalid_server_url_is_a_usage_error(tmp_path: Path) -> None:
     """A non-http(s) URL exits 2 with a message naming it."""
     result = run_cweb("--server", "ftp://example.org", "modules", cwd=tmp_path)
-    assert (2, "cweb: invalid server URL 'ftp://example.org': expected http://HOST:PORT or https://...\n") == (result.returncode, result.stderr)
+    assert (2, "cweb: invalid server URL 'ftp://example.org': expected http://HOST:PORT or https://...\n") == (
+        result.returncode,
+        result.stderr,
+    )
 
 
 def test_unreachable_server_exits_3_with_one_line(tmp_path: Path, dead_url: str) -> None:
@@ -430,7 +441,13 @@ def test_compile_error_prints_gcc_style_diagnostics_and_exits_1(peer: Peer, tmp_
 def test_compile_error_without_diagnostics_prints_raw_log(peer: Peer, tmp_path: Path) -> None:
     """With no parsed diagnostics, the raw compiler log is shown instead."""
     (tmp_path / "hello.c").write_text("x\n")
-    peer.on("POST", "/mgnt", Reply(422, {"error": "compile_failed", "message": "gcc failed", "diagnostics": [], "log": "ld: cannot find -lfoo\ncollect2: error\n"}))
+    peer.on(
+        "POST",
+        "/mgnt",
+        Reply(
+            422, {"error": "compile_failed", "message": "gcc failed", "diagnostics": [], "log": "ld: cannot find -lfoo\ncollect2: error\n"}
+        ),
+    )
     result = run_cweb("--server", peer.url, "deploy", "hello.c", cwd=tmp_path)
     assert 1 == result.returncode
     assert ["ld: cannot find -lfoo", "collect2: error", "failed hello.c: compile_failed: gcc failed"] == result.stderr.splitlines()
@@ -472,7 +489,9 @@ def test_authentication_failure_exits_4(status: int, peer: Peer, tmp_path: Path)
     result = run_cweb("--server", peer.url, "deploy", "a.c", "b.c", cwd=tmp_path)
     assert 4 == result.returncode
     assert 1 == len(peer.seen)
-    assert [f"cweb: authentication failed ({status}): unauthorized: missing or wrong API key; pass --api-key or set CWEB_API_KEY"] == result.stderr.splitlines()
+    assert [
+        f"cweb: authentication failed ({status}): unauthorized: missing or wrong API key; pass --api-key or set CWEB_API_KEY"
+    ] == result.stderr.splitlines()
 
 
 def test_json_flag_prints_the_servers_json(peer: Peer, tmp_path: Path) -> None:
@@ -589,7 +608,11 @@ def test_server_flag_beats_env_which_beats_routes_ini(peer: Peer, tmp_path: Path
 MODULES = {
     "modules": [
         dict(deployed("hello"), deployed_at=1_700_000_000.0, state="active"),
-        dict(deployed("counter", HASH_C, routes=[{"method": "GET", "path": "/counter"}], websockets=[], jobs=[]), deployed_at="2024-01-01T00:00:00Z", state="active"),
+        dict(
+            deployed("counter", HASH_C, routes=[{"method": "GET", "path": "/counter"}], websockets=[], jobs=[]),
+            deployed_at="2024-01-01T00:00:00Z",
+            state="active",
+        ),
     ]
 }
 VERSIONS = {
@@ -634,7 +657,10 @@ def test_rollback_expands_a_unique_hash_prefix(peer: Peer, tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("prefix", "message"),
-    [("a1b2", "cweb: hash prefix a1b2 is ambiguous for hello: a1b2c3d4e5f6, a1b2ffffffff\n"), ("dead", "cweb: no version of hello has a hash starting with dead (see: cweb versions hello)\n")],
+    [
+        ("a1b2", "cweb: hash prefix a1b2 is ambiguous for hello: a1b2c3d4e5f6, a1b2ffffffff\n"),
+        ("dead", "cweb: no version of hello has a hash starting with dead (see: cweb versions hello)\n"),
+    ],
 )
 def test_rollback_refuses_ambiguous_or_unknown_prefix(prefix: str, message: str, peer: Peer, tmp_path: Path) -> None:
     peer.on("GET", "/modules/hello/versions", Reply(200, VERSIONS))
@@ -741,14 +767,29 @@ def job(state: str, **extra: Any) -> dict[str, Any]:
 
 
 def events(*kinds_and_data: tuple[str, Any]) -> list[dict[str, Any]]:
-    return [{"job_uuid": UUID, "event_id": i, "ts": 1_700_000_000.0 + i, "type": kind, "data": data} for i, (kind, data) in enumerate(kinds_and_data, start=1)]
+    return [
+        {"job_uuid": UUID, "event_id": i, "ts": 1_700_000_000.0 + i, "type": kind, "data": data}
+        for i, (kind, data) in enumerate(kinds_and_data, start=1)
+    ]
 
 
 def test_jobs_submit_sends_module_job_and_options(peer: Peer, tmp_path: Path) -> None:
     """The JSON body carries module, job, payload and the optional limits; stdout is the uuid."""
     peer.on("POST", "/jobs", Reply(200, {"job_uuid": UUID, "state": "pending", "module_hash": HASH_A}))
     result = run_cweb(
-        "--server", peer.url, "jobs", "submit", "img", "resize", "--payload", '{"w": 64}', "--max-attempts", "3", "--timeout", "2.5", cwd=tmp_path
+        "--server",
+        peer.url,
+        "jobs",
+        "submit",
+        "img",
+        "resize",
+        "--payload",
+        '{"w": 64}',
+        "--max-attempts",
+        "3",
+        "--timeout",
+        "2.5",
+        cwd=tmp_path,
     )
     assert (0, UUID + "\n") == (result.returncode, result.stdout)
     assert {"module": "img", "job": "resize", "payload": {"w": 64}, "max_attempts": 3, "timeout_s": 2.5} == peer.seen[0].json()
@@ -860,9 +901,29 @@ def tls_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Peer, P
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "server.crt", folder / "server.key"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

@@ -24,9 +24,9 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -423,7 +423,9 @@ def test_cacert_is_passed_to_curl(server: Server, sources: Path) -> None:
 def test_curl_command_line(sources: Path, server: Server) -> None:
     """The exact argv: silent but showing errors, failing on HTTP errors with the body."""
     _, batch = run_deploy_bat(["hello.c"], {"CWEB_SERVER": server.url, "CWEB_API_KEY": "k"}, sources)
-    assert [["curl.exe", "-sS", "--fail-with-body", "-H", "Authorization: Bearer k", "-F", "code=@hello.c", server.url + "/mgnt"]] == batch.commands
+    assert [
+        ["curl.exe", "-sS", "--fail-with-body", "-H", "Authorization: Bearer k", "-F", "code=@hello.c", server.url + "/mgnt"]
+    ] == batch.commands
 
 
 def test_a_refused_file_makes_the_script_fail_but_others_still_deploy(server: Server, sources: Path) -> None:
