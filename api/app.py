@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -9,15 +10,19 @@ import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import auth, versions
+from api import auth, observe, versions
+from api.metrics import Metrics
+from fastapi_offline import FastAPIOffline
 from api.jobs import routes as job_routes
 from api.jobs.service import JobService
 from api.jobs.store import Store as JobStore
 from api.deploy import ModuleHost
+from api.openapi import API_DESCRIPTION, with_module_routes
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.registry import Registry
@@ -44,6 +49,9 @@ class State:
     builder: Any
     registry: Registry
     agent: AgentClient
+    metrics: Metrics
+    logs: observe.LogHub
+    builds: observe.BuildHistory
     jobs: JobService
     job_store: JobStore
     started_at: float
@@ -98,7 +106,9 @@ def create_app(settings: Settings) -> Dispatcher:
         host_box: dict[str, ModuleHost] = {}
 
         async def on_event(event: dict) -> None:
-            if "host" in host_box:
+            if event.get("event") == "log":
+                state.logs.publish(event)
+            elif "host" in host_box:
                 await host_box["host"].on_agent_event(event)
 
         if settings.runtime_socket:
@@ -108,6 +118,8 @@ def create_app(settings: Settings) -> Dispatcher:
             await state.agent.spawn_embedded(settings.store_dir, settings.run_dir, settings.data_dir, settings.workdir)
         await state.agent.connect()
         state.host = ModuleHost(settings, state.agent, state.registry)
+        state.host.metrics = state.metrics
+        state.host.on_activate = lambda v: state.logs.names.__setitem__(v.module_hash, v.name)
         host_box["host"] = state.host
         dispatcher.host = state.host
         dispatcher.ws_handler = state.host.sockets
@@ -116,23 +128,49 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.job_store.open()
         state.jobs = JobService(state.job_store, state.host)
         await state.jobs.start()
+        job_metrics = asyncio.create_task(state.metrics.follow_jobs(state.jobs))
+        dispatcher.metrics = state.metrics
         try:
             await state.builder.glue_object()
         except BuildError as exc:
             log.error("SDK glue does not compile: %s", exc.message)
         log.info("cweb ready on %s:%d (data dir %s, builds: %s)", settings.host, settings.port, settings.data_dir, state.builder.mode)
         yield
+        job_metrics.cancel()
         state.host.sockets.close_all()
         await state.jobs.stop()
         await state.job_store.close()
         await state.agent.close()
         state.registry.close()
 
-    app = FastAPI(title="cweb", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url="/redoc")
+    state.metrics = Metrics()
+    state.logs = observe.LogHub()
+    state.builds = observe.BuildHistory()
+    # Swagger UI and ReDoc assets come from the fastapi-offline package, served
+    # under /docs/static: the docs work with no route to a CDN.
+    app = FastAPIOffline(
+        title="cweb",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        static_url="/docs/static",
+    )
     # Routers defined in other modules reach the shared state through request.app.state.cweb.
     app.state.cweb = state
     app.include_router(versions.router)
     app.include_router(job_routes.router)
+    app.include_router(observe.router)
+
+    def openapi() -> dict:
+        # The control plane's schema is built once; module routes are added on
+        # every call so the document follows deploys and removals.
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        return with_module_routes(app.openapi_schema, state.host.active.values() if hasattr(state, "host") else ())
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -161,7 +199,18 @@ def create_app(settings: Settings) -> Dispatcher:
         """Build, validate and activate an uploaded C module (field `code`)."""
         t0 = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)
-        result = await state.builder.build(source, filename)
+        try:
+            result = await state.builder.build(source, filename)
+        except BuildError as exc:
+            state.metrics.builds.labels("failed").inc()
+            state.builds.record(file=filename, outcome="failed", error=exc.code, message=exc.message,
+                                diagnostics=exc.extra.get("diagnostics", []))
+            raise
+        state.metrics.builds.labels("cache_hit" if result.cache_hit else "compiled").inc()
+        if not result.cache_hit:
+            state.metrics.build_seconds.observe(result.build_ms / 1000)
+        state.builds.record(file=filename, outcome="cache_hit" if result.cache_hit else "compiled", module_hash=result.module_hash,
+                            build_ms=round(result.build_ms, 2), diagnostics=result.warnings)
         base = {
             "module_hash": result.module_hash,
             "source_sha256": result.source_sha256,

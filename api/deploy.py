@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from api import routing
 from api.errors import Invalid, NotFound, Unavailable
@@ -87,6 +88,9 @@ class ModuleHost:
         self.pinned: dict[str, Version] = {}
         self.pin_lock = asyncio.Lock()
         self.sockets = SocketHub(self, settings.ws_queue_limit, settings.request_timeout)
+        # Set by create_app: metrics (restarts, quarantines) and a hook told of each activation.
+        self.metrics: Any = None
+        self.on_activate: Any = None
         # Set by the jobs service: answers a module's jobs_create().
         self.on_jobs_create = None
         # Set by the jobs service: whether jobs pinned to a version still need it.
@@ -157,6 +161,8 @@ class ModuleHost:
             self.by_worker[worker_id] = version
             self.active[decl["name"]] = version
             self._rebuild()
+            if self.on_activate is not None:
+                self.on_activate(version)
             if previous is not None:
                 self._retire(previous)
             await self.sockets.migrate(version)
@@ -290,6 +296,8 @@ class ModuleHost:
             v.ready.set()
             self.active[name] = v
             self.by_worker[worker_id] = v
+            if self.on_activate is not None:
+                self.on_activate(v)
         self._rebuild()
 
     # ---- crashes ----------------------------------------------------------------
@@ -312,12 +320,16 @@ class ModuleHost:
         now = time.monotonic()
         v.crashes = [t for t in v.crashes if now - t < CRASH_WINDOW_S] + [now]
         if len(v.crashes) >= CRASH_LIMIT:
+            if self.metrics is not None:
+                self.metrics.quarantines.labels(v.name).inc()
             v.state = "quarantined"
             v.ready.set()
             log.error("module %s quarantined after %d crashes in %.0f s", v.name, len(v.crashes), CRASH_WINDOW_S)
             return
         v.state = "restarting"
         v.ready.clear()
+        if self.metrics is not None:
+            self.metrics.restarts.labels(v.name).inc()
         await asyncio.sleep(RESTART_BACKOFF_S[min(len(v.crashes) - 1, len(RESTART_BACKOFF_S) - 1)])
         if self.active.get(v.name) is not v:
             return

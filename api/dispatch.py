@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
@@ -107,6 +108,7 @@ class Dispatcher:
         self.max_body = max_body
         self.timeout = timeout
         self.ws_handler: Callable | None = None
+        self.metrics: Any = None
         # Set by create_app: refuses control-plane requests that lack a valid key.
         self.guard: Callable[[dict], tuple[int, bytes] | None] | None = None
 
@@ -167,6 +169,7 @@ class Dispatcher:
                 await send_json(send, status, err)
                 return
 
+        t0 = perf_counter()
         data = _form_fields(headers, body) if body else None
         frame = protocol.encode_http(
             _METHOD_CODES.get(method, 0), entry.index, path.encode(), scope["query_string"], body, headers, data
@@ -174,6 +177,8 @@ class Dispatcher:
         try:
             reply = await version.pool.request(frame, self.timeout)
         except WorkerGone:
+            if self.metrics is not None:
+                self.metrics.observe_request(version.name, entry.path, 502, perf_counter() - t0)
             status, err = json_error(
                 502, "worker_crashed", f"module {version.name} crashed while handling the request",
                 module=version.name, module_hash=version.module_hash,
@@ -181,6 +186,8 @@ class Dispatcher:
             await send_json(send, status, err)
             return
         except asyncio.TimeoutError:
+            if self.metrics is not None:
+                self.metrics.observe_request(version.name, entry.path, 504, perf_counter() - t0)
             status, err = json_error(
                 504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s",
                 module=version.name, module_hash=version.module_hash,
@@ -189,6 +196,8 @@ class Dispatcher:
             return
 
         status, rheaders, rbody = protocol.decode_http_response(reply)
+        if self.metrics is not None:
+            self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
         out = [(b"content-length", str(len(rbody)).encode())]
         has_type = False
         for k, v in rheaders:
