@@ -37,6 +37,7 @@ lint: install-test
 	$(VPY) -m ruff check api builder runtime tests bench
 
 bench: install-test
+	@scripts/ensure-system.sh nginx-light wrk
 	$(VPY) bench/run.py
 
 clean:
