@@ -151,15 +151,25 @@ class Dispatcher:
         body = await self._read_body(headers, receive, send)
         if body is None:
             return
-
-        version = entry.version
-        if version.state != "active":
+        t0 = perf_counter()
+        data = _form_fields(headers, body) if body else None
+        reply = None
+        # Two tries: a request that raced a hot swap (its version retired while
+        # the body was read) is sent again to the version active now.
+        for _ in range(2):
+            # Match again after the body was read: a swap may have happened meanwhile.
+            entry, _allowed = self.host.table.match(method, path)
+            if entry is None:
+                status, err = json_error(404, "not_found", f"no route for {path}")
+                await send_json(send, status, err)
+                return
+            version = entry.version
             if version.state == "restarting":
                 try:
                     await asyncio.wait_for(version.ready.wait(), 5)
                 except asyncio.TimeoutError:
                     pass
-            if version.state != "active":
+            if version.state in ("restarting", "quarantined"):
                 msg = (
                     f"module {version.name} is quarantined after repeated crashes; redeploy it"
                     if version.state == "quarantined"
@@ -168,30 +178,34 @@ class Dispatcher:
                 status, err = json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash)
                 await send_json(send, status, err)
                 return
-
-        t0 = perf_counter()
-        data = _form_fields(headers, body) if body else None
-        frame = protocol.encode_http(
-            _METHOD_CODES.get(method, 0), entry.index, path.encode(), scope["query_string"], body, headers, data
-        )
-        try:
-            reply = await version.pool.request(frame, self.timeout)
-        except WorkerGone:
-            if self.metrics is not None:
-                self.metrics.observe_request(version.name, entry.path, 502, perf_counter() - t0)
-            status, err = json_error(
-                502, "worker_crashed", f"module {version.name} crashed while handling the request",
-                module=version.name, module_hash=version.module_hash,
+            frame = protocol.encode_http(
+                _METHOD_CODES.get(method, 0), entry.index, path.encode(), scope["query_string"], body, headers, data
             )
-            await send_json(send, status, err)
-            return
-        except asyncio.TimeoutError:
-            if self.metrics is not None:
-                self.metrics.observe_request(version.name, entry.path, 504, perf_counter() - t0)
-            status, err = json_error(
-                504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s",
-                module=version.name, module_hash=version.module_hash,
-            )
+            try:
+                reply = await version.pool.request(frame, self.timeout)
+                break
+            except WorkerGone:
+                if version.state in ("retiring", "stopping", "stopped") and self.host.table.match(method, path)[0] is not entry:
+                    continue
+                if self.metrics is not None:
+                    self.metrics.observe_request(version.name, entry.path, 502, perf_counter() - t0)
+                status, err = json_error(
+                    502, "worker_crashed", f"module {version.name} crashed while handling the request",
+                    module=version.name, module_hash=version.module_hash,
+                )
+                await send_json(send, status, err)
+                return
+            except asyncio.TimeoutError:
+                if self.metrics is not None:
+                    self.metrics.observe_request(version.name, entry.path, 504, perf_counter() - t0)
+                status, err = json_error(
+                    504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s",
+                    module=version.name, module_hash=version.module_hash,
+                )
+                await send_json(send, status, err)
+                return
+        if reply is None:
+            status, err = json_error(503, "unavailable", f"module for {path} is being replaced; retry")
             await send_json(send, status, err)
             return
 
