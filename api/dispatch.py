@@ -19,7 +19,12 @@ from runtime import protocol
 
 log = logging.getLogger("cweb.api")
 
-_CONTROL = tuple(routing.RESERVED_PREFIXES)
+# First path segments owned by the control plane ("/jobs/x" -> "jobs").
+_CONTROL = frozenset(p.lstrip("/") for p in routing.RESERVED_PREFIXES) | {"favicon.ico"}
+
+
+def _is_control(path: str) -> bool:
+    return path[1:].partition("/")[0] in _CONTROL
 _DEFAULT_TYPE = (b"content-type", b"text/html; charset=utf-8")
 _JSON_TYPE = (b"content-type", b"application/json")
 _METHOD_CODES = protocol.METHODS
@@ -116,7 +121,7 @@ class Dispatcher:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            if path.startswith(_CONTROL) or path == "/favicon.ico":
+            if _is_control(path):
                 if self.guard is not None:
                     refused = self.guard(scope)
                     if refused is not None:
@@ -126,7 +131,7 @@ class Dispatcher:
                 return
             await self.http(scope, receive, send, path)
         elif kind == "websocket":
-            if self.ws_handler is not None and not scope["path"].startswith(_CONTROL):
+            if self.ws_handler is not None and not _is_control(scope["path"]):
                 await self.ws_handler(scope, receive, send)
             else:
                 await self.control(scope, receive, send)
@@ -242,6 +247,10 @@ class Dispatcher:
                 break
         msg = await receive()
         body = msg.get("body", b"")
+        if len(body) > self.max_body:
+            status, err = json_error(413, "body_too_large", f"request body exceeds the limit of {self.max_body} bytes")
+            await send_json(send, status, err)
+            return None
         if not msg.get("more_body"):
             return body
         chunks = [body]

@@ -10,6 +10,7 @@ _DIAG = re.compile(
 )
 # Linker complaints: "module.c:(.text+0x1a): undefined reference to `foo'"
 _LINK = re.compile(r"^(?P<file>[^:\n]+):\(\.[^)]*\):\s*(?P<message>.*)$")
+_CONTEXT = re.compile(r"in function [`'‘]|^\S+\.o:\s*$")
 _LD = re.compile(r"^(?:/\S*/)?(?:collect2|ld)(?::| ):?\s*(?:error:\s*)?(?P<message>.*)$")
 
 
@@ -36,6 +37,7 @@ def parse(output: str) -> list[dict]:
             out.append({"file": m["file"], "line": 0, "column": 0, "severity": "error", "message": m["message"]})
             continue
         m = _LD.match(line)
-        if m and "returned 1 exit status" not in line:
+        # "ld: module.o: in function `f':" only says where the next error is.
+        if m and "returned 1 exit status" not in line and not _CONTEXT.search(m["message"]):
             out.append({"file": "", "line": 0, "column": 0, "severity": "error", "message": m["message"]})
     return out

@@ -169,6 +169,8 @@ class LocalBuilder:
         out = output.replace(scratch + "/", "").replace(compile.SDK_DIR, "cweb-sdk")
         out = out.replace(compile.SANDBOX_BUILD + "/", "").replace(compile.SANDBOX_SDK + "/", "cweb-sdk/")
         out = re.sub(r"(?m)^/\S*/(collect2|ld)", r"\1", out)
+        # gcc's temporary objects live in the jail's /tmp: name them after the source.
+        out = re.sub(r"/tmp/cc\w+\.o", "module.o", out)
         if shown != SOURCE_NAME:
             out = re.sub(rf"(?<![\w./-]){re.escape(SOURCE_NAME)}(?=[:(])", shown, out)
         return out

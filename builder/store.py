@@ -16,11 +16,11 @@ import os
 import re
 import tempfile
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_hash(value: str) -> bool:
-    return bool(_HEX64.match(value))
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o444) -> None:

@@ -1,0 +1,243 @@
+"""api.routing: the route table, declaration checks and conflicts.
+
+Versions are stood in for by ``V`` — plain data with the two attributes the
+routing code reads (``name`` and ``decl``), as api.deploy.Version has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from api.errors import Conflict, Invalid
+from api.routing import RouteTable, check_conflicts, validate_declaration
+
+
+@dataclass(eq=False)
+class V:
+    """A module version as the route table sees it."""
+
+    name: str
+    decl: dict = field(default_factory=dict)
+
+
+def version(name: str, *routes: tuple[str, str], sockets: tuple[str, ...] = ()) -> V:
+    """A version declaring (method, path) routes in this order."""
+    return V(
+        name,
+        {
+            "name": name,
+            "routes": [{"method": m, "path": p, "index": i} for i, (m, p) in enumerate(routes)],
+            "websockets": [{"path": p, "index": i} for i, p in enumerate(sockets)],
+            "jobs": [],
+        },
+    )
+
+
+def desc(name: str = "mod", routes: list[dict] | None = None, **over: object) -> dict:
+    """A declaration as the glue's cweb_abi_describe() reports it."""
+    routes = [{"path": "/a", "method": "GET", "has_handler": True, "flags": 0}] if routes is None else routes
+    d = {
+        "name": name,
+        "author": "tests",
+        "size": len(routes),
+        "ws_size": 0,
+        "job_size": 0,
+        "max_routes": 64,
+        "max_websockets": 32,
+        "max_jobs": 32,
+        "routes": routes,
+        "websockets": [],
+        "jobs": [],
+        "has_onload": False,
+        "has_unload": False,
+    }
+    d.update(over)
+    return d
+
+
+def route(path: str, method: str = "GET", has_handler: bool = True) -> dict:
+    return {"path": path, "method": method, "has_handler": has_handler, "flags": 0}
+
+
+def served_by(table: RouteTable, method: str, path: str) -> tuple[str, int] | None:
+    entry, _ = table.match(method, path)
+    return None if entry is None else (entry.version.name, entry.index)
+
+
+# ---------------------------------------------------------------- RouteTable
+
+
+def test_exact_path_beats_an_earlier_regex() -> None:
+    """A literal path wins over a regex that also matches, whatever the deploy order."""
+    regex = version("regex", ("GET", "/a/.*"))
+    exact = version("exact", ("GET", "/a/b"))
+    table = RouteTable([regex, exact])
+    assert ("exact", 0) == served_by(table, "GET", "/a/b")
+    assert ("regex", 0) == served_by(table, "GET", "/a/c")
+
+
+def test_regexes_are_tried_in_deploy_order() -> None:
+    """Of two modules' matching regexes, the earlier-deployed one answers."""
+    first = version("first", ("GET", "/x/[a-z]+"))
+    second = version("second", ("GET", "/x/.+"))
+    assert ("first", 0) == served_by(RouteTable([first, second]), "GET", "/x/abc")
+    assert ("second", 0) == served_by(RouteTable([second, first]), "GET", "/x/abc")
+
+
+def test_regexes_within_a_module_are_tried_in_declaration_order() -> None:
+    """Within one module, the first declared matching regex answers."""
+    v = version("m", ("GET", "/y/[0-9]+"), ("GET", "/y/.+"))
+    table = RouteTable([v])
+    assert ("m", 0) == served_by(table, "GET", "/y/12")
+    assert ("m", 1) == served_by(table, "GET", "/y/ab")
+
+
+def test_regex_must_match_the_whole_path() -> None:
+    """'/a/[0-9]+' serves '/a/12' but neither '/a/12x' nor '/x/a/12'."""
+    table = RouteTable([version("m", ("GET", "/a/[0-9]+"))])
+    assert ("m", 0) == served_by(table, "GET", "/a/12")
+    assert (None, ()) == table.match("GET", "/a/12x")
+    assert (None, ()) == table.match("GET", "/x/a/12")
+
+
+def test_other_method_on_known_path_reports_allowed_methods() -> None:
+    """A known path with another method gives no entry and the methods it does allow."""
+    table = RouteTable([version("m", ("GET", "/p"), ("POST", "/p"), ("GET", "/r/[0-9]+"))])
+    entry, allowed = table.match("DELETE", "/p")
+    assert entry is None
+    assert ["GET", "POST"] == sorted(allowed)
+    assert (None, ("GET",)) == table.match("PUT", "/r/7")
+
+
+def test_unknown_path_is_none_and_no_methods() -> None:
+    """A path no module serves gives (None, ())."""
+    table = RouteTable([version("m", ("GET", "/p"))])
+    assert (None, ()) == table.match("GET", "/q")
+    assert (None, ()) == RouteTable().match("GET", "/p")
+
+
+def test_methods_of_one_path_can_come_from_two_modules() -> None:
+    """GET /p from one module and POST /p from another both resolve."""
+    table = RouteTable([version("getter", ("GET", "/p")), version("poster", ("POST", "/p"))])
+    assert ("getter", 0) == served_by(table, "GET", "/p")
+    assert ("poster", 0) == served_by(table, "POST", "/p")
+
+
+def test_sockets_exact_and_regex() -> None:
+    """Socket paths resolve exactly first, then by full regex match."""
+    table = RouteTable([version("m", sockets=("/ws/[a-z]+", "/ws/chat"))])
+    exact = table.match_socket("/ws/chat")
+    pattern = table.match_socket("/ws/room")
+    assert (1, 0) == (exact.index if exact else None, pattern.index if pattern else None)
+    assert None is table.match_socket("/ws/room1")
+
+
+# ------------------------------------------------------ validate_declaration
+
+
+def test_valid_declaration_is_normalised() -> None:
+    """A good declaration comes back with upper-case methods and route indexes."""
+    decl = validate_declaration(desc("hello", [route("/a", "get"), route("/b/[0-9]+", "POST")]))
+    assert {
+        "name": "hello",
+        "author": "tests",
+        "routes": [{"method": "GET", "path": "/a", "index": 0}, {"method": "POST", "path": "/b/[0-9]+", "index": 1}],
+        "websockets": [],
+        "jobs": [],
+    } == decl
+
+
+REJECTED = [
+    ("empty name", desc(""), "invalid_module"),
+    ("name with a slash", desc("a/b"), "invalid_module"),
+    ("name with a space", desc("a b"), "invalid_module"),
+    ("name too long", desc("n" * 129), "invalid_module"),
+    ("size above max", desc(size=65), "invalid_module"),
+    ("negative size", desc(size=-1), "invalid_module"),
+    ("negative ws_size", desc(ws_size=-1), "invalid_module"),
+    ("job_size above max", desc(job_size=33), "invalid_module"),
+    ("NULL handler", desc(routes=[route("/a", has_handler=False)]), "invalid_module"),
+    ("bad method", desc(routes=[route("/a", "FETCH")]), "invalid_module"),
+    ("no method", desc(routes=[{"path": "/a", "method": None, "has_handler": True}]), "invalid_module"),
+    ("no path", desc(routes=[{"path": None, "method": "GET", "has_handler": True}]), "invalid_module"),
+    ("relative path", desc(routes=[route("a")]), "invalid_module"),
+    ("duplicate route", desc(routes=[route("/a"), route("/a")]), "duplicate_route"),
+    ("duplicate route, method case", desc(routes=[route("/a", "GET"), route("/a", "get")]), "duplicate_route"),
+    ("/jobs", desc(routes=[route("/jobs")]), "reserved_path"),
+    ("/mgnt/x", desc(routes=[route("/mgnt/x")]), "reserved_path"),
+    ("/modules", desc(routes=[route("/modules")]), "reserved_path"),
+    ("/modules/x", desc(routes=[route("/modules/x")]), "reserved_path"),
+    ("/docs", desc(routes=[route("/docs")]), "reserved_path"),
+    ("/metrics", desc(routes=[route("/metrics")]), "reserved_path"),
+    ("/healthz", desc(routes=[route("/healthz")]), "reserved_path"),
+    ("/openapi.json", desc(routes=[route("/openapi.json")]), "reserved_path"),
+    ("regex matching everything", desc(routes=[route("/.*")]), "reserved_path"),
+    ("regex matching /jobs", desc(routes=[route("/jo[b]s")]), "reserved_path"),
+    ("regex matching /healthz", desc(routes=[route("/(healthz|x)")]), "reserved_path"),
+    ("regex matching under /modules", desc(routes=[route("/modules/.+")]), "reserved_path"),
+    ("invalid regex", desc(routes=[route("/a/[0-9")]), "invalid_regex"),
+    ("invalid regex group", desc(routes=[route("/a/(x")]), "invalid_regex"),
+]
+
+
+@pytest.mark.parametrize("what, declaration, code", REJECTED, ids=[r[0] for r in REJECTED])
+def test_bad_declarations_are_rejected(what: str, declaration: dict, code: str) -> None:
+    """Each bad declaration raises Invalid (422) with a stable error code."""
+    with pytest.raises(Invalid) as info:
+        validate_declaration(declaration)
+    assert (422, code) == (info.value.status, info.value.code)
+
+
+def test_reserved_socket_path_is_rejected() -> None:
+    """A websocket under a reserved prefix is refused like a route."""
+    with pytest.raises(Invalid) as info:
+        validate_declaration(desc(ws_size=1, websockets=[{"path": "/jobs/ws"}]))
+    assert "reserved_path" == info.value.code
+
+
+def test_same_path_with_two_methods_is_not_a_duplicate() -> None:
+    """GET /a and POST /a in one module are two routes."""
+    decl = validate_declaration(desc(routes=[route("/a", "GET"), route("/a", "POST")]))
+    assert [("GET", "/a"), ("POST", "/a")] == [(r["method"], r["path"]) for r in decl["routes"]]
+
+
+def test_path_merely_starting_with_a_reserved_word_is_allowed() -> None:
+    """'/jobsearch' is not under '/jobs': prefixes end at a '/'."""
+    decl = validate_declaration(desc(routes=[route("/jobsearch")]))
+    assert ["/jobsearch"] == [r["path"] for r in decl["routes"]]
+
+
+# ------------------------------------------------------------ check_conflicts
+
+
+def test_conflict_names_the_owner() -> None:
+    """Claiming another module's method+path raises Conflict (409) naming that module."""
+    owner = version("owner", ("GET", "/shared"))
+    decl = validate_declaration(desc("newcomer", [route("/shared")]))
+    with pytest.raises(Conflict) as info:
+        check_conflicts(decl, [owner])
+    assert (409, "route_conflict", "owner") == (info.value.status, info.value.code, info.value.extra["owner"])
+    assert "'owner'" in info.value.message
+
+
+def test_socket_conflict_names_the_owner() -> None:
+    """Claiming another module's socket path raises Conflict naming that module."""
+    owner = version("owner", sockets=("/chat",))
+    decl = validate_declaration(desc("newcomer", [], ws_size=1, websockets=[{"path": "/chat"}]))
+    with pytest.raises(Conflict) as info:
+        check_conflicts(decl, [owner])
+    assert "owner" == info.value.extra["owner"]
+
+
+def test_same_module_name_is_not_a_conflict() -> None:
+    """A new version of a module may keep its own routes."""
+    old = version("m", ("GET", "/p"))
+    check_conflicts(validate_declaration(desc("m", [route("/p")])), [old])
+
+
+def test_other_method_on_same_path_is_not_a_conflict() -> None:
+    """POST /p does not conflict with another module's GET /p."""
+    other = version("other", ("GET", "/p"))
+    check_conflicts(validate_declaration(desc("m", [route("/p", "POST")])), [other])
