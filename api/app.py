@@ -230,6 +230,7 @@ def create_app(settings: Settings) -> Dispatcher:
             **base,
             "noop": noop,
             "previous_hash": previous.module_hash if previous else None,
+            "phases": {} if noop else version.phases,
             "deploy_ms": round((time.perf_counter() - t0) * 1000, 2),
         }
 

@@ -47,6 +47,8 @@ class Version:
     state: str = "active"  # active | restarting | quarantined | retiring | stopped
     crashes: list[float] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # How long each deploy step took (load, onload + connections, swap), for the deploy answer.
+    phases: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
@@ -111,13 +113,13 @@ class ModuleHost:
             await self.agent.call("start", worker_id=worker_id)
         except RuntimeError_ as exc:
             raise _runtime_to_api(exc) from exc
-        events = await open_events(socket_path, lambda frame: self._on_worker_frame(worker_id, frame))
         pool = WorkerPool(socket_path, self.settings.worker_threads)
-        await pool.open()
-        jobs_pool = None
-        if decl["jobs"]:
-            jobs_pool = WorkerPool(socket_path, self.settings.job_threads)
-            await jobs_pool.open()
+        jobs_pool = WorkerPool(socket_path, self.settings.job_threads) if decl["jobs"] else None
+        events, *_ = await asyncio.gather(
+            open_events(socket_path, lambda frame: self._on_worker_frame(worker_id, frame)),
+            pool.open(),
+            *([jobs_pool.open()] if jobs_pool is not None else []),
+        )
         return pool, jobs_pool, events
 
     def _on_worker_frame(self, worker_id: int, frame: bytes) -> None:
@@ -144,7 +146,9 @@ class ModuleHost:
             for v in self.active.values():
                 if v.module_hash == module_hash and v.state != "quarantined":
                     return v, None, True
+            t0 = time.perf_counter()
             worker_id, socket_path, desc = await self._load(module_hash)
+            t1 = time.perf_counter()
             try:
                 decl = routing.validate_declaration(desc)
                 routing.check_conflicts(decl, list(self.active.values()))
@@ -152,8 +156,10 @@ class ModuleHost:
             except BaseException:
                 await self._discard(worker_id)
                 raise
+            t2 = time.perf_counter()
             version = Version(decl["name"], module_hash, decl, worker_id, pool, source_sha256, build_key,
                               jobs_pool=jobs_pool, events=events)
+            version.phases = {"load_ms": round((t1 - t0) * 1000, 2), "start_ms": round((t2 - t1) * 1000, 2)}
             version.ready.set()
             self.registry.record_artifact(module_hash, decl, source_sha256, build_key)
             version.deployed_at = self.registry.activate(decl["name"], module_hash, action)
@@ -166,6 +172,7 @@ class ModuleHost:
             if previous is not None:
                 self._retire(previous)
             await self.sockets.migrate(version)
+            version.phases["swap_ms"] = round((time.perf_counter() - t2) * 1000, 2)
             return version, previous, False
 
     def _rebuild(self) -> None:

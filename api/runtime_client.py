@@ -185,9 +185,8 @@ class WorkerPool:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(self.size):
-            _, conn = await loop.create_unix_connection(WorkerConn, self.socket_path)
-            self.idle.append(conn)
+        conns = await asyncio.gather(*(loop.create_unix_connection(WorkerConn, self.socket_path) for _ in range(self.size)))
+        self.idle.extend(conn for _, conn in conns)
 
     async def request(self, frame: bytes, timeout: float | None, sink: Callable[[bytes], None] | None = None) -> bytes:
         """Send one frame and return the worker's answer frame.

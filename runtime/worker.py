@@ -17,6 +17,7 @@ the GIL for the whole call.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -153,7 +154,20 @@ class Worker:
         self.send({"op": "stopped"})
 
 
+def preload_libraries() -> None:
+    """Map the libraries every module links while this worker is still a spare,
+    so that loading an artifact later only relocates the module itself."""
+    for name in ("ssl", "crypto", "sqlite3", "jansson"):
+        path = ctypes.util.find_library(name)
+        if path:
+            try:
+                ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+            except OSError:
+                pass
+
+
 def main() -> None:
+    preload_libraries()
     control = socket.socket(fileno=int(os.environ["CWEB_CONTROL_FD"]))
     # Module printf output must reach the agent's log pipe promptly.
     sys.stdout.reconfigure(line_buffering=True)
