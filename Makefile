@@ -40,5 +40,10 @@ bench: install-test
 	@scripts/ensure-system.sh nginx-light wrk
 	$(VPY) bench/run.py
 
+# Both container images (cweb-api:dev, cweb-builder:dev) from this checkout;
+# offline, debian:bookworm-slim is made with debootstrap first.
+images:
+	scripts/images.sh
+
 clean:
 	rm -rf $(VENV) data

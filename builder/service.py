@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
@@ -56,7 +56,7 @@ class BuilderSettings:
     max_source_bytes: int = limits.MAX_SOURCE_BYTES
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "BuilderSettings":
+    def from_env(cls, env: dict | None = None) -> BuilderSettings:
         env = dict(os.environ if env is None else env)
         return cls(
             host=env.get("CWEB_BUILDER_HOST", "127.0.0.1"),
