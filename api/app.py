@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import auth, observe, versions
+from api import auth, cache_admin, observe, versions
 from api.metrics import Metrics
 from fastapi_offline import FastAPIOffline
 from api.jobs import routes as job_routes
@@ -95,6 +95,8 @@ def create_app(settings: Settings) -> Dispatcher:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         os.makedirs(settings.data_dir, exist_ok=True)
         os.makedirs(settings.run_dir, exist_ok=True)
+        # A fresh shared cache per server run, and the signing key, before any worker starts.
+        cache_admin.prepare(settings.data_dir)
         state.started_at = time.time()
         state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
         state.builder = RemoteBuilder(settings.builder_url) if settings.builder_url else LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)

@@ -1,7 +1,180 @@
-"""Module versions, rollback and artifact provenance (control plane)."""
+"""Module versions, rollback and artifact provenance (control plane).
+
+    GET  /modules/{name}/versions        every artifact ever deployed under name
+    POST /modules/{name}/rollback        {"module_hash": ...}: activate an earlier
+                                         artifact from the store, no compile
+    GET  /artifacts/{module_hash}        manifest + provenance (source, build key,
+                                         compiler, build time, deploys)
+    GET  /artifacts/{module_hash}/source the uploaded source text (needs a key
+                                         when keys are configured: api/auth.py)
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import sqlite3
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from api.errors import BadRequest, Invalid, NotFound
+from builder.store import is_hash
 
 router = APIRouter()
+
+# Most recent job runs listed in an artifact's provenance.
+JOB_RUNS_SHOWN = 100
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.cweb
+
+
+def _check_hash(module_hash: str) -> str:
+    if not is_hash(module_hash):
+        raise NotFound(f"{module_hash!r} is not a module hash (64 lower-case hex digits)", code="artifact_not_found")
+    return module_hash
+
+
+async def _manifest(state: Any, module_hash: str) -> dict | None:
+    """The build manifest from the store the api can see: local, or the builder's."""
+    store = getattr(state.builder, "store", None)
+    if store is not None:
+        return store.manifest(module_hash)
+    fetch = getattr(state.builder, "manifest", None)
+    return await fetch(module_hash) if fetch is not None else None
+
+
+def _source(state: Any, source_sha256: str) -> bytes | None:
+    store = getattr(state.builder, "store", None)
+    return store.source(source_sha256) if store is not None else None
+
+
+def _versions(state: Any, name: str) -> list[dict]:
+    active = state.host.active.get(name)
+    active_hash = active.module_hash if active is not None else None
+    return [
+        {
+            "module_hash": v["module_hash"],
+            "source_sha256": v["source_sha256"],
+            "deployed_at": v["deployed_at"],
+            "last_deployed_at": v["last_deployed_at"],
+            "active": v["module_hash"] == active_hash,
+        }
+        for v in state.registry.versions(name)
+    ]
+
+
+@router.get("/modules/{name}/versions")
+async def module_versions(name: str, request: Request) -> dict:
+    """Every artifact deployed under name, most recently deployed first."""
+    versions = _versions(_state(request), name)
+    if not versions:
+        raise NotFound(f"no module named {name!r} was ever deployed", code="module_not_found")
+    return {"name": name, "versions": versions}
+
+
+async def _rollback_target(request: Request) -> str:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise Invalid(f"the body is not JSON: {exc}", code="invalid_body") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("module_hash"), str):
+        raise Invalid('send a JSON object {"module_hash": "<64 hex digits>"}', code="invalid_body")
+    module_hash = body["module_hash"].strip().lower()
+    if not is_hash(module_hash):
+        raise Invalid(f"{body['module_hash']!r} is not a module hash (64 hex digits)", code="invalid_body")
+    return module_hash
+
+
+@router.post("/modules/{name}/rollback")
+async def rollback(name: str, request: Request) -> dict:
+    """Make an earlier artifact of name the active one: same hot swap as a
+    deploy (old requests finish on the old version), no compile."""
+    t0 = time.perf_counter()
+    state = _state(request)
+    module_hash = await _rollback_target(request)
+    known = {v["module_hash"] for v in state.registry.versions(name)}
+    if not known:
+        raise NotFound(f"no module named {name!r} was ever deployed", code="module_not_found")
+    if module_hash not in known:
+        raise NotFound(f"{module_hash[:12]} was never deployed as {name!r}; see GET /modules/{name}/versions", code="version_not_found")
+    art = state.registry.artifact(module_hash)
+    if art is None:
+        raise NotFound(f"artifact {module_hash[:12]} has no record", code="artifact_not_found")
+    if art["name"] != name:
+        raise BadRequest(f"artifact {module_hash[:12]} declares module {art['name']!r}, not {name!r}", code="name_mismatch")
+    version, previous, noop = await state.host.activate(
+        module_hash, source_sha256=art["source_sha256"], build_key=art["build_key"], action="rollback"
+    )
+    return {
+        **version.summary(),
+        "action": "rollback",
+        "cache_hit": True,
+        "noop": noop,
+        "previous_hash": previous.module_hash if previous else None,
+        "deploy_ms": round((time.perf_counter() - t0) * 1000, 2),
+    }
+
+
+@router.get("/artifacts/{module_hash}")
+async def artifact(module_hash: str, request: Request) -> dict:
+    """The artifact's manifest and where it came from and went."""
+    state = _state(request)
+    _check_hash(module_hash)
+    record = state.registry.artifact(module_hash)
+    manifest = await _manifest(state, module_hash)
+    if record is None and manifest is None:
+        raise NotFound(f"no artifact {module_hash[:12]}", code="artifact_not_found")
+    manifest = manifest or {}
+    record = record or {}
+    decl = record.get("decl") or {}
+    out: dict[str, Any] = {
+        "module_hash": module_hash,
+        "name": record.get("name") or decl.get("name"),
+        "author": record.get("author", ""),
+        "source_sha256": manifest.get("source_sha256") or record.get("source_sha256"),
+        "source_name": manifest.get("source_name"),
+        "build_key": manifest.get("build_key") or record.get("build_key"),
+        "compiler": manifest.get("compiler"),
+        "flags": manifest.get("flags"),
+        "sdk_digest": manifest.get("sdk_digest"),
+        "abi_version": manifest.get("abi_version"),
+        "built_at": manifest.get("built_at"),
+        "size": manifest.get("size"),
+        "routes": [{"method": r["method"], "path": r["path"]} for r in decl.get("routes", [])],
+        "websockets": [{"path": w["path"]} for w in decl.get("websockets", [])],
+        "jobs": [{"name": j["name"]} for j in decl.get("jobs", [])],
+        "first_deployed_at": record.get("first_seen"),
+        "deploys": state.registry.deploys_of(module_hash),
+        "manifest": manifest,
+    }
+    job_store = getattr(state, "job_store", None)
+    if job_store is not None:
+        out["job_runs"] = await job_store.read(lambda conn: _job_runs(conn, module_hash))
+    return out
+
+
+def _job_runs(conn: sqlite3.Connection, module_hash: str) -> list[dict]:
+    """The latest jobs that ran (or are to run) on this artifact."""
+    rows = conn.execute(
+        "SELECT job_uuid, module, job, state, created_at FROM jobs WHERE module_hash = ? ORDER BY seq DESC LIMIT ?",
+        (module_hash, JOB_RUNS_SHOWN),
+    ).fetchall()
+    return [{"job_uuid": r[0], "module": r[1], "job": r[2], "state": r[3], "created_at": r[4]} for r in rows]
+
+
+@router.get("/artifacts/{module_hash}/source")
+async def artifact_source(module_hash: str, request: Request) -> Response:
+    """The C source the artifact was built from."""
+    state = _state(request)
+    _check_hash(module_hash)
+    record = state.registry.artifact(module_hash) or {}
+    source_sha = record.get("source_sha256") or (await _manifest(state, module_hash) or {}).get("source_sha256")
+    data = _source(state, source_sha) if source_sha else None
+    if data is None:
+        raise NotFound(f"no source kept for artifact {module_hash[:12]}", code="source_not_found")
+    return Response(data, media_type="text/x-c; charset=utf-8",
+                    headers={"content-disposition": f'inline; filename="{source_sha[:12]}.c"'})

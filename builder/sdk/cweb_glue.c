@@ -269,6 +269,7 @@ ABI void cweb_abi_onload(void)
 {
     if (&config != NULL && config.onload)
         config.onload(&cweb_g_ctx);
+    cweb_services_after_handler();
 }
 
 ABI void cweb_abi_unload(void)
