@@ -258,6 +258,34 @@ class ModuleHost:
 
         asyncio.create_task(maybe_retire())
 
+    async def reload_all(self) -> None:
+        """The runtime agent restarted and took every worker with it: load them again."""
+        for v in list(self.by_worker.values()):
+            self._close_handles(v)
+        self.by_worker.clear()
+        for v in list(self.retiring) + list(self.pinned.values()):
+            v.state = "stopped"
+        self.retiring.clear()
+        self.pinned.clear()
+        for v in list(self.active.values()):
+            if v.state == "quarantined":
+                continue
+            v.state = "restarting"
+            v.ready.clear()
+            try:
+                worker_id, socket_path, _ = await self._load(v.module_hash)
+                v.pool, v.jobs_pool, v.events = await self._start(worker_id, socket_path, v.decl)
+            except Exception as exc:  # noqa: BLE001 - one module must not stop the others
+                log.error("could not reload module %s: %s", v.name, exc)
+                v.state = "quarantined"
+                v.ready.set()
+                continue
+            v.worker_id = worker_id
+            self.by_worker[worker_id] = v
+            v.state = "active"
+            v.ready.set()
+            await self.sockets.migrate(v)
+
     async def replace_worker(self, v: Version, reason: str) -> None:
         """Kill a worker whose code will not return; the crash path restarts it."""
         log.warning("replacing worker of %s (%s): %s", v.name, v.module_hash[:12], reason)

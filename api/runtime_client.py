@@ -42,9 +42,14 @@ class AgentClient:
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task | None = None
         self.process: asyncio.subprocess.Process | None = None
+        self.spawn_args: tuple | None = None
+        self.closing = False
+        # Called after the agent came back (restarted): every worker it had is gone.
+        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
 
     async def spawn_embedded(self, store: str, run_dir: str, data_dir: str, workdir: str) -> None:
         """Start `python -m runtime` as our child and wait until it listens."""
+        self.spawn_args = (store, run_dir, data_dir, workdir)
         project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = project_root
@@ -88,6 +93,24 @@ class AgentClient:
             if not fut.done():
                 fut.set_exception(RuntimeError_("runtime_unreachable", "the runtime agent went away"))
         self.pending.clear()
+        self.writer = None
+        if not self.closing:
+            asyncio.create_task(self._come_back())
+
+    async def _come_back(self) -> None:
+        """The agent died or restarted: start it again (embedded) or wait for it (compose)."""
+        log.error("lost the runtime agent; reconnecting")
+        while not self.closing:
+            try:
+                if self.spawn_args is not None and (self.process is None or self.process.returncode is not None):
+                    await self.spawn_embedded(*self.spawn_args)
+                await self.connect(attempts=50)
+                break
+            except (RuntimeError_, OSError, asyncio.TimeoutError):
+                await asyncio.sleep(1)
+        if not self.closing and self.on_reconnect is not None:
+            log.info("runtime agent is back; reloading modules")
+            await self.on_reconnect()
 
     async def call(self, op: str, timeout: float = 60.0, **args: object) -> dict:
         if self.writer is None:
@@ -105,6 +128,7 @@ class AgentClient:
         return msg
 
     async def close(self) -> None:
+        self.closing = True
         if self.writer is not None:
             self.writer.close()
         if self.process is not None and self.process.returncode is None:

@@ -42,6 +42,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     log_json: bool = False
+    store_override: str = ""
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -69,6 +70,7 @@ class Settings:
             tls_cert=env.get("CWEB_TLS_CERT", ""),
             tls_key=env.get("CWEB_TLS_KEY", ""),
             log_json=env.get("CWEB_LOG_JSON", "") == "1",
+            store_override=env.get("CWEB_STORE_DIR", ""),
         )
 
     @property
@@ -92,4 +94,4 @@ class Settings:
 
     @property
     def store_dir(self) -> str:
-        return os.path.join(self.data_dir, "store")
+        return self.store_override or os.path.join(self.data_dir, "store")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -720,3 +722,41 @@ static int h(struct cweb_context *ctx, http_request_t *req, http_response_t *res
     status, body = raw_http(s, head + chunks)
     assert 413 == status, body
     assert "body_too_large" == json.loads(body)["error"]
+
+
+
+def _agent_pid(api_pid: int) -> int:
+    """The `python -m runtime` child of the api process, found through /proc."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == api_pid and b"runtime" in cmd:
+            return int(entry)
+    raise AssertionError("no runtime agent child found")
+
+
+def test_modules_come_back_when_the_runtime_agent_dies(make_server) -> None:
+    """If the runtime agent is killed, the api starts it again and reloads every active module."""
+    srv = make_server()
+    name = unique("agent")
+    assert srv.deploy(route_module(name, f"/{name}", "still here")).status_code == 200
+    old_agent = _agent_pid(srv.proc.pid)
+    os.kill(old_agent, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    body = None
+    while time.monotonic() < deadline:
+        with srv.client() as c:
+            r = c.get(f"/{name}")
+        if r.status_code == 200:
+            body = r.text
+            break
+        time.sleep(0.2)
+    assert "still here" == body
+    assert old_agent != _agent_pid(srv.proc.pid)
