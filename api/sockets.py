@@ -5,6 +5,17 @@ A connection remembers which worker has seen its on_open. Whenever the
 module's active worker changes (hot swap, crash restart), every connection
 is re-opened on the new worker before its next message, and frames the old
 worker still sends for it are dropped.
+
+Delivery is in order and one event at a time per connection. An event whose
+worker dies while handling it is not retried (it may be what crashed the
+worker); one that had not reached the worker yet goes to its replacement.
+Either way the connection stays open and is re-opened on the new worker.
+
+Outbound, a frame from a worker is written to the client's socket at once
+when nothing is queued for it and the socket takes data; otherwise it waits
+in the connection's queue, drained by one sender task. A connection whose
+client does not read is closed with 1013 once `queue_limit` frames wait for
+it while its socket is not draining.
 """
 
 from __future__ import annotations
@@ -12,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any
 
 from api.runtime_client import WorkerGone
 from runtime import protocol
 
 if TYPE_CHECKING:
     from api.deploy import ModuleHost, Version
+    from api.routing import Entry
 
 log = logging.getLogger("cweb.api")
 
@@ -28,6 +41,19 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013
+
+# How long an event waits for a crashed worker to be restarted.
+RESTART_WAIT_S = 10.0
+# However fast the client reads, a connection never holds more than this many
+# times queue_limit undelivered messages (a burst from one worker read).
+BURST_FACTOR = 16
+# How long a finished connection waits for its close frame to go out.
+CLOSE_FLUSH_S = 5.0
+# Tries per event: a frame that never reached a crashed worker is sent again
+# once to its replacement.
+ATTEMPTS = 2
+
+DELIVERED, LOST, RETRY = "delivered", "lost", "retry"
 
 
 @dataclass(eq=False)
@@ -40,13 +66,26 @@ class Conn:
     worker_id: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
+    # True while the sender waits for the client's socket to drain.
+    blocked: bool = False
     sender: asyncio.Task | None = None
+    # uvicorn's flow-control flag for this socket, when it exposes one.
+    writable: asyncio.Event | None = None
+    # A direct send that suspended after all; the sender finishes it first.
+    resume: asyncio.Task | None = None
+
+
+def _writable_flag(send: Callable) -> asyncio.Event | None:
+    """uvicorn's `writable` event behind an ASGI send, if it has one: while it
+    is set, its send completes without suspending."""
+    flag = getattr(getattr(send, "__self__", None), "writable", None)
+    return flag if isinstance(flag, asyncio.Event) else None
 
 
 class SocketHub:
-    def __init__(self, host: "ModuleHost", queue_limit: int = 256, timeout: float = 30.0) -> None:
+    def __init__(self, host: ModuleHost, queue_limit: int = 256, timeout: float = 30.0) -> None:
         self.host = host
-        self.queue_limit = queue_limit
+        self.queue_limit = max(1, queue_limit)
         self.timeout = timeout
         self.conns: dict[int, Conn] = {}
         self.ids = itertools.count(1)
@@ -69,35 +108,45 @@ class SocketHub:
             await send({"type": "websocket.close", "code": CLOSE_POLICY})
             return
         await send({"type": "websocket.accept"})
-        conn = Conn(next(self.ids), path, entry.version.name, send, asyncio.Queue(self.queue_limit))
+        # Unbounded here: from_worker enforces the limit, knowing whether the client drains.
+        conn = Conn(next(self.ids), path, entry.version.name, send, asyncio.Queue(), writable=_writable_flag(send))
         self.conns[conn.conn_id] = conn
         conn.sender = asyncio.create_task(self._sender(conn))
         try:
-            if await self._event(conn, protocol.F_WS_OPEN, path.encode()):
-                while True:
-                    msg = await receive()
-                    kind = msg["type"]
-                    if kind == "websocket.receive":
-                        self.messages_in += 1
-                        text = msg.get("text")
-                        if text is not None:
-                            ok = await self._event(conn, protocol.F_WS_MSG, text.encode())
-                        else:
-                            ok = await self._event(conn, protocol.F_WS_MSG, msg.get("bytes") or b"", binary=True)
-                        if not ok:
-                            break
-                    elif kind == "websocket.disconnect":
-                        break
+            await self._event(conn, protocol.F_WS_OPEN, path.encode())
+            # Read until the client is gone. Once the api has closed the
+            # connection (module removed, slow client, ws->close) messages
+            # are dropped while uvicorn completes the closing handshake.
+            while True:
+                msg = await receive()
+                kind = msg["type"]
+                if kind == "websocket.receive":
+                    self.messages_in += 1
+                    if conn.closed:
+                        continue
+                    text = msg.get("text")
+                    if text is not None:
+                        await self._event(conn, protocol.F_WS_MSG, text.encode())
+                    else:
+                        await self._event(conn, protocol.F_WS_MSG, msg.get("bytes") or b"", binary=True)
+                elif kind == "websocket.disconnect":
+                    break
         finally:
             await self._finish(conn)
 
     async def _sender(self, conn: Conn) -> None:
-        """Drains the connection's bounded queue into the socket, in order."""
+        """Drains the connection's queue into the socket, in order.
+
+        uvicorn's send returns without suspending while the client's socket
+        is writable, so `blocked` is only seen True when the client lags."""
         while True:
             item = await conn.queue.get()
+            if conn.resume is not None:
+                await asyncio.wait({conn.resume})
             if item is None:
                 return
             kind, payload = item
+            conn.blocked = True
             try:
                 if kind == "text":
                     await conn.send({"type": "websocket.send", "text": payload})
@@ -108,87 +157,165 @@ class SocketHub:
                     return
             except Exception:  # noqa: BLE001 - the client went away mid-send
                 return
+            finally:
+                conn.blocked = False
             self.messages_out += 1
 
-    def _close(self, conn: Conn, code: int) -> None:
+    def _close(self, conn: Conn, code: int, flush: bool = False) -> None:
+        """Queue the close; nothing queued after it is sent.
+
+        flush: what the module sent before asking for the close goes out
+        first (ws->close). Otherwise the close jumps the queue."""
         if conn.closed:
             return
         conn.closed = True
-        # A close jumps the queue: drop what is pending, then close.
-        while not conn.queue.empty():
-            conn.queue.get_nowait()
+        if not flush:
+            while not conn.queue.empty():
+                conn.queue.get_nowait()
         conn.queue.put_nowait(("close", code))
 
     async def _finish(self, conn: Conn) -> None:
         self.conns.pop(conn.conn_id, None)
         conn.closed = True
-        if conn.worker_id:
+        # on_close goes only to the worker that saw this connection's on_open
+        # and still serves it; the lock waits out a migration in progress.
+        async with conn.lock:
             version = self._version_of(conn)
-            if version is not None and version.worker_id == conn.worker_id:
+            if conn.worker_id and version is not None and version.worker_id == conn.worker_id and version.state == "active":
                 entry = self.host.table.match_socket(conn.path)
-                if entry is not None:
-                    async with conn.lock:
-                        await self._request(version, protocol.encode_ws(protocol.F_WS_CLOSE, entry.index, conn.conn_id))
-        if conn.sender is not None:
-            if conn.queue.full():
-                conn.sender.cancel()
-            else:
-                conn.queue.put_nowait(None)
+                if entry is not None and entry.version is version:
+                    await self._request(version, protocol.encode_ws(protocol.F_WS_CLOSE, entry.index, conn.conn_id))
+        sender = conn.sender
+        if sender is not None and not sender.done():
+            conn.queue.put_nowait(None)
+            # A close frame still queued must go out before the ASGI app returns,
+            # or uvicorn drops the transport without it.
+            done, _ = await asyncio.wait({sender}, timeout=CLOSE_FLUSH_S)
+            if not done:
+                sender.cancel()
 
     # ---- events to the worker --------------------------------------------------
 
-    def _version_of(self, conn: Conn) -> "Version | None":
+    def _version_of(self, conn: Conn) -> Version | None:
         return self.host.active.get(conn.module)
 
-    async def _request(self, version: "Version", frame: bytes) -> bool:
+    async def _request(self, version: Version, frame: bytes) -> bool:
         try:
             await version.pool.request(frame, self.timeout)
             return True
-        except (WorkerGone, asyncio.TimeoutError):
+        except (TimeoutError, WorkerGone):
             return False
+
+    async def _serving(self, conn: Conn) -> Entry | None:
+        """The socket entry of the version serving conn now, after any restart
+        in progress; None (and conn closed) when there is none."""
+        entry = self.host.table.match_socket(conn.path)
+        if entry is None or entry.version.name != conn.module:
+            self._close(conn, CLOSE_GOING_AWAY)
+            return None
+        version = entry.version
+        if version.state == "restarting":
+            try:
+                await asyncio.wait_for(version.ready.wait(), RESTART_WAIT_S)
+            except TimeoutError:
+                pass
+        if version.state != "active":
+            self._close(conn, CLOSE_INTERNAL)
+            return None
+        return entry
+
+    async def _deliver(self, conn: Conn, version: Version, frame: bytes) -> str:
+        """One frame to version's worker: DELIVERED, LOST or RETRY.
+
+        LOST: the worker died while the frame was in flight (it may be what
+        killed it, so it is not sent again) or did not answer in time.
+        RETRY: the frame never reached the dead worker; a new one is up."""
+        worker_id = version.worker_id
+        try:
+            await version.pool.request(frame, self.timeout)
+            return DELIVERED
+        except WorkerGone:
+            # A frame on the wire when the worker dies fails as soon as its data
+            # connection drops, before the agent reports the exit (state still
+            # active, same worker). Frames still waiting for a connection fail
+            # only when the host kills the pool, once it knows (restarting).
+            in_flight = version.state == "active" and version.worker_id == worker_id
+            conn.worker_id = 0
+            await self._await_restart(version, worker_id)
+            if self.host.active.get(version.name) is version and version.state != "active":
+                self._close(conn, CLOSE_INTERNAL)
+                return LOST
+            return LOST if in_flight else RETRY
+        except TimeoutError:
+            log.warning("socket %d on %s: module %s did not handle an event within %g s; closing it",
+                        conn.conn_id, conn.path, version.name, self.timeout)
+            self._close(conn, CLOSE_INTERNAL)
+            return LOST
+
+    @staticmethod
+    async def _await_restart(version: Version, dead_worker: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESTART_WAIT_S
+        while loop.time() < deadline:
+            if version.worker_id != dead_worker and version.state == "active":
+                return
+            if version.state in ("quarantined", "retiring", "stopping", "stopped"):
+                return
+            await asyncio.sleep(0.02)
 
     async def _event(self, conn: Conn, kind: int, data: bytes, binary: bool = False) -> bool:
-        """Deliver one event in order; re-open on a new worker first. False: give up."""
+        """Deliver one event in order; re-open on a new worker first.
+
+        False: the connection is closed (the close frame is queued)."""
         async with conn.lock:
-            for _ in range(3):
-                entry = self.host.table.match_socket(conn.path)
-                if entry is None or entry.version.name != conn.module:
-                    self._close(conn, CLOSE_GOING_AWAY)
+            for _ in range(ATTEMPTS):
+                if conn.closed:
+                    return False
+                entry = await self._serving(conn)
+                if entry is None:
                     return False
                 version = entry.version
-                if version.state == "restarting":
-                    try:
-                        await asyncio.wait_for(version.ready.wait(), 10)
-                    except asyncio.TimeoutError:
-                        pass
-                if version.state != "active":
-                    self._close(conn, CLOSE_INTERNAL)
-                    return False
-                worker_id = version.worker_id
-                if conn.worker_id != worker_id and kind != protocol.F_WS_OPEN:
-                    conn.worker_id = worker_id
-                    if not await self._request(version, protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.path.encode())):
+                if kind != protocol.F_WS_OPEN and conn.worker_id != version.worker_id:
+                    conn.worker_id = version.worker_id
+                    open_frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.path.encode())
+                    outcome = await self._deliver(conn, version, open_frame)
+                    if outcome == RETRY:
                         continue
+                    if outcome == LOST:
+                        break
                 if kind == protocol.F_WS_OPEN:
-                    conn.worker_id = worker_id
-                if await self._request(version, protocol.encode_ws(kind, entry.index, conn.conn_id, data, binary)):
-                    return True
-                # The worker died under us: wait for its restart and retry once more.
-                await asyncio.sleep(0.05)
-            self._close(conn, CLOSE_INTERNAL)
-            return False
+                    # Before the frame goes out, so sends from on_open are accepted.
+                    conn.worker_id = version.worker_id
+                frame = protocol.encode_ws(kind, entry.index, conn.conn_id, data, binary)
+                if await self._deliver(conn, version, frame) != RETRY:
+                    break
+            return not conn.closed
 
-    async def migrate(self, version: "Version") -> None:
-        """Re-open every connection of version's module on its current worker."""
-        conns = [c for c in self.conns.values() if c.module == version.name and c.worker_id != version.worker_id]
+    async def migrate(self, version: Version) -> None:
+        """Re-open every connection of version's module on its current worker.
+
+        Connections on a path the module no longer declares are closed 1001."""
+        conns = []
+        for c in list(self.conns.values()):
+            if c.module != version.name or c.closed:
+                continue
+            entry = self.host.table.match_socket(c.path)
+            if entry is None or entry.version.name != c.module:
+                self._close(c, CLOSE_GOING_AWAY)
+            elif c.worker_id != version.worker_id:
+                conns.append(c)
 
         async def one(conn: Conn) -> None:
             async with conn.lock:
                 entry = self.host.table.match_socket(conn.path)
                 if conn.closed or entry is None or entry.version is not version or conn.worker_id == version.worker_id:
                     return
+                if version.state != "active":
+                    return
                 conn.worker_id = version.worker_id
-                await self._request(version, protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.path.encode()))
+                frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.path.encode())
+                if not await self._request(version, frame):
+                    conn.worker_id = 0
 
         sem = asyncio.Semaphore(max(1, version.pool.size))
 
@@ -198,10 +325,11 @@ class SocketHub:
 
         await asyncio.gather(*(bounded(c) for c in conns))
 
-    def close_module(self, name: str) -> None:
+    def close_module(self, name: str, code: int = CLOSE_GOING_AWAY) -> None:
+        """Close every connection of module name (removed: 1001; quarantined: 1011)."""
         for conn in list(self.conns.values()):
             if conn.module == name:
-                self._close(conn, CLOSE_GOING_AWAY)
+                self._close(conn, code)
 
     def close_all(self, code: int = CLOSE_GOING_AWAY) -> None:
         for conn in list(self.conns.values()):
@@ -215,11 +343,53 @@ class SocketHub:
         if conn is None or conn.closed or conn.worker_id != worker_id:
             return  # a retired version, or a connection already gone
         if kind == protocol.F_WS_CLOSE_REQ:
-            self._close(conn, CLOSE_NORMAL)
+            self._close(conn, CLOSE_NORMAL, flush=True)
             return
-        item = ("bytes", data) if binary else ("text", data.decode("utf-8", "replace"))
-        try:
-            conn.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        pending = conn.queue.qsize()
+        if pending >= self.queue_limit and (conn.blocked or pending >= self.queue_limit * BURST_FACTOR):
             log.warning("socket %d on %s is not reading; closing it", conn_id, conn.path)
             self._close(conn, CLOSE_TRY_LATER)
+            return
+        if binary:
+            kind, payload = "bytes", data
+        else:
+            kind, payload = "text", data.decode("utf-8", "replace")
+        if pending == 0 and not conn.blocked and conn.resume is None and conn.writable is not None and conn.writable.is_set():
+            # Nothing queued or being sent and the socket takes data: send now,
+            # without waking the sender task (a broadcast reaches 1,000
+            # clients in one pass over the events channel's frames).
+            self._send_now(conn, {"type": "websocket.send", kind: payload})
+            return
+        conn.queue.put_nowait((kind, payload))
+
+    def _send_now(self, conn: Conn, message: dict) -> None:
+        coro = conn.send(message)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            self.messages_out += 1
+            return
+        except Exception:  # noqa: BLE001 - the client went away; its receive loop sees it
+            return
+        # It suspended after all: finish it in a task. Until it is done the
+        # connection counts as lagging and later frames queue behind it.
+        conn.blocked = True
+        conn.resume = asyncio.ensure_future(self._resume(coro, waiting_on))
+
+        def done(_: asyncio.Future) -> None:
+            conn.resume = None
+            conn.blocked = False
+
+        conn.resume.add_done_callback(done)
+
+    @staticmethod
+    async def _resume(coro: Any, waiting_on: Any) -> None:
+        try:
+            while True:
+                if waiting_on is not None:
+                    await asyncio.wait({waiting_on})
+                waiting_on = coro.send(None)
+        except StopIteration:
+            pass
+        except Exception:  # noqa: BLE001 - the client went away mid-send
+            pass

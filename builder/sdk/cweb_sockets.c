@@ -9,17 +9,28 @@
  * frames from the old worker for connections it has moved to the new one.
  */
 #define _GNU_SOURCE
+#include <stdlib.h>
+#include <time.h>
 #include "cweb.h"
 #include "cweb_wire.h"
 #include "cweb_internal.h"
 
 static pthread_mutex_t events_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t events_attached = PTHREAD_COND_INITIALIZER;
 static int events_fd = -1;
+static int events_ever_attached;
+
+/* How long a send made before the channel is up waits for it. The api opens
+ * the channel before any data connection, but the worker thread that reads
+ * its first frame may run after a thread already delivering WS_OPEN. */
+#define EVENTS_ATTACH_WAIT_MS 2000
 
 void cweb_events_attach(int fd)
 {
     pthread_mutex_lock(&events_lock);
     events_fd = fd;
+    events_ever_attached = 1;
+    pthread_cond_broadcast(&events_attached);
     pthread_mutex_unlock(&events_lock);
 }
 
@@ -31,14 +42,44 @@ void cweb_events_detach(int fd)
     pthread_mutex_unlock(&events_lock);
 }
 
-int cweb_events_send(struct buf *head, const void *tail, size_t tail_len)
+/* Called with events_lock held: waits (bounded) for the first attach only.
+ * Once the api has dropped the channel, sends fail at once. */
+static void events_wait_first_attach_locked(void)
 {
-    uint32_t total = (uint32_t)(head->len + tail_len);
-    struct iovec iov[3] = {{&total, 4}, {head->p, head->len}, {(void *)tail, tail_len}};
+    if (events_fd >= 0 || events_ever_attached)
+        return;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += EVENTS_ATTACH_WAIT_MS / 1000;
+    until.tv_nsec += (long)(EVENTS_ATTACH_WAIT_MS % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (events_fd < 0 && !events_ever_attached)
+        if (pthread_cond_timedwait(&events_attached, &events_lock, &until) != 0)
+            break;
+}
+
+/* One frame: length, head, then up to two tail parts. */
+static int events_send_parts(struct buf *head, const void *a, size_t a_len, const void *b, size_t b_len)
+{
+    size_t total64 = head->len + a_len + b_len;
+    if (total64 > UINT32_MAX)
+        return -1;
+    uint32_t total = (uint32_t)total64;
+    struct iovec iov[4] = {{&total, 4}, {head->p, head->len}, {(void *)a, a_len}, {(void *)b, b_len}};
+    int cnt = b_len ? 4 : a_len ? 3 : 2;
     pthread_mutex_lock(&events_lock);
-    int rc = events_fd < 0 ? -1 : write_all_iov(events_fd, iov, tail_len ? 3 : 2);
+    events_wait_first_attach_locked();
+    int rc = events_fd < 0 ? -1 : write_all_iov(events_fd, iov, cnt);
     pthread_mutex_unlock(&events_lock);
     return rc;
+}
+
+int cweb_events_send(struct buf *head, const void *tail, size_t tail_len)
+{
+    return events_send_parts(head, tail, tail_len, NULL, 0);
 }
 
 int cweb_events_frame(uint8_t type, struct reader *r)
@@ -93,20 +134,20 @@ static struct ws_node *ws_find_locked(uint64_t id)
 
 static int ws_emit(websocket_t *ws, uint8_t type, int binary, const void *data, size_t len)
 {
+    static const char nul = 0;
+    /* Frame lengths are u32: leave room for the head and the NUL. */
+    if (len > UINT32_MAX - 64)
+        return -1;
     struct buf head = {0};
     int rc = -1;
     if (put_u8(&head, type) || put_u8(&head, (uint8_t)binary) || put_u16(&head, 0) || put_u64(&head, ws->id) ||
         put_u32(&head, (uint32_t)len))
         goto out;
-    if (type == CWEB_F_WS_SEND) {
-        /* data, then the NUL the string encoding promises */
-        struct buf tail = {0};
-        if (buf_put(&tail, data, len) == 0 && put_u8(&tail, 0) == 0)
-            rc = cweb_events_send(&head, tail.p, tail.len);
-        free(tail.p);
-    } else {
+    if (type == CWEB_F_WS_SEND)
+        /* data, then the NUL the string encoding promises; no copy of data */
+        rc = events_send_parts(&head, data, len, &nul, 1);
+    else
         rc = cweb_events_send(&head, NULL, 0);
-    }
 out:
     free(head.p);
     return rc;
