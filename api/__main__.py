@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import logging
 import os
@@ -12,10 +13,19 @@ import sys
 import uvicorn
 
 from api import auth
-from api.app import create_app
+from api.logs import configure_logging
 from api.settings import Settings
 
 log = logging.getLogger("cweb.api")
+
+# Request-line + headers of one request (bytes), and header count: past
+# either the request is refused 431. httptools itself has no such limit.
+MAX_HEADER_BYTES = 64 << 10
+MAX_HEADERS = 256
+# Seconds a client has to send a request's line and headers (slowloris).
+HEADER_TIMEOUT_S = 15.0
+# Seconds a client has to send a request's whole body once its headers are in.
+BODY_TIMEOUT_S = 120.0
 
 # Used when present in the working directory, as c-web-modules does.
 DEFAULT_CERT = "server.crt"
@@ -46,6 +56,111 @@ def resolve_tls(cert: str, key: str, cwd: str) -> tuple[str, str] | None:
     return os.path.abspath(cert), os.path.abspath(key)
 
 
+def http_protocol(header_timeout: float = HEADER_TIMEOUT_S, body_timeout: float = BODY_TIMEOUT_S) -> object:
+    """uvicorn's httptools protocol with header limits and client timeouts;
+    plain "httptools" if this uvicorn's internals are not the expected ones."""
+    try:
+        import orjson
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+    except ImportError:  # pragma: no cover - another uvicorn layout
+        return "httptools"
+
+    class _Refused(Exception):
+        pass
+
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
+        _refusal: tuple[int, str, str] | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0
+        _header_count = 0
+        _in_request = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self, delay: float, code: str, message: str) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(delay, self._expire, code, message)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expire(self, code: str, message: str) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            if self._in_request:
+                self._send_json_and_close(408, code, message)
+            else:  # a connection that never sent a byte: just close it
+                self.transport.close()
+
+        def _send_json_and_close(self, status: int, code: str, message: str) -> None:
+            body = orjson.dumps({"error": code, "message": message})
+            head = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                head += [name, b": ", value, b"\r\n"]
+            head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n"]
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+
+        def _count(self, n: int, headers: int = 0) -> None:
+            self._header_bytes += n
+            self._header_count += headers
+            if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
+                self._refusal = (
+                    431, "headers_too_large",
+                    f"request line and headers are limited to {MAX_HEADER_BYTES} bytes and {MAX_HEADERS} headers",
+                )
+                raise _Refused()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_request = True
+            self._header_bytes = self._header_count = 0
+            if self._timer is None:
+                self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4, 1)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._arm(body_timeout, "request_body_timeout", "the request body took too long to arrive")
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_request = False
+            self._disarm()
+            super().on_message_complete()
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm()
+            super().handle_websocket_upgrade()
+
+        def send_400_response(self, msg: str) -> None:
+            self._disarm()
+            if self._refusal is not None:
+                self._send_json_and_close(*self._refusal)
+            else:
+                self._send_json_and_close(
+                    400, "bad_http",
+                    "malformed HTTP request (invalid syntax, bad chunking, or conflicting Content-Length/Transfer-Encoding)",
+                )
+
+    return LimitedHttpToolsProtocol
+
+
 def _not_dumpable() -> None:
     """Keep module workers (same uid, no CAP_SYS_PTRACE) out of this process's
     /proc/<pid>/environ and /proc/<pid>/mem, where the API key lives."""
@@ -68,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     settings.host, settings.port, settings.data_dir = args.host, args.port, args.data_dir
     settings.tls_cert, settings.tls_key = args.tls_cert, args.tls_key
     settings.insecure_no_auth = args.insecure_no_auth
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_json)
 
     problem = auth.startup_problem(settings)
     if problem:
@@ -93,13 +208,18 @@ def main(argv: list[str] | None = None) -> None:
         log.info("API key required on deploy, module management and job control (%d key(s) configured)", len(settings.api_keys))
     _not_dumpable()
 
+    from api.app import create_app  # after the checks: refusing to start stays instant
+
     app = create_app(settings)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(
+            float(os.environ.get("CWEB_HEADER_TIMEOUT") or HEADER_TIMEOUT_S),
+            float(os.environ.get("CWEB_BODY_TIMEOUT") or BODY_TIMEOUT_S),
+        ),
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_message,
         ws_ping_interval=settings.ws_ping_interval,

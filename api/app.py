@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import time
 from typing import Any, AsyncIterator
 
@@ -86,8 +87,16 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     return data, name
 
 
+def _raise_fd_limit() -> None:
+    """Every client socket and worker connection is a descriptor: use all we may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def create_app(settings: Settings) -> Dispatcher:
     settings = settings.resolved()
+    _raise_fd_limit()
     state = State()
     state.settings = settings
 

@@ -18,7 +18,7 @@ from api import routing
 from api.errors import Invalid, NotFound, Unavailable
 from api.registry import Registry
 from api.runtime_client import AgentClient, EventsConn, RuntimeError_, WorkerPool, open_events
-from api.sockets import SocketHub
+from api.sockets import CLOSE_INTERNAL, SocketHub
 from runtime import protocol
 from api.settings import Settings
 
@@ -275,6 +275,9 @@ class ModuleHost:
             try:
                 worker_id, socket_path, _ = await self._load(v.module_hash)
                 v.pool, v.jobs_pool, v.events = await self._start(worker_id, socket_path, v.decl)
+            except Unavailable:
+                # The agent went away again; the next reconnect reloads this module.
+                return
             except Exception as exc:  # noqa: BLE001 - one module must not stop the others
                 log.error("could not reload module %s: %s", v.name, exc)
                 v.state = "quarantined"
@@ -359,6 +362,7 @@ class ModuleHost:
                 self.metrics.quarantines.labels(v.name).inc()
             v.state = "quarantined"
             v.ready.set()
+            self.sockets.close_module(v.name, code=CLOSE_INTERNAL)
             log.error("module %s quarantined after %d crashes in %.0f s", v.name, len(v.crashes), CRASH_WINDOW_S)
             return
         v.state = "restarting"
@@ -375,6 +379,7 @@ class ModuleHost:
             log.error("restart of module %s failed: %s", v.name, exc)
             v.state = "quarantined"
             v.ready.set()
+            self.sockets.close_module(v.name, code=CLOSE_INTERNAL)
             return
         if self.active.get(v.name) is not v:
             await self._discard(worker_id)

@@ -1,34 +1,84 @@
-"""Prometheus metrics (prometheus-client), one registry per server."""
+"""Prometheus metrics (prometheus-client), one registry per server.
+
+    cweb_requests_total{module,route,status}     module route requests (fast path)
+    cweb_request_seconds{module,route}           their latency (histogram)
+    cweb_ws_connections{module}                  open module WebSocket connections
+    cweb_ws_messages_total{direction}            socket messages in (from clients) / out
+    cweb_jobs{state}                             jobs by state, counted in the jobs DB
+    cweb_job_seconds{state}                      start -> terminal event (histogram)
+    cweb_builds_total{outcome}                   compiled, cache_hit, failed
+    cweb_build_seconds                           compile time of builds that compiled
+    cweb_worker_restarts_total{module}           workers restarted after a crash
+    cweb_quarantines_total{module}               modules quarantined for crashing
+    cweb_modules                                 active modules
+    cweb_store_artifacts, cweb_store_bytes       artifacts in the content-addressed store
+    cweb_cache_capacity_bytes                    size of the cross-module cache
+
+Counters on the request path are bumped through pre-bound children; values
+that live elsewhere (sockets, jobs, the store) are read at scrape time.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from api.deploy import ModuleHost
     from api.jobs.service import JobService
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400)
+# The cross-module cache file in the data dir (api/cache_admin.py).
+CACHE_FILE = "cache.shm"
+
+
+class _ScrapeTime(Collector):
+    """Metrics whose values are read when /metrics is rendered."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        v = self.values
+        ws = CounterMetricFamily("cweb_ws_messages", "Module WebSocket messages since start", labels=["direction"])
+        ws.add_metric(["in"], v.get("ws_in", 0))
+        ws.add_metric(["out"], v.get("ws_out", 0))
+        yield ws
+        yield GaugeMetricFamily("cweb_store_artifacts", "Artifacts in the content-addressed store", value=v.get("artifacts", 0))
+        yield GaugeMetricFamily("cweb_store_bytes", "Bytes of artifacts in the content-addressed store", value=v.get("store_bytes", 0))
+        yield GaugeMetricFamily("cweb_cache_capacity_bytes", "Size of the cross-module cache shared by modules", value=v.get("cache_bytes", 0))
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, store_dir: str = "", data_dir: str = "") -> None:
+        # The *_created series double the output and nobody graphs them. Process-wide,
+        # which is fine: the server has one registry.
+        prometheus_client.disable_created_metrics()
+        self.store_dir = store_dir
+        self.data_dir = data_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("cweb_requests_total", "Module route requests", ["module", "route", "status"], registry=r)
         self.latency = Histogram("cweb_request_seconds", "Module route latency", ["module", "route"], buckets=LATENCY_BUCKETS, registry=r)
         self.ws_connections = Gauge("cweb_ws_connections", "Open module WebSocket connections", ["module"], registry=r)
-        self.ws_messages = Gauge("cweb_ws_messages_total", "WebSocket messages since start", ["direction"], registry=r)
         self.jobs = Gauge("cweb_jobs", "Jobs by state", ["state"], registry=r)
-        self.job_seconds = Histogram("cweb_job_seconds", "Job duration from start to its terminal event", ["state"], registry=r)
+        self.job_seconds = Histogram("cweb_job_seconds", "Job duration from start to its terminal event", ["state"],
+                                     buckets=JOB_BUCKETS, registry=r)
         self.builds = Counter("cweb_builds_total", "Builds by outcome", ["outcome"], registry=r)
         self.build_seconds = Histogram("cweb_build_seconds", "Build time of compiled (not cached) builds", registry=r)
         self.restarts = Counter("cweb_worker_restarts_total", "Worker processes restarted after a crash", ["module"], registry=r)
         self.quarantines = Counter("cweb_quarantines_total", "Modules quarantined after repeated crashes", ["module"], registry=r)
         self.modules = Gauge("cweb_modules", "Active modules", registry=r)
+        self._scrape = _ScrapeTime()
+        r.register(self._scrape)
         # (module, route, status) -> (counter child, histogram child): labels() is too slow per request.
         self._children: dict[tuple, tuple] = {}
 
@@ -40,18 +90,21 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    async def render(self, host: "ModuleHost", jobs: "JobService") -> bytes:
+    async def render(self, host: ModuleHost, jobs: JobService, store_dir: str = "", data_dir: str = "") -> bytes:
+        """The text exposition, with the scrape-time values refreshed."""
         self.modules.set(len(host.active))
         self.ws_connections.clear()
         for name in host.active:
             self.ws_connections.labels(name).set(host.sockets.count(name))
-        self.ws_messages.labels("in").set(host.sockets.messages_in)
-        self.ws_messages.labels("out").set(host.sockets.messages_out)
         for state, n in (await jobs.counts()).items():
             self.jobs.labels(state).set(n)
+        values = await asyncio.to_thread(_disk_sizes, store_dir or self.store_dir, data_dir or self.data_dir)
+        values["ws_in"] = host.sockets.messages_in
+        values["ws_out"] = host.sockets.messages_out
+        self._scrape.values = values
         return generate_latest(self.registry)
 
-    async def follow_jobs(self, jobs: "JobService") -> None:
+    async def follow_jobs(self, jobs: JobService) -> None:
         """Observe job durations from the live event stream of every job."""
         q = jobs.subscribe("*")
         started: dict[str, float] = {}
@@ -69,3 +122,26 @@ class Metrics:
         except asyncio.CancelledError:
             jobs.unsubscribe("*", q)
             raise
+
+
+def _disk_sizes(store_dir: str, data_dir: str) -> dict[str, float]:
+    """Artifact count and bytes in the store, and the cache file's size.
+
+    Zero for what this process cannot see (the store of a remote builder)."""
+    artifacts = size = 0
+    if store_dir:
+        try:
+            with os.scandir(os.path.join(store_dir, "artifacts")) as it:
+                for entry in it:
+                    if entry.name.endswith(".so") and entry.is_file(follow_symlinks=False):
+                        artifacts += 1
+                        size += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            pass
+    cache = 0
+    if data_dir:
+        try:
+            cache = os.stat(os.path.join(data_dir, CACHE_FILE)).st_size
+        except OSError:
+            pass
+    return {"artifacts": artifacts, "store_bytes": size, "cache_bytes": cache}

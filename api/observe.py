@@ -1,22 +1,56 @@
 """Seeing into a running server: metrics, module logs, build history,
-worker health and the status page."""
+worker health and the status page.
+
+    GET /metrics                     Prometheus text (api/metrics.py)
+    GET /modules/{name}/logs         what the module printed; ?tail=N, ?follow=1 (NDJSON)
+    GET /_cweb/builds                the last builds with diagnostics
+    GET /_cweb/workers               worker processes with module, hash, state
+    GET /ui  (and / when no module serves it)   the status page (static/ui.html)
+    GET /redoc                       ReDoc, with fastapi-offline's bundle minus its CDN logo
+
+The pages are served with a Content-Security-Policy that lets them load
+from this server only, in case a bundled asset reaches for a CDN again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import logging
 import os
 import time
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from api.logs import MODULE_LOGGER, module_fields
 
 router = APIRouter()
+log = logging.getLogger("cweb.api")
+module_log = logging.getLogger(MODULE_LOGGER)
 
 UI_PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "ui.html")
 BUILD_HISTORY = 50
+# Lines a follower may fall behind by before the newest are dropped for it.
+FOLLOW_QUEUE = 10_000
+# Where FastAPIOffline (api/app.py) serves the Swagger UI and ReDoc assets.
+DOCS_STATIC = "/docs/static"
+# The one external URL in fastapi-offline's redoc.standalone.js (the "API docs by
+# Redocly" logo, fetched on every page view) and what replaces it.
+REDOC_CDN_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+BLANK_IMAGE = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
+# Pages may load from this server only (WebSockets to it included).
+PAGE_CSP = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; font-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
+    "frame-ancestors 'self'; base-uri 'self'; form-action 'self'"
+)
+# An idle follow stream sends an empty line this often (keeps proxies and the client's read alive).
+FOLLOW_KEEPALIVE_S = 15.0
 
 
 class LogHub:
@@ -27,12 +61,21 @@ class LogHub:
         self.names: dict[str, str] = {}  # module_hash -> name
 
     def publish(self, entry: dict) -> None:
-        name = self.names.get(entry.get("module_hash", ""))
+        module_hash = entry.get("module_hash", "")
+        name = self.names.get(module_hash)
+        if module_log.isEnabledFor(logging.DEBUG):
+            module_log.debug("%s", entry.get("line", ""), extra=module_fields(name, module_hash, stream=entry.get("stream")))
         if name is None:
             return
         for q in self.followers.get(name, ()):
-            if q.qsize() < 10_000:
+            if q.qsize() < FOLLOW_QUEUE:
                 q.put_nowait(entry)
+
+    def activated(self, version: Any) -> None:
+        """ModuleHost.on_activate: remember the name of the hash, and say so in the server log."""
+        self.names[version.module_hash] = version.name
+        log.info("module %s active: %s", version.name, version.module_hash,
+                 extra=module_fields(version.name, version.module_hash, routes=len(version.decl.get("routes", ()))))
 
     def follow(self, name: str) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
@@ -53,37 +96,54 @@ class BuildHistory:
 
     def record(self, **entry: Any) -> None:
         entry.setdefault("at", time.time())
+        entry.setdefault("diagnostics", [])
         self.entries.appendleft(entry)
+        outcome = entry.get("outcome")
+        log.log(logging.WARNING if outcome == "failed" else logging.INFO, "build %s %s%s", outcome, entry.get("file"),
+                f": {entry.get('message')}" if entry.get("message") else "",
+                extra=module_fields(None, entry.get("module_hash"), file=entry.get("file"), outcome=outcome,
+                                    build_ms=entry.get("build_ms"), error=entry.get("error")))
 
 
 def _state(request: Request) -> Any:
     return request.app.state.cweb
 
 
-@router.get("/metrics", include_in_schema=True, tags=["observability"])
+@router.get("/metrics", tags=["observability"])
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of requests, sockets, jobs, builds and workers."""
     st = _state(request)
-    body = await st.metrics.render(st.host, st.jobs)
+    body = await st.metrics.render(st.host, st.jobs, st.settings.store_dir, st.settings.data_dir)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _key(entry: dict) -> tuple:
+    return entry.get("ts"), entry.get("module_hash"), entry.get("stream"), entry.get("line")
 
 
 @router.get("/modules/{name}/logs", tags=["modules"])
 async def module_logs(request: Request, name: str, tail: int = Query(200, ge=0, le=10_000), follow: int = 0) -> Any:
     """What the module printed (stdout/stderr), per version, with timestamps.
 
-    With follow=1 the answer is a newline-delimited JSON stream of new lines."""
+    With follow=1 the answer is a newline-delimited JSON stream: the tail, then new lines."""
     st = _state(request)
     hashes = [v["module_hash"] for v in st.registry.versions(name)]
     if not hashes:
         st.host.get(name)  # raises the 404
     for h in hashes:
-        st.logs.names[h] = name
-    reply = await st.agent.call("logs", hashes=hashes, tail=tail)
+        st.logs.names.setdefault(h, name)
+    # Subscribe before reading the tail so no line falls between the two.
+    q = st.logs.follow(name) if follow else None
+    try:
+        reply = await st.agent.call("logs", hashes=hashes, tail=tail)
+    except BaseException:
+        if q is not None:
+            st.logs.unfollow(name, q)
+        raise
     lines = reply["lines"]
-    if not follow:
+    if q is None:
         return {"name": name, "lines": lines}
-    q = st.logs.follow(name)
+    seen = {_key(e) for e in lines}
 
     async def stream():
         try:
@@ -91,15 +151,19 @@ async def module_logs(request: Request, name: str, tail: int = Query(200, ge=0, 
                 yield orjson.dumps(entry) + b"\n"
             while True:
                 try:
-                    entry = await asyncio.wait_for(q.get(), 15)
-                except asyncio.TimeoutError:
+                    entry = await asyncio.wait_for(q.get(), FOLLOW_KEEPALIVE_S)
+                except TimeoutError:
                     yield b"\n"  # keep-alive; also notices a gone client
                     continue
-                yield orjson.dumps(entry) + b"\n"
+                if seen:
+                    if _key(entry) in seen:
+                        continue
+                    seen.clear()  # past the tail: no more duplicates possible
+                yield orjson.dumps({k: v for k, v in entry.items() if k != "event"}) + b"\n"
         finally:
             st.logs.unfollow(name, q)
 
-    return StreamingResponse(stream(), media_type="application/x-ndjson")
+    return StreamingResponse(stream(), media_type="application/x-ndjson", headers={"cache-control": "no-store"})
 
 
 @router.get("/_cweb/builds", tags=["observability"])
@@ -125,4 +189,40 @@ async def workers(request: Request) -> dict:
 @router.get("/ui", include_in_schema=False)
 async def ui() -> HTMLResponse:
     with open(UI_PAGE, encoding="utf-8") as f:
-        return HTMLResponse(f.read())
+        return HTMLResponse(f.read(), headers={"cache-control": "no-store", "content-security-policy": PAGE_CSP})
+
+
+@functools.cache
+def _redoc_bundle() -> bytes:
+    import fastapi_offline
+
+    path = os.path.join(os.path.dirname(os.path.abspath(fastapi_offline.__file__)), "static", "redoc.standalone.js")
+    with open(path, encoding="utf-8") as f:
+        return f.read().replace(REDOC_CDN_LOGO, BLANK_IMAGE).encode("utf-8")
+
+
+@router.get("/redoc/redoc.standalone.js", include_in_schema=False)
+async def redoc_bundle() -> Response:
+    return Response(_redoc_bundle(), media_type="text/javascript; charset=utf-8", headers={"cache-control": "public, max-age=3600"})
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    """ReDoc, for an app created with redoc_url=None (FastAPIOffline's own page
+    loads the bundle that fetches the CDN logo, and has no CSP)."""
+    root = request.scope.get("root_path", "")
+    page = get_redoc_html(
+        openapi_url=f"{root}{request.app.openapi_url}",
+        title=f"{request.app.title} - ReDoc",
+        redoc_js_url=f"{root}/redoc/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+        with_google_fonts=False,
+    )
+    page.headers["content-security-policy"] = PAGE_CSP
+    return page
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    # Only reached when no module serves "/" (the fast path tries modules first).
+    return RedirectResponse("/ui")

@@ -102,9 +102,18 @@ class AgentClient:
         log.error("lost the runtime agent; reconnecting")
         while not self.closing:
             try:
-                if self.spawn_args is not None and (self.process is None or self.process.returncode is not None):
+                if self.spawn_args is not None:
+                    if self.process is not None and self.process.returncode is None:
+                        # A child forked by the dying agent may hold its listening socket
+                        # for a moment: only a reaped agent is really gone.
+                        try:
+                            await asyncio.wait_for(self.process.wait(), 5)
+                        except asyncio.TimeoutError:
+                            self.process.kill()
+                            await self.process.wait()
                     await self.spawn_embedded(*self.spawn_args)
                 await self.connect(attempts=50)
+                await self.call("ping", timeout=10)
                 break
             except (RuntimeError_, OSError, asyncio.TimeoutError):
                 await asyncio.sleep(1)
@@ -314,16 +323,21 @@ class EventsConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        while len(buf) >= 4:
-            (n,) = _U32.unpack_from(buf, 0)
-            if len(buf) < 4 + n:
-                return
-            frame = bytes(buf[4 : 4 + n])
-            del buf[: 4 + n]
+        # Parse by offset and trim once: a broadcast brings thousands of frames per read.
+        off = 0
+        end = len(buf)
+        while end - off >= 4:
+            (n,) = _U32.unpack_from(buf, off)
+            if end - off < 4 + n:
+                break
+            frame = bytes(buf[off + 4 : off + 4 + n])
+            off += 4 + n
             try:
                 self.on_frame(frame)
             except Exception:  # noqa: BLE001 - a bad frame must not kill the channel
                 log.exception("bad frame on a worker events channel")
+        if off:
+            del buf[:off]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

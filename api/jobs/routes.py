@@ -1,18 +1,36 @@
-"""/jobs: the control plane of durable jobs (c-web-modules' wire shapes)."""
+"""/jobs: the control plane of durable jobs (c-web-modules' wire shapes).
+
+POST /jobs is the hot endpoint (every submission), so it is served by a bare
+ASGI handler, `submit_asgi`, that reads the body, parses it with orjson and
+answers without FastAPI's request/response machinery. It is mounted in this
+router ahead of the documented FastAPI route of the same path (which stays
+for OpenAPI and gives the same answers), and can also be called directly by
+the outermost dispatcher to skip FastAPI's middleware as well.
+
+Query parameters are parsed here rather than by FastAPI so that bad values
+get the same JSON errors (`{"error", "message"}`) as everything else.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
+from starlette.routing import Route
 
-from api.errors import BadRequest, Invalid
-from api.jobs.service import JobService, public_event, public_job
+from api.errors import ApiError, BadRequest, Invalid, PayloadTooLarge, error_body
+from api.jobs.service import DEFAULT_TIMEOUT_S, MAX_PAYLOAD_BYTES, JobService, public_event, public_job
 
 router = APIRouter()
+
+# A submission body is the payload plus a few small fields.
+MAX_SUBMIT_BODY = MAX_PAYLOAD_BYTES + 64 * 1024
+LIST_DEFAULT_LIMIT = 100
+LIST_MAX_LIMIT = 1000
+LIST_FIELDS = ("job_uuid", "state", "module", "job", "module_hash", "created_at", "updated_at", "attempts")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 def _service(request: Request | WebSocket) -> JobService:
@@ -28,10 +46,23 @@ def _number(body: dict, key: str, kind: type, default: Any) -> Any:
     return kind(value)
 
 
-@router.post("/jobs")
-async def submit_job(request: Request) -> dict:
-    """Create a job: {"module", "job", "payload": {...}} -> {"job_uuid", "state", "module_hash"}."""
-    raw = await request.body()
+def _int_param(params: Any, key: str, default: int | None, code: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    raw = params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{key} must be an integer, not {raw[:40]!r}", code=code) from None
+    if minimum is not None and value < minimum:
+        raise BadRequest(f"{key} must be at least {minimum}", code=code)
+    if maximum is not None and value > maximum:
+        raise BadRequest(f"{key} must be at most {maximum}", code=code)
+    return value
+
+
+async def submit_body(service: JobService, raw: bytes, idempotency_key: str | None) -> dict:
+    """Create a job from a POST /jobs body; the answer's JSON object."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -41,58 +72,108 @@ async def submit_job(request: Request) -> dict:
     module, job = body.get("module"), body.get("job")
     if not isinstance(module, str) or not isinstance(job, str):
         raise Invalid("fields 'module' and 'job' are required strings", code="invalid_job")
-    payload = body.get("payload", {})
-    created, is_new = await _service(request).submit(
+    created, is_new = await service.submit(
         module,
         job,
-        payload,
+        body.get("payload", {}),
         max_attempts=_number(body, "max_attempts", int, 1),
-        timeout_s=_number(body, "timeout_s", float, 600.0),
+        timeout_s=_number(body, "timeout_s", float, DEFAULT_TIMEOUT_S),
         priority=_number(body, "priority", int, 0),
         delay_s=_number(body, "delay_s", float, 0.0),
         run_after=_number(body, "run_after", float, None),
-        idempotency_key=request.headers.get("idempotency-key"),
+        idempotency_key=idempotency_key,
     )
     return {"job_uuid": created["job_uuid"], "state": created["state"], "module_hash": created["module_hash"], "created": is_new}
 
 
+async def _read_body(receive: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client went away before sending the whole body", code="incomplete_body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"a job submission is limited to {limit} bytes", code="payload_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def submit_asgi(service: JobService, scope: dict, receive: Any, send: Any) -> None:
+    """POST /jobs as a bare ASGI handler."""
+    key = None
+    for name, value in scope["headers"]:
+        if name == b"idempotency-key":
+            key = value.decode("latin-1")
+            break
+    try:
+        answer = await submit_body(service, await _read_body(receive, MAX_SUBMIT_BODY), key)
+        status, payload = 200, orjson.dumps(answer)
+    except ApiError as exc:
+        status, payload = error_body(exc)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class _SubmitEndpoint:
+    """The ASGI app behind POST /jobs inside the FastAPI router."""
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await submit_asgi(scope["app"].state.cweb.jobs, scope, receive, send)
+
+
+# Matched before the documented route below: same path and method, same answers.
+router.routes.append(Route("/jobs", endpoint=_SubmitEndpoint(), methods=["POST"], include_in_schema=False))
+
+
+@router.post("/jobs")
+async def submit_job(request: Request) -> dict:
+    """Create a job: {"module", "job", "payload": {...}} -> {"job_uuid", "state", "module_hash"}.
+
+    Optional fields: max_attempts (default 1), timeout_s (default 600),
+    priority (higher first), delay_s or run_after (epoch seconds). An
+    Idempotency-Key header returns the job first created with that key."""
+    return await submit_body(_service(request), await request.body(), request.headers.get("idempotency-key"))
+
+
 @router.get("/jobs")
-async def list_jobs(
-    request: Request,
-    state: str | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    cursor: int | None = None,
-    module: str | None = None,
-) -> dict:
-    """Jobs, newest first; pass next_cursor back as cursor for the next page."""
-    jobs, next_cursor = await _service(request).list(state, limit, cursor, module)
-    return {
-        "jobs": [
-            {k: public_job(j)[k] for k in ("job_uuid", "state", "module", "job", "module_hash", "created_at", "updated_at", "attempts")}
-            for j in jobs
-        ],
-        "next_cursor": next_cursor,
-    }
+async def list_jobs(request: Request) -> dict:
+    """Jobs, newest first: ?state=&module=&limit= (1..1000, default 100); pass next_cursor back as cursor."""
+    params = request.query_params
+    limit = _int_param(params, "limit", LIST_DEFAULT_LIMIT, "invalid_limit", 1, LIST_MAX_LIMIT)
+    cursor = _int_param(params, "cursor", None, "invalid_cursor")
+    assert limit is not None
+    jobs, next_cursor = await _service(request).list(params.get("state") or None, limit, cursor, params.get("module") or None)
+    return {"jobs": [{k: public_job(j)[k] for k in LIST_FIELDS} for j in jobs], "next_cursor": next_cursor}
 
 
 @router.get("/jobs/{job_uuid}")
 async def get_job(request: Request, job_uuid: str) -> dict:
+    """A job's state, module_hash, result (the JSON object it set) or error."""
     return public_job(await _service(request).get(job_uuid))
 
 
 @router.post("/jobs/{job_uuid}/cancel")
 async def cancel_job(request: Request, job_uuid: str) -> dict:
+    """Cancel a pending or running job -> {"job_uuid", "state"}; 409 once it has finished."""
     return await _service(request).cancel(job_uuid)
 
 
 @router.get("/jobs/{job_uuid}/events")
-async def job_events(request: Request, job_uuid: str, since_event_id: int = 0, follow: int = 0) -> Any:
+async def job_events(request: Request, job_uuid: str) -> Any:
     """Stored events after since_event_id; with follow=1 a newline-delimited stream until the terminal event."""
     service = _service(request)
+    since = _int_param(request.query_params, "since_event_id", 0, "invalid_since_event_id", 0)
+    follow = request.query_params.get("follow", "0") not in ("", "0", "false")
+    assert since is not None
     if not follow:
         await service.get(job_uuid)
-        return {"events": [public_event(e) for e in await service.events_since(job_uuid, since_event_id)]}
-    stream = service.stream(job_uuid, since_event_id)
+        return {"events": [public_event(e) for e in await service.events_since(job_uuid, since)]}
+    stream = service.stream(job_uuid, since)
     first = await anext(stream, None)  # raises NotFound before the response starts
 
     async def lines():
@@ -107,25 +188,18 @@ async def job_events(request: Request, job_uuid: str, since_event_id: int = 0, f
 
 @router.websocket("/jobs/ws")
 async def job_socket(websocket: WebSocket) -> None:
-    """WS /jobs/ws?id=UUID&since_event_id=N: replay stored events after N, then live ones."""
+    """WS /jobs/ws?id=UUID&since_event_id=N: replay stored events after N, then live ones; closes after the terminal event."""
     job_uuid = websocket.query_params.get("id", "")
-    try:
-        since = int(websocket.query_params.get("since_event_id", "0"))
-    except ValueError:
-        since = -1
     await websocket.accept()
-    if since < 0:
-        await websocket.send_text(json.dumps({"error": "invalid_since_event_id", "message": "since_event_id must be a non-negative integer"}))
-        await websocket.close(code=1008)
-        return
-    service = _service(websocket)
     try:
-        async for ev in service.stream(job_uuid, since):
+        since = _int_param(websocket.query_params, "since_event_id", 0, "invalid_since_event_id", 0)
+        assert since is not None
+        async for ev in _service(websocket).stream(job_uuid, since):
             await websocket.send_text(orjson.dumps(public_event(ev)).decode())
     except WebSocketDisconnect:
         return
-    except Exception as exc:  # noqa: BLE001 - NotFound and friends become a JSON message and a policy close
-        await websocket.send_text(json.dumps({"error": getattr(exc, "code", "error"), "message": getattr(exc, "message", str(exc))}))
+    except ApiError as exc:  # NotFound and bad parameters: a JSON message and a policy close
+        await websocket.send_text(orjson.dumps({"error": exc.code, "message": exc.message}).decode())
         await websocket.close(code=1008)
         return
     await websocket.close(code=1000)

@@ -12,9 +12,12 @@ import random
 import sqlite3
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from api.errors import BadRequest, Conflict, Invalid, NotFound
 from api.jobs.store import JOB_COLUMNS, Store, add_event, row_to_job
@@ -29,12 +32,15 @@ log = logging.getLogger("cweb.jobs")
 DEFAULT_TIMEOUT_S = 600.0
 MAX_ATTEMPTS_LIMIT = 20
 CANCEL_GRACE_S = 5.0
+# Seconds between repeats of a cancel request while the job runs (the frame
+# can overtake the job's start; the module's hook still runs only once).
+CANCEL_RESEND_S = 0.25
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 60.0
 MAX_PAYLOAD_BYTES = 1 << 20
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     PENDING = "pending"
     """Accepted and waiting for its run_after time or a free job slot."""
     RUNNING = "running"
@@ -48,12 +54,37 @@ class JobState(str, Enum):
 
 
 TERMINAL = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELED.value}
+# Event types only the server writes; a module emitting one gets "module_" prepended.
+RESERVED_EVENTS = {"created", "started", "retry"}
+# JOB_END outcome codes (builder/sdk/cweb_jobs.c).
+OUTCOME_RESULT, OUTCOME_ERROR, OUTCOME_NONE = 0, 1, 2
+
+
+# Payloads up to this size stay in memory while their job waits, so an attempt
+# can start without reading the job back from the database first.
+INLINE_PAYLOAD_BYTES = 16 * 1024
+
+
+@dataclass(slots=True)
+class Spec:
+    """What starting the next attempt of a queued job needs."""
+
+    job: str
+    attempts: int        # attempts made so far
+    timeout_s: float
+    payload: str | None  # None when larger than INLINE_PAYLOAD_BYTES: read at start
 
 
 @dataclass(order=True)
 class Queued:
     sort_key: tuple
     job_uuid: str = field(compare=False)
+    spec: Spec | None = field(compare=False, default=None)
+
+
+def _spec(job: dict) -> Spec:
+    payload = job["payload"]
+    return Spec(job["job"], job["attempts"], job["timeout_s"], payload if len(payload) <= INLINE_PAYLOAD_BYTES else None)
 
 
 def _json_or_string(raw: bytes | str) -> Any:
@@ -89,14 +120,20 @@ def public_event(ev: dict) -> dict:
 
 
 class JobService:
-    def __init__(self, store: Store, host: "ModuleHost", instance: str | None = None) -> None:
+    def __init__(self, store: Store, host: ModuleHost, instance: str | None = None) -> None:
         self.store = store
         self.host = host
         self.instance = instance or uuidlib.uuid4().hex
         self.queues: dict[str, list[Queued]] = {}     # module_hash -> heap of pending
-        self.running: dict[str, "asyncio.Task"] = {}  # job_uuid -> run task
+        # job_uuid -> its live queue entry; heap entries not in here are stale (canceled).
+        self.queued: dict[str, Queued] = {}
+        self.running: dict[str, asyncio.Task] = {}  # job_uuid -> run task
         self.running_hash: dict[str, str] = {}        # job_uuid -> module_hash
-        self.busy: dict[str, int] = {}                # module_hash -> running count
+        self.running_version: dict[str, Version] = {}  # job_uuid -> version its attempt runs on
+        self.versions: dict[str, Version] = {}      # module_hash -> version last found for it
+        self.loading: dict[str, asyncio.Task] = {}    # module_hash -> task finding its version
+        self.busy: dict[str, int] = {}                # module_hash -> job slots in use
+        self.slots: dict[str, str] = {}               # job_uuid -> module_hash whose slot it holds
         self.cancel_requested: set[str] = set()
         self.subscribers: dict[str, set[asyncio.Queue]] = {}
         self.seq = itertools.count(int(time.time() * 1000) * 1000)
@@ -116,6 +153,8 @@ class JobService:
     async def stop(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.cancel()
+        for task in list(self.loading.values()):
+            task.cancel()
         for t in self.timers.values():
             t.cancel()
         for task in list(self.running.values()):
@@ -147,16 +186,20 @@ class JobService:
         for ev in await self.store.write(fix):
             self._publish(ev)
         rows = await self.store.read(
-            lambda c: c.execute("SELECT job_uuid, module_hash, priority, run_after, seq FROM jobs WHERE state='pending'").fetchall()
+            lambda c: c.execute(
+                "SELECT job_uuid, module_hash, priority, run_after, seq, job, attempts, timeout_s, "
+                "CASE WHEN length(payload) <= ? THEN payload END FROM jobs WHERE state='pending'",
+                (INLINE_PAYLOAD_BYTES,),
+            ).fetchall()
         )
-        for job_uuid, module_hash, priority, run_after, seq in rows:
-            self._enqueue(job_uuid, module_hash, priority, run_after, seq)
+        for job_uuid, module_hash, priority, run_after, seq, job, attempts, timeout_s, payload in rows:
+            self._enqueue(job_uuid, module_hash, priority, run_after, seq, Spec(job, attempts, timeout_s, payload))
         if rows:
             log.info("recovered %d pending jobs", len(rows))
 
     # ---- submission -----------------------------------------------------------
 
-    def _resolve(self, module: str, job: str) -> tuple["Version", int]:
+    def _resolve(self, module: str, job: str) -> tuple[Version, int]:
         version = self.host.active.get(module)
         if version is None:
             raise NotFound(f"no module named {module!r}", code="module_not_found")
@@ -188,7 +231,10 @@ class JobService:
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters", code="invalid_idempotency_key")
         version, _ = self._resolve(module, job)
-        payload_text = json.dumps(payload, separators=(",", ":"))
+        try:
+            payload_text = orjson.dumps(payload).decode()
+        except TypeError:  # e.g. an integer beyond 64 bits, from jobs_create's parser
+            payload_text = json.dumps(payload, separators=(",", ":"))
         if len(payload_text) > MAX_PAYLOAD_BYTES:
             raise Invalid(f"payload is larger than {MAX_PAYLOAD_BYTES} bytes", code="payload_too_large")
         now = time.time()
@@ -211,66 +257,120 @@ class JobService:
         if created:
             assert ev is not None
             self._publish(ev)
-            self._enqueue(job_uuid, version.module_hash, priority, when, seq)
+            self._enqueue(job_uuid, version.module_hash, priority, when, seq, _spec(created_job))
         return created_job, created
 
     # ---- queueing and dispatch ---------------------------------------------------
 
-    def _enqueue(self, job_uuid: str, module_hash: str, priority: int, run_after: float, seq: int) -> None:
+    def _enqueue(self, job_uuid: str, module_hash: str, priority: int, run_after: float, seq: int, spec: Spec | None) -> None:
+        item = Queued((-priority, seq), job_uuid, spec)
+        self.queued[job_uuid] = item
         delay = run_after - time.time()
         if delay > 0.001:
             loop = asyncio.get_running_loop()
-            self.timers[job_uuid] = loop.call_later(delay, self._due, job_uuid, module_hash, priority, seq)
+            self.timers[job_uuid] = loop.call_later(delay, self._due, module_hash, item)
             return
-        heapq.heappush(self.queues.setdefault(module_hash, []), Queued((-priority, seq), job_uuid))
+        heapq.heappush(self.queues.setdefault(module_hash, []), item)
         self.wake.set()
 
-    def _due(self, job_uuid: str, module_hash: str, priority: int, seq: int) -> None:
-        self.timers.pop(job_uuid, None)
-        heapq.heappush(self.queues.setdefault(module_hash, []), Queued((-priority, seq), job_uuid))
+    def _due(self, module_hash: str, item: Queued) -> None:
+        self.timers.pop(item.job_uuid, None)
+        if self.queued.get(item.job_uuid) is not item:
+            return
+        heapq.heappush(self.queues.setdefault(module_hash, []), item)
         self.wake.set()
 
     async def _dispatch_loop(self) -> None:
+        """Start queued jobs, highest priority first, while their version has free job slots.
+
+        Never waits for a version to load or restart: that happens in a task
+        per module hash, which wakes the loop when the version is ready."""
         while True:
             await self.wake.wait()
             self.wake.clear()
             for module_hash, heap in list(self.queues.items()):
                 if not heap:
+                    del self.queues[module_hash]
                     continue
-                try:
-                    version = await self.host.version_for_hash(module_hash)
-                except Exception as exc:  # noqa: BLE001 - the artifact cannot run: fail its jobs
-                    await self._fail_queue(module_hash, f"module version {module_hash[:12]} cannot be loaded: {exc}")
+                version = self._usable_version(module_hash)
+                if version is None:
+                    if module_hash not in self.loading:
+                        self.loading[module_hash] = asyncio.create_task(self._load_version(module_hash))
                     continue
-                if version is None or version.jobs_pool is None:
-                    continue
+                assert version.jobs_pool is not None
                 slots = version.jobs_pool.size - self.busy.get(module_hash, 0)
                 while slots > 0 and heap:
                     item = heapq.heappop(heap)
-                    if item.job_uuid in self.running:
-                        continue
+                    if self.queued.get(item.job_uuid) is not item or item.job_uuid in self.running:
+                        continue  # canceled while queued, or queued again since
+                    del self.queued[item.job_uuid]
                     slots -= 1
                     self.busy[module_hash] = self.busy.get(module_hash, 0) + 1
+                    self.slots[item.job_uuid] = module_hash
                     self.running_hash[item.job_uuid] = module_hash
-                    self.running[item.job_uuid] = asyncio.create_task(self._run(item.job_uuid, module_hash))
+                    self.running[item.job_uuid] = asyncio.create_task(self._run(item.job_uuid, module_hash, version, item.spec))
                 if not heap:
                     del self.queues[module_hash]
+
+    def _usable_version(self, module_hash: str) -> Version | None:
+        """The version last found for module_hash, if it can still take jobs right now."""
+        version = self.versions.get(module_hash)
+        if version is None or version.state not in ("active", "retiring", "pinned"):
+            return None
+        pool = version.jobs_pool
+        if pool is None or pool.dead or version.module_hash != module_hash:
+            return None
+        return version
+
+    async def _load_version(self, module_hash: str) -> None:
+        """Find (or load) the worker for module_hash, then wake the dispatcher."""
+        try:
+            version = await self.host.version_for_hash(module_hash)
+            if version is None or version.jobs_pool is None:
+                raise LookupError("it is not loaded and defines no jobs")
+            self.versions[module_hash] = version
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the artifact cannot run: fail its queued jobs
+            log.warning("module version %s cannot run jobs: %s", module_hash[:12], exc)
+            await self._fail_queue(module_hash, f"module version {module_hash[:12]} cannot be loaded: {exc}")
+        finally:
+            self.loading.pop(module_hash, None)
+            self.wake.set()
 
     async def _fail_queue(self, module_hash: str, message: str) -> None:
         heap = self.queues.pop(module_hash, [])
         for item in heap:
+            if self.queued.get(item.job_uuid) is not item:
+                continue
+            del self.queued[item.job_uuid]
             await self._finish(item.job_uuid, None, "failed", error=message, only_if_state="pending")
 
-    async def pending_for(self, version: "Version") -> bool:
+    async def pending_for(self, version: Version) -> bool:
         """Whether pending or running jobs still need this version's worker."""
         h = version.module_hash
-        return bool(self.queues.get(h) or self.busy.get(h))
+        return bool(self.queues.get(h) or self.busy.get(h) or h in self.loading or h in self.running_hash.values())
+
+    def _release_slot(self, job_uuid: str) -> None:
+        """The job no longer occupies a job thread of its version: let the next one start.
+
+        Called as soon as the worker answers, so the next job's start overlaps
+        this one's final commit."""
+        module_hash = self.slots.pop(job_uuid, None)
+        if module_hash is None:
+            return
+        left = self.busy.get(module_hash, 1) - 1
+        if left > 0:
+            self.busy[module_hash] = left
+        else:
+            self.busy.pop(module_hash, None)
+        self.wake.set()
 
     # ---- one attempt ------------------------------------------------------------------
 
-    async def _run(self, job_uuid: str, module_hash: str) -> None:
+    async def _run(self, job_uuid: str, module_hash: str, version: Version, spec: Spec | None) -> None:
         try:
-            await self._attempt(job_uuid, module_hash)
+            await self._attempt(job_uuid, module_hash, version, spec)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - never lose a job to a bug in here
@@ -279,19 +379,27 @@ class JobService:
         finally:
             self.running.pop(job_uuid, None)
             self.running_hash.pop(job_uuid, None)
-            self.busy[module_hash] = self.busy.get(module_hash, 1) - 1
-            self.wake.set()
+            self.running_version.pop(job_uuid, None)
+            self._release_slot(job_uuid)
             self.host.job_finished(module_hash)
 
-    async def _attempt(self, job_uuid: str, module_hash: str) -> None:
+    async def _attempt(self, job_uuid: str, module_hash: str, version: Version, spec: Spec | None) -> None:
+        """One attempt: mark it running (committed, then `started` is published), run it in the
+        worker of its version, then write its outcome conditionally on this attempt.
+
+        When the queued job's spec is in memory, the job is sent to the worker
+        while its start is being committed: the commit and the run overlap, and
+        nothing the attempt produces (events, result) is written or sent
+        before the start is committed."""
         now = time.time()
+        expected = spec.attempts if spec is not None else None
 
         def start(conn: sqlite3.Connection) -> tuple[dict | None, dict | None]:
             row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone()
             if row is None:
                 return None, None
             job = row_to_job(row)
-            if job["state"] != "pending":
+            if job["state"] != "pending" or (expected is not None and job["attempts"] != expected):
                 return None, None
             attempt = job["attempts"] + 1
             conn.execute(
@@ -301,16 +409,33 @@ class JobService:
             job.update(state="running", attempts=attempt)
             return job, add_event(conn, job_uuid, "started", json.dumps({"attempt": attempt}), now)
 
-        job, ev = await self.store.write(start)
-        if job is None:
-            return
-        assert ev is not None
-        self._publish(ev)
-        attempt = job["attempts"]
-        version = await self.host.version_for_hash(module_hash)
-        index = next((j["index"] for j in version.decl["jobs"] if j["name"] == job["job"]), None) if version else None
-        if version is None or version.jobs_pool is None or index is None:
-            await self._finish(job_uuid, attempt, "failed", error=f"job {job['job']!r} is not available in {module_hash[:12]}")
+        async def started(written: asyncio.Future) -> dict | None:
+            job, ev = await written
+            if ev is not None:
+                self._publish(ev)
+            return job
+
+        # Queued now, before anything the attempt writes later (its events and
+        # outcome), so `started` is committed and published before them.
+        starting = asyncio.ensure_future(started(self.store.enqueue(start)))
+        self.running_version[job_uuid] = version
+        if spec is not None and spec.payload is not None and job_uuid not in self.cancel_requested:
+            attempt, name, payload, timeout_s = spec.attempts + 1, spec.job, spec.payload, spec.timeout_s
+        else:
+            job = await starting
+            if job is None:
+                return
+            attempt, name, payload, timeout_s = job["attempts"], job["job"], job["payload"], job["timeout_s"]
+            if job_uuid in self.cancel_requested:
+                # Canceled between the dispatch and the start: do not run it at all.
+                self.cancel_requested.discard(job_uuid)
+                await self._finish(job_uuid, attempt, "canceled")
+                return
+        index = next((j["index"] for j in version.decl["jobs"] if j["name"] == name), None)
+        pool = version.jobs_pool
+        if pool is None or index is None:
+            if await starting is not None:
+                await self._finish(job_uuid, attempt, "failed", error=f"job {name!r} is not available in {module_hash[:12]}")
             return
 
         pending_events: list[asyncio.Future] = []
@@ -322,56 +447,69 @@ class JobService:
                 json.loads(text)
             except ValueError:
                 text = json.dumps(text)
-            if kind in TERMINAL or kind in ("created", "started", "retry"):
+            if kind in TERMINAL or kind in RESERVED_EVENTS:
                 kind = f"module_{kind}"
-            pending_events.append(asyncio.ensure_future(self._event(job_uuid, attempt, kind, text)))
+            written = self.store.enqueue(self._event_write(job_uuid, attempt, kind, text))
+            written.add_done_callback(self._publish_written)
+            pending_events.append(written)
 
-        frame = protocol.encode_job_run(index, attempt, job_uuid, job["payload"].encode())
+        frame = protocol.encode_job_run(index, attempt, job_uuid, payload.encode())
         outcome: tuple[str, Any]
         try:
-            reply = await version.jobs_pool.request(frame, job["timeout_s"], sink)
+            reply = await pool.request(frame, timeout_s, sink)
             code, rc, data = protocol.decode_job_end(reply)
-            if code == 0:
-                outcome = ("done", data)
-            elif code == 1:
+            if code == OUTCOME_ERROR:
                 outcome = ("error", data.decode("utf-8", "replace"))
-            elif rc == 0:
-                outcome = ("done", b"null")
+            elif rc != 0:
+                outcome = ("error", f"the job returned {rc}" + (" after setting a result" if code == OUTCOME_RESULT else ""))
+            elif code == OUTCOME_RESULT:
+                outcome = ("done", data)
             else:
-                outcome = ("error", f"the job returned {rc} without setting a result")
+                outcome = ("done", b"null")
         except WorkerGone:
             outcome = ("error", "the module's worker crashed during the job")
-        except asyncio.TimeoutError:
-            outcome = ("error", f"timed out after {job['timeout_s']:g} s")
-            asyncio.create_task(self.host.replace_worker(version, "job timed out"))
-        if pending_events:
-            await asyncio.gather(*pending_events)
-
+        except TimeoutError:
+            outcome = ("error", f"timed out after {timeout_s:g} s")
+            # The code may never return: replace the worker before its slot is reused.
+            await self.host.replace_worker(version, "job timed out")
+        self._release_slot(job_uuid)
+        # The outcome is written without waiting for the start's commit: it is
+        # queued behind it and conditional on this attempt being the running
+        # one, so start, events and outcome often share one commit.
         if job_uuid in self.cancel_requested:
             self.cancel_requested.discard(job_uuid)
             await self._finish(job_uuid, attempt, "canceled")
-            return
-        kind, value = outcome
-        if kind == "done":
-            text = value.decode("utf-8", "replace")
-            try:
-                json.loads(text)
-            except ValueError:
-                await self._retry_or_fail(job, attempt, "the job's result is not valid JSON")
-                return
-            await self._finish(job_uuid, attempt, "done", result=text)
         else:
-            await self._retry_or_fail(job, attempt, value)
+            kind, value = outcome
+            if kind == "done":
+                text = value.decode("utf-8", "replace")
+                try:
+                    json.loads(text)
+                except ValueError:
+                    kind, value = "error", "the job's result is not valid JSON"
+                else:
+                    await self._finish(job_uuid, attempt, "done", result=text)
+            if kind == "error":
+                job = await starting
+                if job is not None:
+                    await self._retry_or_fail(job, attempt, value)
+        if await starting is None:
+            log.warning("job %s ran although its start was refused; its outcome was dropped", job_uuid)
+        if pending_events:
+            await asyncio.gather(*pending_events, return_exceptions=True)
 
-    async def _event(self, job_uuid: str, attempt: int, kind: str, data: str) -> None:
+    @staticmethod
+    def _event_write(job_uuid: str, attempt: int, kind: str, data: str) -> Callable[[sqlite3.Connection], dict | None]:
         def write(conn: sqlite3.Connection) -> dict | None:
             # A stale attempt may not add events to a job that moved on.
             ok = conn.execute("SELECT 1 FROM jobs WHERE job_uuid=? AND attempts=? AND state='running'", (job_uuid, attempt)).fetchone()
             return add_event(conn, job_uuid, kind, data) if ok else None
 
-        ev = await self.store.write(write)
-        if ev is not None:
-            self._publish(ev)
+        return write
+
+    def _publish_written(self, written: asyncio.Future) -> None:
+        if not written.cancelled() and written.exception() is None and written.result() is not None:
+            self._publish(written.result())
 
     async def _retry_or_fail(self, job: dict, attempt: int, error: str) -> None:
         if attempt < job["max_attempts"]:
@@ -392,7 +530,7 @@ class JobService:
             ev = await self.store.write(retry)
             if ev is not None:
                 self._publish(ev)
-                self._enqueue(job_uuid, job["module_hash"], job["priority"], when, job["seq"])
+                self._enqueue(job_uuid, job["module_hash"], job["priority"], when, job["seq"], _spec(job))
             return
         await self._finish(job["job_uuid"], attempt, "failed", error=error)
 
@@ -422,40 +560,57 @@ class JobService:
     # ---- cancel ------------------------------------------------------------------------
 
     async def cancel(self, job_uuid: str) -> dict:
-        job = await self.get(job_uuid)
-        if job["state"] in TERMINAL:
-            raise Conflict(f"job {job_uuid} is already {job['state']}", code="job_finished", state=job["state"])
-        if job["state"] == "pending":
-            timer = self.timers.pop(job_uuid, None)
-            if timer is not None:
-                timer.cancel()
-            if await self._finish(job_uuid, None, "canceled", only_if_state="pending"):
-                return {"job_uuid": job_uuid, "state": "canceled"}
+        """Cancel a job: pending ones at once; running ones through the module (hook and flag),
+        replacing the worker if the job ignores it past the grace period. 409 once finished."""
+        for _ in range(3):
             job = await self.get(job_uuid)
             if job["state"] in TERMINAL:
-                return {"job_uuid": job_uuid, "state": job["state"]}
-        # Running: ask the module, then insist.
-        self.cancel_requested.add(job_uuid)
-        version = await self.host.version_for_hash(job["module_hash"])
-        if version is not None and version.events is not None:
-            version.events.send(protocol.encode_job_cancel(job_uuid))
-        task = self.running.get(job_uuid)
-        if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
-            if not done and version is not None:
-                log.warning("job %s ignored cancellation; replacing its worker", job_uuid)
-                await self.host.replace_worker(version, "job ignored cancellation")
-                await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
-        job = await self.get(job_uuid)
+                raise Conflict(f"job {job_uuid} is already {job['state']}", code="job_finished", state=job["state"])
+            if job_uuid in self.running:
+                # Dispatched (its start may not be committed yet): cancel it where it runs.
+                await self._cancel_running(job_uuid)
+                job = await self.get(job_uuid)
+                if job["state"] == "pending" and job_uuid not in self.running:
+                    continue  # between two attempts: cancel it as pending
+                break
+            if job["state"] == "pending":
+                # Not dispatched: take it out of the queue (its heap entry goes stale), then cancel.
+                self.queued.pop(job_uuid, None)
+                timer = self.timers.pop(job_uuid, None)
+                if timer is not None:
+                    timer.cancel()
+                if await self._finish(job_uuid, None, "canceled", only_if_state="pending"):
+                    return {"job_uuid": job_uuid, "state": "canceled"}
+                # No longer pending in the database: it ended meanwhile; look again.
         return {"job_uuid": job_uuid, "state": job["state"]}
+
+    async def _cancel_running(self, job_uuid: str) -> None:
+        self.cancel_requested.add(job_uuid)
+        task = self.running.get(job_uuid)
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_GRACE_S
+        while not task.done() and loop.time() < deadline:
+            version = self.running_version.get(job_uuid)
+            if version is not None and version.events is not None:
+                version.events.send(protocol.encode_job_cancel(job_uuid))
+            await asyncio.wait({task}, timeout=min(CANCEL_RESEND_S, max(0.0, deadline - loop.time())))
+        if not task.done():
+            version = self.running_version.get(job_uuid)
+            if version is not None:
+                log.warning("job %s ignored cancellation for %g s; replacing its worker", job_uuid, CANCEL_GRACE_S)
+                await self.host.replace_worker(version, "job ignored cancellation")
+            await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
 
     # ---- queries -----------------------------------------------------------------------
 
     async def get(self, job_uuid: str) -> dict:
-        row = await self.store.read(lambda c: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone())
-        if row is None:
+        # fetchall, not fetchone: no statement is left open to pin an old snapshot.
+        rows = await self.store.read(lambda c: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchall())
+        if not rows:
             raise NotFound(f"no job {job_uuid}", code="job_not_found")
-        return row_to_job(row)
+        return row_to_job(rows[0])
 
     async def list(self, state: str | None, limit: int, cursor: int | None, module: str | None = None) -> tuple[list[dict], int | None]:
         if state is not None and state not in {s.value for s in JobState}:
@@ -538,7 +693,7 @@ class JobService:
 
     # ---- jobs_create() from module code --------------------------------------------------
 
-    async def on_jobs_create(self, version: "Version", frame: bytes) -> None:
+    async def on_jobs_create(self, version: Version, frame: bytes) -> None:
         seq, name, payload = protocol.decode_jobs_create(frame)
         rc, value = -1, b""
         try:

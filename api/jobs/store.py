@@ -7,6 +7,9 @@ op does not undo its neighbours) and commits once. A caller's await returns
 only after the commit, so "committed before acknowledged or sent" holds while
 many concurrent submissions share one fsync.
 
+Reads go through a second, query-only connection on its own thread: in WAL
+mode they see every committed write and never wait behind a commit's fsync.
+
 aiosqlite offers no way to run several statements as one unit on its thread;
 the dedicated writer thread here is the same idea with batching added.
 """
@@ -17,7 +20,8 @@ import asyncio
 import concurrent.futures
 import sqlite3
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,9 +64,11 @@ JOB_COLUMNS = (
 )
 
 
+_JOB_KEYS = tuple(c.strip() for c in JOB_COLUMNS.split(","))
+
+
 def row_to_job(row: tuple) -> dict:
-    keys = [c.strip() for c in JOB_COLUMNS.split(",")]
-    return dict(zip(keys, row))
+    return dict(zip(_JOB_KEYS, row, strict=True))
 
 
 def add_event(conn: sqlite3.Connection, job_uuid: str, kind: str, data: str, ts: float | None = None) -> dict:
@@ -73,10 +79,14 @@ def add_event(conn: sqlite3.Connection, job_uuid: str, kind: str, data: str, ts:
 
 
 class Store:
+    """jobs.db: one writer thread with group commit, one reader thread."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cweb-jobs-db")
+        self.read_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cweb-jobs-read")
         self.conn: sqlite3.Connection | None = None
+        self.rconn: sqlite3.Connection | None = None
         self.queue: list[tuple[Callable, asyncio.Future]] = []
         self.wakeup = asyncio.Event()
         self.writer: asyncio.Task | None = None
@@ -89,35 +99,57 @@ class Store:
         conn.executescript(SCHEMA)
         self.conn = conn
 
+    def _open_reader(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA query_only=1")
+        self.rconn = conn
+
     async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.executor, self._open)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._open)
+        await loop.run_in_executor(self.read_executor, self._open_reader)
         self.writer = asyncio.create_task(self._write_loop())
 
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.cancel()
-        await asyncio.get_running_loop().run_in_executor(self.executor, self._close)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.read_executor, self._close_reader)
+        await loop.run_in_executor(self.executor, self._close)
+        self.read_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
 
     def _close(self) -> None:
         if self.conn is not None:
             self.conn.close()
 
+    def _close_reader(self) -> None:
+        if self.rconn is not None:
+            self.rconn.close()
+
     # ---- reads ---------------------------------------------------------------
 
     async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        assert self.conn is not None
-        conn = self.conn
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, conn)
+        """Run fn on the read-only connection; it sees every write already acknowledged."""
+        assert self.rconn is not None
+        return await asyncio.get_running_loop().run_in_executor(self.read_executor, fn, self.rconn)
 
     # ---- group-committed writes ---------------------------------------------
 
-    async def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run fn in a transaction shared with other queued writes; return its result after commit."""
+    def enqueue(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future:
+        """Queue fn now; the future resolves to its result after the commit.
+
+        Writes run in the order they were queued, and their futures resolve in
+        that order, so callers can rely on FIFO for both effects and wake-ups."""
         fut = asyncio.get_running_loop().create_future()
         self.queue.append((fn, fut))
         self.wakeup.set()
-        return await fut
+        return fut
+
+    async def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn in a transaction shared with other queued writes; return its result after commit."""
+        return await self.enqueue(fn)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,7 +166,7 @@ class Store:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for (_, fut), (ok, value) in zip(batch, results):
+            for (_, fut), (ok, value) in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if ok:

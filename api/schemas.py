@@ -1,0 +1,287 @@
+"""Pydantic models of the control plane's request and response bodies.
+
+They document the wire shapes in /openapi.json (api/openapi.py attaches
+them to the operations) and let tests check real answers against what the
+docs promise. Handlers keep returning plain dicts serialized by orjson: no
+model is instantiated per request, and nothing here is imported by the
+module fast path (api/dispatch.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HASH = "f91ad9477057f2a2381cd6e521713b70fb071adbaed3222ea89cf79b3f1ef827"
+SOURCE_HASH = "15894cc8a6d0bcf587c1ddd8c0079a8b6534326ac5f73b76f0466ae81804cf22"
+BUILD_KEY = "14125d09b82824cb1d0cce99a83a95b8eb67ea98639582b29c9b3bcead259c89"
+JOB_UUID = "6f1c1c1e-2f7a-4f4e-9a55-3f2d3c1b9e01"
+
+
+class Model(BaseModel):
+    # Answers may grow fields; the docs list the ones clients can rely on.
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- errors -------------------------------------------------------------------
+
+
+class Diagnostic(Model):
+    """One compiler message, parsed from gcc's output."""
+
+    file: str = Field(examples=["hello.c"])
+    line: int = Field(examples=[2])
+    column: int = Field(examples=[9])
+    severity: str = Field(description="error, warning, note or fatal error", examples=["error"])
+    message: str = Field(examples=["expected expression before ';' token"])
+
+
+class Error(Model):
+    """Every error of the control plane: a stable code and a human message."""
+
+    error: str = Field(description="Stable machine-readable code", examples=["compile_failed"])
+    message: str = Field(description="What went wrong, for humans")
+    diagnostics: list[Diagnostic] | None = Field(None, description="Compile errors only: the parsed compiler messages")
+    log: str | None = Field(None, description="Compile errors only: the raw compiler output")
+
+
+# ---- deploy -------------------------------------------------------------------
+
+
+class DeployUpload(BaseModel):
+    """POST /mgnt: the C source as a multipart file field named `code`."""
+
+    code: bytes = Field(json_schema_extra={"format": "binary"}, description="The module's C source file")
+
+
+class Route(Model):
+    method: str = Field(examples=["GET"])
+    path: str = Field(description="Exact path, or a regular expression matched in full", examples=["/hello"])
+
+
+class SocketPath(Model):
+    path: str = Field(examples=["/chat/ws"])
+
+
+class JobName(Model):
+    name: str = Field(examples=["resize"])
+
+
+class ModuleInfo(Model):
+    """An active module: the exact artifact serving it and what it exports."""
+
+    name: str = Field(examples=["hello"])
+    author: str = Field(examples=["me"])
+    module_hash: str = Field(description="sha256 of the artifact (.so) bytes", examples=[HASH])
+    source_sha256: str = Field(description="sha256 of the uploaded source", examples=[SOURCE_HASH])
+    build_key: str = Field(description="hash of every build input; the action cache key", examples=[BUILD_KEY])
+    routes: list[Route]
+    websockets: list[SocketPath]
+    jobs: list[JobName]
+    deployed_at: float = Field(description="Unix time of activation")
+    state: str = Field(description="active, restarting or quarantined", examples=["active"])
+    connections: int | None = Field(None, description="Open WebSocket connections (listings only)")
+
+
+class DeployResult(ModuleInfo):
+    """POST /mgnt: the module now active, how it was built and how long it took."""
+
+    cache_hit: bool = Field(description="The artifact came from the action cache: nothing was compiled")
+    build_ms: float
+    warnings: list[Diagnostic] = Field(description="Compiler warnings (never fatal)")
+    noop: bool = Field(description="This artifact was already active; nothing changed")
+    previous_hash: str | None = Field(description="The artifact this deploy replaced, if any")
+    phases: dict[str, float] = Field(description="Milliseconds per deploy phase: load_ms (dlopen in a fresh worker), start_ms (onload), "
+                                     "swap_ms (route table swap); empty for a no-op", examples=[{"load_ms": 41.2, "start_ms": 3.1, "swap_ms": 0.4}])
+    deploy_ms: float
+
+
+class CheckResult(Model):
+    """POST /mgnt?check=1: the source compiles; nothing was activated."""
+
+    ok: Literal[True]
+    module_hash: str = Field(examples=[HASH])
+    source_sha256: str
+    build_key: str
+    cache_hit: bool
+    build_ms: float
+    warnings: list[Diagnostic]
+
+
+class RollbackRequest(BaseModel):
+    module_hash: str = Field(description="An artifact earlier deployed under this name (64 hex digits)", examples=[HASH])
+
+
+class RollbackResult(ModuleInfo):
+    action: Literal["rollback"]
+    cache_hit: bool
+    noop: bool
+    previous_hash: str | None
+    deploy_ms: float
+
+
+class ModuleList(Model):
+    modules: list[ModuleInfo]
+
+
+class Removed(Model):
+    name: str = Field(examples=["hello"])
+    removed: Literal[True]
+
+
+class Version(Model):
+    module_hash: str = Field(examples=[HASH])
+    source_sha256: str
+    deployed_at: float = Field(description="First activation of this artifact under the name")
+    last_deployed_at: float = Field(description="Latest activation")
+    active: bool
+
+
+class VersionList(Model):
+    name: str
+    versions: list[Version] = Field(description="Most recently deployed first")
+
+
+class Artifact(Model):
+    """Provenance of one artifact: source, build inputs, deploys and jobs."""
+
+    module_hash: str
+    name: str | None
+    author: str
+    source_sha256: str | None
+    source_name: str | None
+    build_key: str | None
+    compiler: Any = Field(description="Compiler identity and version used for the build")
+    flags: Any
+    sdk_digest: str | None
+    abi_version: int | None
+    built_at: float | None
+    size: int | None = Field(description="Artifact size in bytes")
+    routes: list[Route]
+    websockets: list[SocketPath]
+    jobs: list[JobName]
+    first_deployed_at: float | None
+    deploys: list[dict[str, Any]]
+    manifest: dict[str, Any]
+    job_runs: list[dict[str, Any]] | None = None
+
+
+class LogLine(Model):
+    """One line a module printed (stdout or stderr of its worker)."""
+
+    ts: float = Field(description="Unix time the line was read")
+    stream: Literal["stdout", "stderr"]
+    module_hash: str = Field(description="The version that printed it", examples=[HASH])
+    line: str = Field(examples=["hello from the module"])
+
+
+class LogTail(Model):
+    name: str
+    lines: list[LogLine] = Field(description="Oldest first, across every version of the module")
+
+
+class Health(Model):
+    status: Literal["ok"]
+    modules: int = Field(description="Active modules")
+    builds: str = Field(description="How builds run: bubblewrap, unsafe or remote", examples=["bubblewrap"])
+
+
+# ---- jobs ---------------------------------------------------------------------
+
+
+class JobSubmit(BaseModel):
+    """POST /jobs (an `Idempotency-Key` header makes a retry return the same job)."""
+
+    module: str = Field(examples=["job_sum"])
+    job: str = Field(examples=["sum"])
+    payload: Any = Field({}, description="Handed to the job as JSON text", examples=[{"n": 100}])
+    max_attempts: int = Field(1, ge=1, description="Attempts before the job fails")
+    timeout_s: float = Field(600.0, description="Per-attempt time limit")
+    priority: int = Field(0, description="Higher runs first")
+    delay_s: float = Field(0.0, description="Do not start before this many seconds from now")
+    run_after: float | None = Field(None, description="Do not start before this Unix time")
+
+
+class JobCreated(Model):
+    job_uuid: str = Field(examples=[JOB_UUID])
+    state: str = Field(examples=["pending"])
+    module_hash: str = Field(description="The artifact the job is pinned to", examples=[HASH])
+    created: bool = Field(description="False when an Idempotency-Key matched an existing job")
+
+
+JobState = Literal["pending", "running", "done", "failed", "canceled"]
+
+
+class JobSummary(Model):
+    job_uuid: str = Field(examples=[JOB_UUID])
+    state: JobState
+    module: str
+    job: str
+    module_hash: str
+    created_at: float
+    updated_at: float
+    attempts: int
+
+
+class JobList(Model):
+    jobs: list[JobSummary] = Field(description="Newest first")
+    next_cursor: int | None = Field(description="Pass as cursor= for the next page; null on the last page")
+
+
+class Job(JobSummary):
+    result: Any = Field(description="What the job set with set_result (JSON), once done")
+    error: str | None = Field(description="What the job set with set_error, once failed")
+    max_attempts: int
+    priority: int
+    run_after: float | None
+    timeout_s: float
+
+
+class JobCancel(Model):
+    job_uuid: str
+    state: JobState
+
+
+class JobEvent(Model):
+    job_uuid: str
+    event_id: int = Field(description="Increasing per job; resume with since_event_id")
+    ts: float
+    type: str = Field(description="created, started, progress, a module's own type, done, failed or canceled", examples=["progress"])
+    data: Any
+
+
+class JobEventList(Model):
+    events: list[JobEvent]
+
+
+# ---- observability ------------------------------------------------------------
+
+
+class Build(Model):
+    file: str = Field(examples=["hello.c"])
+    outcome: Literal["compiled", "cache_hit", "failed"]
+    at: float
+    module_hash: str | None = None
+    build_ms: float | None = None
+    diagnostics: list[Diagnostic] = Field(description="Warnings of a success, errors of a failure")
+    error: str | None = None
+    message: str | None = None
+
+
+class BuildList(Model):
+    builds: list[Build] = Field(description="Newest first, the last 50")
+
+
+class Worker(Model):
+    worker_id: int
+    pid: int
+    hash: str = Field(description="The artifact the worker hosts")
+    state: str = Field(description="The process: loading or running", examples=["running"])
+    module: str | None
+    version_state: str | None = Field(description="The module version: active, restarting, retiring, pinned, quarantined")
+    restarts: int = Field(description="Crashes of this version in the last minute")
+
+
+class WorkerList(Model):
+    workers: list[Worker]
