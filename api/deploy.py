@@ -107,6 +107,19 @@ class ModuleHost:
             raise _runtime_to_api(exc) from exc
         return r["worker_id"], r["socket"], r["describe"]
 
+    async def _replace_hung(self, worker_id: int) -> None:
+        """A handler overran the request timeout and its grace: kill the worker
+        as a crash, so it restarts with backoff (and counts toward quarantine)."""
+        v = self.by_worker.get(worker_id)
+        if v is None or v.worker_id != worker_id:
+            return
+        log.warning("module %s (%s): a handler did not return within the request timeout; replacing its worker",
+                    v.name, v.module_hash[:12])
+        try:
+            await self.agent.call("kill", worker_id=worker_id, expected=False)
+        except RuntimeError_:
+            pass
+
     async def _start(self, worker_id: int, socket_path: str, decl: dict) -> tuple[WorkerPool, WorkerPool | None, EventsConn]:
         """Run onload, then open the request pool, the job pool and the events channel."""
         try:
@@ -114,6 +127,7 @@ class ModuleHost:
         except RuntimeError_ as exc:
             raise _runtime_to_api(exc) from exc
         pool = WorkerPool(socket_path, self.settings.worker_threads)
+        pool.on_hung = lambda: asyncio.ensure_future(self._replace_hung(worker_id))
         jobs_pool = WorkerPool(socket_path, self.settings.job_threads) if decl["jobs"] else None
         events, *_ = await asyncio.gather(
             open_events(socket_path, lambda frame: self._on_worker_frame(worker_id, frame)),

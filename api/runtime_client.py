@@ -148,6 +148,11 @@ class AgentClient:
                 self.process.kill()
 
 
+# Seconds a handler that overran the request timeout gets to answer after all
+# before its worker counts as hung and is replaced.
+HUNG_GRACE_S = 2.0
+
+
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(asyncio.TimeoutError())
@@ -162,6 +167,8 @@ class WorkerConn(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.closed = False
         self.sink: Callable[[bytes], None] | None = None
+        # Set while a timed-out handler may still answer on this connection.
+        self.late: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -182,6 +189,9 @@ class WorkerConn(asyncio.Protocol):
             waiter, self.waiter = self.waiter, None
             if waiter is not None and not waiter.done():
                 waiter.set_result(frame)
+            elif self.late is not None:
+                late, self.late = self.late, None
+                late()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -215,6 +225,8 @@ class WorkerPool:
         self.drained = asyncio.Event()
         self.drained.set()
         self.dead = False
+        # Called when a handler has not answered within timeout + HUNG_GRACE_S.
+        self.on_hung: Callable[[], None] | None = None
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -241,9 +253,10 @@ class WorkerPool:
                 timer = fut.get_loop().call_later(timeout, _expire, fut)
             return await fut
         except asyncio.TimeoutError:
-            # The handler may still answer later on this connection: never reuse it.
+            # The handler may still answer later on this connection: park it.
             if conn is not None:
-                conn.abort()
+                self._park(conn)
+                conn = None
             raise
         finally:
             if timer is not None:
@@ -254,6 +267,23 @@ class WorkerPool:
             self.inflight -= 1
             if self.inflight == 0:
                 self.drained.set()
+
+    def _park(self, conn: WorkerConn) -> None:
+        """Keep a timed-out connection aside: a late answer returns it to the
+        pool; no answer within HUNG_GRACE_S means the worker is hung."""
+
+        def answered() -> None:
+            timer.cancel()
+            self._release(conn)
+
+        def hung() -> None:
+            conn.late = None
+            conn.abort()
+            if not self.dead and self.on_hung is not None:
+                self.on_hung()
+
+        conn.late = answered
+        timer = asyncio.get_running_loop().call_later(HUNG_GRACE_S, hung)
 
     def _take_idle(self) -> WorkerConn | None:
         while self.idle:

@@ -79,6 +79,8 @@ class Agent:
         self.next_id = 1
         self.clients: set[asyncio.StreamWriter] = set()
         self.logs: dict[str, collections.deque] = {}
+        # Read once here, in the parent: the preexec hook only makes system calls.
+        self.worker_limits = limits.WorkerLimits.from_env()
 
     # ---- worker processes -------------------------------------------
 
@@ -101,7 +103,7 @@ class Agent:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=limits.apply_worker_limits,
+            preexec_fn=self.worker_limits.preexec,
         )
         child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent)
@@ -322,6 +324,7 @@ class Agent:
 
 async def serve(args: argparse.Namespace) -> None:
     os.makedirs(args.run_dir, exist_ok=True)
+    limits.make_undumpable()
     agent = Agent(args.store, args.run_dir, args.data_dir, args.workdir)
     try:
         os.unlink(args.socket)

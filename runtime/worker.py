@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 
-from runtime import abi
+from runtime import abi, limits
 
 
 class WorkerError(Exception):
@@ -167,6 +167,7 @@ def preload_libraries() -> None:
 
 
 def main() -> None:
+    limits.seal_after_exec()
     preload_libraries()
     control = socket.socket(fileno=int(os.environ["CWEB_CONTROL_FD"]))
     # Module printf output must reach the agent's log pipe promptly.

@@ -1,0 +1,172 @@
+"""Hostile HTTP: every malformed or oversized request gets a clear 4xx and
+nothing it sends corrupts the store or the registry."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.conftest import route_module, unique
+from tests.security.conftest import HEADER_TIMEOUT_S, SENTINEL_PATH, SecServer, auth
+
+
+def _complete(out: bytes) -> bool:
+    head, sep, body = out.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def raw(s: SecServer, data: bytes, wait: float = 10.0) -> bytes:
+    """Send bytes on a fresh connection; the first response, or all until the server closes."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", s.port), timeout=wait) as c:
+        try:
+            c.sendall(data)
+            while not _complete(out) and (chunk := c.recv(65536)):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            out += b"<no answer>"
+    return out
+
+
+def status_of(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1.1 "), response[:200]
+    return int(response.split(b" ", 2)[1])
+
+
+@pytest.fixture(scope="module")
+def survivor(sec: SecServer) -> tuple[str, str]:
+    """A module deployed before the attacks; it must be served unchanged after."""
+    path = f"/{unique('survivor')}"
+    r = sec.deploy(route_module(unique("survivor"), path, "still here"))
+    assert r.status_code == 200, r.text
+    return path, r.json()["module_hash"]
+
+
+def upload(s: SecServer, **kw: object) -> object:
+    with s.client() as c:
+        return c.post("/mgnt", headers={**auth(), **kw.pop("headers", {})}, **kw)  # type: ignore[arg-type]
+
+
+def test_non_multipart_upload(healthy: SecServer) -> None:
+    r = upload(healthy, content=b"int x;", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 400 and r.json()["error"] == "not_multipart"
+    r = upload(healthy, json={"code": "int x;"})
+    assert r.status_code == 400 and r.json()["error"] == "not_multipart"
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body"),
+    [
+        ("multipart/form-data; boundary=xyz", b"this is not multipart at all"),
+        ("multipart/form-data; boundary=xyz", b"--xyz\r\nContent-Disposition: form-data; name=\"code\"\r\n\r\nint x;"),
+        ("multipart/form-data", b"--xyz\r\n\r\n--xyz--\r\n"),
+        ("multipart/form-data; boundary=xyz", b"--xyz\r\nNo-Colon-Header\r\n\r\nint x;\r\n--xyz--\r\n"),
+    ],
+)
+def test_malformed_multipart(healthy: SecServer, ctype: str, body: bytes) -> None:
+    r = upload(healthy, content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] in ("malformed_upload", "missing_code", "not_multipart")
+
+
+def test_missing_code_field(healthy: SecServer) -> None:
+    r = upload(healthy, files={"source": ("m.c", b"int x;", "text/x-c")})
+    assert r.status_code == 400 and r.json()["error"] == "missing_code"
+
+
+def test_source_over_the_limit(healthy: SecServer) -> None:
+    big = b"/*" + b"x" * (1 << 20) + b"*/ int x;\n"
+    r = upload(healthy, files={"code": ("big.c", big, "text/x-c")})
+    assert r.status_code == 413 and r.json()["error"] == "source_too_large"
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [(b"int x = 1; /* \xff\xfe\xfd */\n", "UTF-8"), (b"\x7fELF\x02\x01\x01\x00\x00\x00binary", "NUL"), (b"   \n\t ", "empty")],
+)
+def test_non_text_source(healthy: SecServer, source: bytes, reason: str) -> None:
+    r = upload(healthy, files={"code": ("m.c", source, "text/x-c")})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "bad_source" and reason in r.json()["message"]
+
+
+def test_header_too_large(healthy: SecServer) -> None:
+    out = raw(healthy, b"GET " + SENTINEL_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (100 << 10) + b"\r\n\r\n")
+    assert status_of(out) == 431 and b"headers_too_large" in out
+
+
+def test_too_many_headers(healthy: SecServer) -> None:
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(400))
+    out = raw(healthy, b"GET " + SENTINEL_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    assert status_of(out) == 431
+
+
+def test_url_too_long(healthy: SecServer) -> None:
+    out = raw(healthy, b"GET /" + b"a" * (100 << 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(out) == 431
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /mgnt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST {route} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        b"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nabcdefg",
+        b"POST {route} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST {route} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"GET {route} HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n",
+    ],
+    ids=["cl-te-control", "te-cl-module", "two-lengths", "te-list", "bad-chunk", "space-in-name"],
+)
+def test_request_smuggling_shapes_are_rejected(healthy: SecServer, request_bytes: bytes) -> None:
+    out = raw(healthy, request_bytes.replace(b"{route}", SENTINEL_PATH.encode()))
+    assert status_of(out) == 400, out[:300]
+    assert b"bad_http" in out
+
+
+def test_body_over_the_limit_on_a_module_route(healthy: SecServer) -> None:
+    path = f"/{unique('post')}"
+    assert healthy.deploy(route_module(unique("post"), path, "posted", method="POST")).status_code == 200
+    out = raw(healthy, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+    assert status_of(out) == 413 and b"body_too_large" in out
+    with healthy.client() as c:
+        assert c.post(path, content=b"x" * (9 << 20)).status_code == 413  # streamed past the 8 MiB default
+        assert c.post(path, content=b"small").text == "posted"
+
+
+def test_slow_headers_time_out(healthy: SecServer) -> None:
+    t0 = time.monotonic()
+    out = raw(healthy, b"GET " + SENTINEL_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n", wait=HEADER_TIMEOUT_S + 10)
+    assert status_of(out) == 408 and b"request_header_timeout" in out
+    assert time.monotonic() - t0 < HEADER_TIMEOUT_S + 5
+
+
+def test_idle_connection_is_closed(healthy: SecServer) -> None:
+    t0 = time.monotonic()
+    out = raw(healthy, b"", wait=HEADER_TIMEOUT_S + 10)
+    assert out == b""
+    assert time.monotonic() - t0 < HEADER_TIMEOUT_S + 5
+
+
+def test_state_is_intact_after_the_attacks(healthy: SecServer, survivor: tuple[str, str]) -> None:
+    # Runs last in this file: the module deployed before everything is still served, unchanged.
+    path, module_hash = survivor
+    with healthy.client() as c:
+        assert c.get(path).text == "still here"
+        listed = {m["module_hash"] for m in c.get("/modules").json()["modules"]}
+    assert module_hash in listed
+    artifact = healthy.data_dir / "store" / "artifacts" / f"{module_hash}.so"
+    if artifact.exists():
+        import hashlib
+
+        assert hashlib.sha256(artifact.read_bytes()).hexdigest() == module_hash
