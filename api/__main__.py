@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
         log_level="warning",
         access_log=False,
+        log_config=None,  # uvicorn's loggers write through configure_logging's handler
         # No proxy in front by default; the middleware costs time on every request.
         proxy_headers=False,
         server_header=False,

@@ -23,7 +23,7 @@ from api.jobs import routes as job_routes
 from api.jobs.service import JobService
 from api.jobs.store import Store as JobStore
 from api.deploy import ModuleHost
-from api.openapi import API_DESCRIPTION, with_module_routes
+from api.openapi import API_DESCRIPTION, document, with_module_routes
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.registry import Registry
@@ -131,7 +131,7 @@ def create_app(settings: Settings) -> Dispatcher:
         state.host = ModuleHost(settings, state.agent, state.registry)
         state.host.metrics = state.metrics
         state.agent.on_reconnect = state.host.reload_all
-        state.host.on_activate = lambda v: state.logs.names.__setitem__(v.module_hash, v.name)
+        state.host.on_activate = state.logs.activated
         host_box["host"] = state.host
         dispatcher.host = state.host
         dispatcher.ws_handler = state.host.sockets
@@ -166,7 +166,7 @@ def create_app(settings: Settings) -> Dispatcher:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
-        redoc_url="/redoc",
+        redoc_url=None,  # api/observe.py serves /redoc with a Content-Security-Policy
         static_url="/docs/static",
     )
     # Routers defined in other modules reach the shared state through request.app.state.cweb.
@@ -179,7 +179,7 @@ def create_app(settings: Settings) -> Dispatcher:
         # The control plane's schema is built once; module routes are added on
         # every call so the document follows deploys and removals.
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = document(get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes))
         return with_module_routes(app.openapi_schema, state.host.active.values() if hasattr(state, "host") else ())
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -13,6 +13,8 @@ get the same JSON errors (`{"error", "message"}`) as everything else.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -24,6 +26,7 @@ from api.errors import ApiError, BadRequest, Invalid, PayloadTooLarge, error_bod
 from api.jobs.service import DEFAULT_TIMEOUT_S, MAX_PAYLOAD_BYTES, JobService, public_event, public_job
 
 router = APIRouter()
+log = logging.getLogger("cweb.jobs")
 
 # A submission body is the payload plus a few small fields.
 MAX_SUBMIT_BODY = MAX_PAYLOAD_BYTES + 64 * 1024
@@ -194,12 +197,39 @@ async def job_socket(websocket: WebSocket) -> None:
     try:
         since = _int_param(websocket.query_params, "since_event_id", 0, "invalid_since_event_id", 0)
         assert since is not None
-        async for ev in _service(websocket).stream(job_uuid, since):
-            await websocket.send_text(orjson.dumps(public_event(ev)).decode())
-    except WebSocketDisconnect:
-        return
-    except ApiError as exc:  # NotFound and bad parameters: a JSON message and a policy close
+        stream = _service(websocket).stream(job_uuid, since)
+        first = await anext(stream, None)  # NotFound surfaces here
+    except ApiError as exc:  # unknown job, bad parameters: a JSON message and a policy close
         await websocket.send_text(orjson.dumps({"error": exc.code, "message": exc.message}).decode())
         await websocket.close(code=1008)
         return
-    await websocket.close(code=1000)
+
+    async def pump() -> None:
+        if first is None:
+            return
+        await websocket.send_text(orjson.dumps(public_event(first)).decode())
+        async for ev in stream:
+            await websocket.send_text(orjson.dumps(public_event(ev)).decode())
+
+    async def until_client_leaves() -> None:
+        # Messages from the client mean nothing here; its going away ends the stream.
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    sending = asyncio.create_task(pump())
+    listening = asyncio.create_task(until_client_leaves())
+    try:
+        await asyncio.wait({sending, listening}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listening.cancel()
+        if not sending.done():
+            sending.cancel()  # the client left: stop following the job
+        await asyncio.gather(sending, listening, return_exceptions=True)
+        await stream.aclose()
+    if sending.cancelled():
+        return
+    exc = sending.exception()
+    if exc is None:
+        await websocket.close(code=1000)
+    elif not isinstance(exc, (WebSocketDisconnect, OSError)):
+        log.error("job socket for %s failed", job_uuid, exc_info=exc)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from api.errors import BadRequest, Conflict, Invalid, NotFound
+from api.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable
 from api.jobs.store import JOB_COLUMNS, Store, add_event, row_to_job
 from api.runtime_client import WorkerGone
 from runtime import protocol
@@ -35,6 +35,12 @@ CANCEL_GRACE_S = 5.0
 # Seconds between repeats of a cancel request while the job runs (the frame
 # can overtake the job's start; the module's hook still runs only once).
 CANCEL_RESEND_S = 0.25
+# Seconds a graceful shutdown waits for running attempts before leaving them to recovery.
+STOP_GRACE_S = 5.0
+# Seconds between sweeps for running jobs whose lease ran out with no attempt behind them.
+LEASE_SWEEP_S = 30.0
+# Seconds before finding a module version for jobs again after the runtime was unavailable.
+LOAD_RETRY_S = 1.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 60.0
 MAX_PAYLOAD_BYTES = 1 << 20
@@ -139,6 +145,7 @@ class JobService:
         self.seq = itertools.count(int(time.time() * 1000) * 1000)
         self.wake = asyncio.Event()
         self.dispatcher: asyncio.Task | None = None
+        self.sweeper: asyncio.Task | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.finished = 0
         host.on_jobs_create = self.on_jobs_create
@@ -149,16 +156,43 @@ class JobService:
     async def start(self) -> None:
         await self.recover()
         self.dispatcher = asyncio.create_task(self._dispatch_loop())
+        self.sweeper = asyncio.create_task(self._sweep_leases())
 
     async def stop(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.cancel()
+        """Start nothing new; give running attempts STOP_GRACE_S to finish. Whatever is
+        still running then is left `running` for recovery at the next start."""
+        for task in (self.dispatcher, self.sweeper):
+            if task is not None:
+                task.cancel()
         for task in list(self.loading.values()):
             task.cancel()
         for t in self.timers.values():
             t.cancel()
-        for task in list(self.running.values()):
+        running = list(self.running.values())
+        if running:
+            await asyncio.wait(running, timeout=STOP_GRACE_S)
+        for task in running:
             task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def _sweep_leases(self) -> None:
+        """Fail or re-queue running jobs whose lease expired with no attempt of this process behind them.
+
+        Worker deaths and restarts are handled where they happen; this is the
+        backstop that keeps a job from staying `running` through any other path."""
+        while True:
+            await asyncio.sleep(LEASE_SWEEP_S)
+            try:
+                now = time.time()
+                rows = await self.store.read(
+                    lambda c, now=now: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='running' AND lease_until < ?", (now,)).fetchall()
+                )
+                for job in map(row_to_job, rows):
+                    if job["job_uuid"] not in self.running:
+                        log.warning("job %s outlived its lease with no attempt running; recovering it", job["job_uuid"])
+                        await self._retry_or_fail(job, job["attempts"], "the job's lease expired with no attempt running")
+            except Exception:  # noqa: BLE001 - the sweep must keep running
+                log.exception("lease sweep failed")
 
     async def recover(self) -> None:
         """Jobs left running by a dead server are retried or failed; pending ones are queued."""
@@ -203,6 +237,9 @@ class JobService:
         version = self.host.active.get(module)
         if version is None:
             raise NotFound(f"no module named {module!r}", code="module_not_found")
+        if version.state == "quarantined":
+            raise Unavailable(f"module {module} is quarantined after repeated crashes; redeploy it",
+                              code="quarantined", module=module, module_hash=version.module_hash)
         for j in version.decl["jobs"]:
             if j["name"] == job:
                 return version, j["index"]
@@ -316,6 +353,8 @@ class JobService:
         """The version last found for module_hash, if it can still take jobs right now."""
         version = self.versions.get(module_hash)
         if version is None or version.state not in ("active", "retiring", "pinned"):
+            if version is not None and version.state == "stopped":
+                del self.versions[module_hash]  # let it be collected; a later job finds it again
             return None
         pool = version.jobs_pool
         if pool is None or pool.dead or version.module_hash != module_hash:
@@ -331,6 +370,10 @@ class JobService:
             self.versions[module_hash] = version
         except asyncio.CancelledError:
             raise
+        except (Unavailable, TimeoutError) as exc:
+            # The runtime is away or the worker is slow to restart: keep the jobs, try again.
+            log.warning("module version %s is unavailable for jobs (%s); retrying in %g s", module_hash[:12], exc, LOAD_RETRY_S)
+            await asyncio.sleep(LOAD_RETRY_S)
         except Exception as exc:  # noqa: BLE001 - the artifact cannot run: fail its queued jobs
             log.warning("module version %s cannot run jobs: %s", module_hash[:12], exc)
             await self._fail_queue(module_hash, f"module version {module_hash[:12]} cannot be loaded: {exc}")
@@ -570,7 +613,10 @@ class JobService:
                 # Dispatched (its start may not be committed yet): cancel it where it runs.
                 await self._cancel_running(job_uuid)
                 job = await self.get(job_uuid)
+                if job["state"] in TERMINAL:
+                    self.cancel_requested.discard(job_uuid)
                 if job["state"] == "pending" and job_uuid not in self.running:
+                    self.cancel_requested.discard(job_uuid)
                     continue  # between two attempts: cancel it as pending
                 break
             if job["state"] == "pending":

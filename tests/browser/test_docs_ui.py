@@ -1,0 +1,272 @@
+"""/docs, /redoc and the status page /ui in a real headless chromium.
+
+Every page runs with the network cut off from everything but the server:
+a route handler aborts any request to another host, and each test asserts
+that no such request was even attempted (requests a Content-Security-Policy
+blocks before they leave the browser count as attempted too).
+
+Debian's /usr/bin/chromium is driven by Playwright's Python package; no
+browser is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import Server, route_module, unique
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+# Generous for a cold page on a loaded 2-core machine; each wait still fails fast when it can.
+WAIT_MS = 30_000
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"headless browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, Playwright, Request, Route, WebSocket, expect, sync_playwright  # noqa: E402
+
+expect.set_options(timeout=WAIT_MS)
+
+HANDLER = "static int {fn}(struct cweb_context *ctx, http_request_t *req, http_response_t *res)"
+
+
+@dataclass
+class Offline:
+    """Lets a page reach the server only; remembers everything else it tried."""
+
+    origin: str
+    attempted: list[str] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)
+    requested: list[str] = field(default_factory=list)
+
+    def local(self, url: str) -> bool:
+        parts = urlsplit(url)
+        if parts.scheme in ("data", "blob", "about"):
+            return True  # never leaves the browser
+        return parts.scheme in ("http", "ws") and parts.netloc == self.origin
+
+    def route(self, route: Route) -> None:
+        if self.local(route.request.url):
+            route.continue_()
+        else:
+            self.attempted.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    def on_request(self, request: Request) -> None:
+        # Also sees requests a CSP refuses before they reach the route handler.
+        self.requested.append(request.url)
+        if not self.local(request.url) and request.url not in self.attempted:
+            self.attempted.append(request.url)
+
+    def on_websocket(self, ws: WebSocket) -> None:
+        self.sockets.append(ws.url)
+        if not self.local(ws.url):
+            self.attempted.append(ws.url)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def offline(server: Server) -> Offline:
+    return Offline(origin=f"127.0.0.1:{server.port}")
+
+
+@pytest.fixture
+def page(browser: Browser, offline: Offline) -> Iterator[Page]:
+    context = browser.new_context(service_workers="block")
+    context.route("**/*", offline.route)
+    p = context.new_page()
+    p.on("request", offline.on_request)
+    p.on("websocket", offline.on_websocket)
+    p.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    context.close()
+    assert [] == errors, "uncaught JavaScript errors"
+
+
+def deploy(server: Server, source: str, filename: str = "module.c") -> dict:
+    r = server.deploy(source, filename)
+    assert 200 == r.status_code, r.text
+    return r.json()
+
+
+def printing_route(name: str, marker: str) -> str:
+    return f"""#include <cweb.h>
+{HANDLER.format(fn="say")} {{
+    (void)ctx; (void)req;
+    printf("%s\\n", "{marker}");
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "ok");
+    return 0;
+}}
+export module_t config = {{
+    .name = "{name}", .author = "tests",
+    .routes = {{ {{"/{name}", "GET", say, NONE}} }}, .size = 1,
+}};
+"""
+
+
+def spin_jobs(name: str) -> str:
+    """Job `spin`: reports progress every 20 ms until canceled."""
+    return f"""#include <cweb.h>
+#include <unistd.h>
+static int spin(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {{
+    (void)ctx; (void)p;
+    for (int i = 0; i < 3000; i++) {{
+        if (job->is_canceled(job)) {{ job->set_error(job, "canceled"); return -1; }}
+        if (i % 10 == 0) job->progress(job, (double)i, 3000.0);
+        usleep(20 * 1000);
+    }}
+    job->set_result(job, "{{}}");
+    return 0;
+}}
+export module_t config = {{
+    .name = "{name}", .author = "tests",
+    .jobs = {{ {{"spin", spin, NULL}} }}, .job_size = 1,
+}};
+"""
+
+
+# ---------------------------------------------------------------------------
+# /docs and /redoc
+
+
+def test_docs_renders_swagger_ui_offline_with_control_plane_and_live_module_routes(server: Server, page: Page, offline: Offline) -> None:
+    name = unique("uidoc")
+    info = deploy(server, route_module(name, f"/{name}"))
+    page.goto(f"{server.url}/docs")
+
+    mgnt = page.locator('.opblock-summary-path[data-path="/mgnt"]')
+    expect(mgnt).to_be_visible()
+    live = page.locator(f'.opblock-summary-path[data-path="/{name}"]')
+    expect(live).to_be_visible()
+    live.click()
+    expect(page.locator(".opblock.is-open", has=live).locator(".opblock-description-wrapper").first).to_contain_text(info["module_hash"])
+    expect(page.locator(".opblock-tag-section", has=live)).to_contain_text("modules (live)")
+
+    assert f"{server.url}/docs/static/swagger-ui-bundle.js" in offline.requested
+    assert f"{server.url}/openapi.json" in offline.requested
+    assert [] == offline.attempted
+
+
+def test_docs_shows_the_deploy_upload_schema(server: Server, page: Page, offline: Offline) -> None:
+    """The operation /mgnt documents its multipart `code` field and its answers."""
+    page.goto(f"{server.url}/docs")
+    page.locator('.opblock-summary-path[data-path="/mgnt"]').click()
+    block = page.locator(".opblock.is-open")
+    expect(block).to_contain_text("multipart/form-data")
+    expect(block.locator(".parameters-col_name", has_text="code").first).to_be_visible()
+    expect(block.locator(".responses-table")).to_contain_text("Compile error")
+    assert [] == offline.attempted
+
+
+def test_redoc_renders_offline(server: Server, page: Page, offline: Offline) -> None:
+    name = unique("uiredoc")
+    deploy(server, route_module(name, f"/{name}"))
+    page.goto(f"{server.url}/redoc")
+    expect(page.locator("h2", has_text="Deploy a C module")).to_be_visible()
+    expect(page.locator("h2", has_text=f"GET /{name} — module {name}")).to_be_attached()
+    expect(page.locator("h1", has_text="cweb")).to_be_visible()
+    assert [] == offline.attempted
+
+
+# ---------------------------------------------------------------------------
+# the status page
+
+
+def test_status_page_lists_a_deployed_module_with_its_hash_versions_and_output(server: Server, page: Page, offline: Offline) -> None:
+    name = unique("uimod")
+    marker = unique("uiprint")
+    first = deploy(server, printing_route(name, marker))
+    second = deploy(server, printing_route(name, marker + "2"))
+    assert 200 == httpx.get(f"{server.url}/{name}", timeout=30).status_code
+
+    page.goto(f"{server.url}/ui")
+    row = page.locator(f'#modules tr[data-module="{name}"]')
+    expect(row).to_contain_text(second["module_hash"][:12])
+    expect(row.locator("td.hash")).to_have_attribute("title", second["module_hash"])
+    expect(row).to_contain_text(f"GET /{name}")
+    expect(row.locator(".state")).to_have_text("active")
+
+    row.click()
+    versions = page.locator("#versions")
+    expect(versions).to_contain_text(second["module_hash"])
+    expect(versions).to_contain_text(first["module_hash"])
+    expect(page.locator("#module-logs")).to_contain_text(marker + "2")
+    expect(page.locator(f'#workers tr:has-text("{name}")').first).to_be_visible()
+    assert [] == offline.attempted
+
+
+def test_status_page_shows_a_job_change_state_live_and_its_events_on_click(server: Server, page: Page, offline: Offline) -> None:
+    name = unique("uijob")
+    deploy(server, spin_jobs(name))
+    page.goto(f"{server.url}/ui")
+    page.evaluate("window.__sameDocument = true")
+
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        job_uuid = c.post("/jobs", json={"module": name, "job": "spin"}).json()["job_uuid"]
+        row = page.locator(f'#jobs tr[data-job="{job_uuid}"]')
+        expect(row.locator(".state")).to_have_text("running")
+        assert 200 == c.post(f"/jobs/{job_uuid}/cancel").status_code
+    expect(row.locator(".state")).to_have_text("canceled")
+    assert page.evaluate("window.__sameDocument === true"), "updated in place, not by reloading"
+
+    row.click()
+    expect(page.locator("#evjob")).to_have_text(job_uuid)
+    events = page.locator("#events .event")
+    expect(page.locator('#events .event[data-type="canceled"]')).to_have_count(1)
+    types = events.evaluate_all("els => els.map(e => e.dataset.type)")
+    assert "created" == types[0] and "started" in types and "progress" in types and "canceled" == types[-1]
+    expect(page.locator(f'#jobs tr.selected[data-job="{job_uuid}"]')).to_have_count(1)
+    assert any(f"/jobs/ws?id={job_uuid}" in url for url in offline.sockets)
+    assert [] == offline.attempted
+
+
+def test_status_page_shows_a_failed_builds_diagnostics(server: Server, page: Page, offline: Offline) -> None:
+    filename = unique("uibroken") + ".c"
+    r = server.deploy("#include <cweb.h>\nint x = ;\n", filename)
+    assert 422 == r.status_code
+    page.goto(f"{server.url}/ui")
+    row = page.locator("#builds tr", has_text=filename)
+    expect(row.locator(".state")).to_have_text("failed")
+    expect(row.locator(".diag")).to_contain_text(f"{filename}:2:9: error: expected expression before ';' token")
+    assert [] == offline.attempted
+
+
+def test_status_page_follows_a_deploy_without_reload(server: Server, page: Page, offline: Offline) -> None:
+    """A module deployed while the page is open appears on its own, then its redeploy's hash."""
+    page.goto(f"{server.url}/ui")
+    expect(page.locator("#meta")).to_contain_text("module(s)")
+    name = unique("uilive")
+    info = deploy(server, route_module(name, f"/{name}", body="one"))
+    row = page.locator(f'#modules tr[data-module="{name}"]')
+    expect(row).to_contain_text(info["module_hash"][:12])
+    t0 = time.monotonic()
+    info2 = deploy(server, route_module(name, f"/{name}", body="two"))
+    expect(row).to_contain_text(info2["module_hash"][:12])
+    assert time.monotonic() - t0 < 10
+    assert [] == offline.attempted
