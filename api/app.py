@@ -108,7 +108,7 @@ def create_app(settings: Settings) -> Dispatcher:
         cache_admin.prepare(settings.data_dir)
         state.started_at = time.time()
         state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
-        state.builder = RemoteBuilder(settings.builder_url, store_dir=settings.store_dir if os.path.isdir(settings.store_dir) else None) if settings.builder_url else LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
+        state.builder = RemoteBuilder(settings.builder_url, store_dir=settings.store_dir if os.path.isdir(os.path.join(settings.store_dir, "artifacts")) else None) if settings.builder_url else LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
         if not state.builder.sandboxed:
             if settings.unsafe_builds:
                 log.warning("bubblewrap is unavailable: compiling WITHOUT a sandbox (CWEB_UNSAFE_BUILDS=1)")

@@ -49,6 +49,8 @@ class Version:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     # How long each deploy step took (load, onload + connections, swap), for the deploy answer.
     phases: dict = field(default_factory=dict)
+    # Set while the api itself kills the worker (hung job or handler).
+    replacing: bool = False
 
     def summary(self) -> dict:
         return {
@@ -230,6 +232,8 @@ class ModuleHost:
         """The loaded version of exactly this artifact, loading it if jobs need it."""
         for v in self.active.values():
             if v.module_hash == module_hash:
+                if v.state == "quarantined":
+                    raise Invalid(f"module {v.name} is quarantined after repeated crashes; redeploy it", code="quarantined")
                 if v.state == "restarting":
                     await asyncio.wait_for(v.ready.wait(), 30)
                 if v.state == "active":
@@ -306,6 +310,8 @@ class ModuleHost:
     async def replace_worker(self, v: Version, reason: str) -> None:
         """Kill a worker whose code will not return; the crash path restarts it."""
         log.warning("replacing worker of %s (%s): %s", v.name, v.module_hash[:12], reason)
+        # A replacement is not a crash: it must not count toward quarantine.
+        v.replacing = True
         try:
             await self.agent.call("kill", worker_id=v.worker_id, expected=False)
         except RuntimeError_:
@@ -370,7 +376,10 @@ class ModuleHost:
             return
         log.warning("module %s (%s) worker crashed: %s", v.name, v.module_hash[:12], event.get("reason"))
         now = time.monotonic()
-        v.crashes = [t for t in v.crashes if now - t < CRASH_WINDOW_S] + [now]
+        v.crashes = [t for t in v.crashes if now - t < CRASH_WINDOW_S]
+        if not v.replacing:
+            v.crashes.append(now)
+        v.replacing = False
         if len(v.crashes) >= CRASH_LIMIT:
             if self.metrics is not None:
                 self.metrics.quarantines.labels(v.name).inc()
@@ -383,7 +392,7 @@ class ModuleHost:
         v.ready.clear()
         if self.metrics is not None:
             self.metrics.restarts.labels(v.name).inc()
-        await asyncio.sleep(RESTART_BACKOFF_S[min(len(v.crashes) - 1, len(RESTART_BACKOFF_S) - 1)])
+        await asyncio.sleep(RESTART_BACKOFF_S[min(max(len(v.crashes) - 1, 0), len(RESTART_BACKOFF_S) - 1)])
         if self.active.get(v.name) is not v:
             return
         try:

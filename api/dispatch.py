@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from api import routing
 from api.deploy import ModuleHost
 from api.errors import json_error
+from api.jobs.routes import submit_asgi
 from api.runtime_client import WorkerGone
 from runtime import protocol
 
@@ -127,6 +128,10 @@ class Dispatcher:
                     if refused is not None:
                         await send_json(send, *refused)
                         return
+                if path == "/jobs" and scope["method"] == "POST":
+                    # The busiest control-plane call skips FastAPI (same answers, same errors).
+                    await submit_asgi(self.state.jobs, scope, receive, send)
+                    return
                 await self.control(scope, receive, send)
                 return
             await self.http(scope, receive, send, path)

@@ -51,7 +51,10 @@ class Store:
     def __init__(self, root: str) -> None:
         self.root = root
         for sub in ("artifacts", "sources", "actions", "glue"):
-            os.makedirs(os.path.join(root, sub), exist_ok=True)
+            path = os.path.join(root, sub)
+            # Only create what is missing: readers mount the store read-only.
+            if not os.path.isdir(path):
+                os.makedirs(path, exist_ok=True)
 
     def artifact_path(self, module_hash: str) -> str:
         if not is_hash(module_hash):

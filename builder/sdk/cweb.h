@@ -267,28 +267,37 @@ typedef struct ws_info {
     void (*on_close)(struct cweb_context *, websocket_t *);
 } websocket_info_t;
 
+/* Jobs: see docs/JOBS.md. */
+
 typedef struct job_payload {
-    const char *json;
+    const char *json;           /* the payload, a JSON object, NUL-terminated */
     size_t json_len;
 } job_payload_t;
 
+/* Valid only while run() executes, on its thread. */
 typedef struct job_ctx {
     const char *job_uuid;
+    /* A stored, streamed event; data_json should be JSON (NULL: null). */
     int (*emit_event)(struct job_ctx *job, const char *type, const char *data_json);
+    /* The result (JSON text). The last of set_result / set_error wins. */
     int (*set_result)(struct job_ctx *job, const char *result_json);
+    /* The error message: the attempt fails, whatever run() returns. */
     int (*set_error)(struct job_ctx *job, const char *error_text);
     /* cweb additions (appended only) */
-    int (*is_canceled)(struct job_ctx *job);
-    int (*progress)(struct job_ctx *job, double done, double total);
-    int attempt;
+    int (*is_canceled)(struct job_ctx *job);   /* non-zero once asked to stop */
+    int (*progress)(struct job_ctx *job, double done, double total);  /* a "progress" event */
+    int attempt;                /* 1, then 2 on the first retry, ... */
     void *host_;
 } job_ctx_t;
 
+/* Return 0 on success (after set_result, or with no result: null), -1 after
+ * set_error. Non-zero without set_error also fails the attempt. */
 typedef int (*job_run_t)(struct cweb_context *ctx, const job_payload_t *payload, job_ctx_t *job);
 
 typedef struct job_info {
     const char *name;
     job_run_t run;
+    /* Optional: called once, on another thread, when a running attempt is canceled. */
     void (*cancel)(struct cweb_context *ctx, const char *job_uuid);
 } job_info_t;
 
@@ -312,7 +321,12 @@ typedef struct module {
     void (*unload)(struct cweb_context *);
 } module_t;
 
-/* Start a job of this module (or of the single module that defines name). */
+/* Start a job, durably, as POST /jobs would: job_name resolves in this
+ * module first, then to the single active module that defines it;
+ * payload_json is a JSON object (NULL: {}). Returns 0 and fills
+ * job_uuid_out (may be NULL), or -1: unknown or ambiguous name, bad payload,
+ * no answer within 10 s, or called from onload (the channel to the server
+ * opens only after onload returns). Blocks the calling thread meanwhile. */
 int jobs_create(const char *job_name, const char *payload_json, cweb_uuid_t *job_uuid_out);
 
 #ifdef __cplusplus

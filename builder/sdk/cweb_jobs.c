@@ -152,20 +152,23 @@ int cweb_job_run(int fd, struct reader *r, struct buf *out)
     return wrc;
 }
 
+/* The api may repeat a cancel request (it can overtake the job's start);
+ * only the first one that finds the job running sets the flag and calls the
+ * module's hook, so the hook runs at most once per attempt. */
 void cweb_job_cancel(const char *uuid)
 {
     int idx = -1;
     pthread_mutex_lock(&jobs_lock);
     for (struct running_job *j = running; j; j = j->next) {
         if (strcmp(j->uuid, uuid) == 0) {
-            __atomic_store_n(&j->canceled, 1, __ATOMIC_RELEASE);
-            idx = j->index;
+            if (__atomic_exchange_n(&j->canceled, 1, __ATOMIC_ACQ_REL) == 0)
+                idx = j->index;
             break;
         }
     }
     pthread_mutex_unlock(&jobs_lock);
     /* The hook runs outside the lock: it may take the module's own locks. */
-    if (idx >= 0 && &config != NULL && config.jobs[idx].cancel)
+    if (idx >= 0 && &config != NULL && idx < config.job_size && idx < MAX_JOBS && config.jobs[idx].cancel)
         config.jobs[idx].cancel(&cweb_g_ctx, uuid);
 }
 

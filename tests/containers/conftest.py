@@ -245,8 +245,9 @@ def stack(docker_engine, images, request: pytest.FixtureRequest) -> Iterator[Sta
         .with_network(public)
         .with_volume_mapping(volumes["data"], "/data", "rw")
         .with_volume_mapping(volumes["run"], "/run/cweb", "rw")
+        .with_volume_mapping(volumes["store"], "/store", "ro")
         .with_envs(
-            CWEB_API_KEY=API_KEY, CWEB_HOST="0.0.0.0", CWEB_PORT="8080", CWEB_DATA_DIR="/data",
+            CWEB_API_KEY=API_KEY, CWEB_STORE_DIR="/store", CWEB_HOST="0.0.0.0", CWEB_PORT="8080", CWEB_DATA_DIR="/data",
             CWEB_RUN_DIR="/run/cweb", CWEB_RUNTIME_SOCKET="/run/cweb/agent.sock", CWEB_BUILDER_URL="http://builder:8081",
         )
         .with_command(["python", "-m", "api"])
