@@ -68,32 +68,49 @@ def http_protocol(header_timeout: float = HEADER_TIMEOUT_S, body_timeout: float 
     class _Refused(Exception):
         pass
 
+    # Deadlines are checked by one sweep a second over every connection: a timer
+    # per request (armed and cancelled twice per request) costs more on the hot path.
+    live: set = set()
+    sweeping: list[asyncio.TimerHandle] = []
+
+    def sweep(loop: asyncio.AbstractEventLoop) -> None:
+        sweeping.clear()
+        now = loop.time()
+        for proto in list(live):
+            if proto._deadline is not None and now >= proto._deadline:
+                proto._deadline = None
+                proto._expire(*proto._why)
+        if live:
+            sweeping.append(loop.call_later(1.0, sweep, loop))
+
     class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
         _refusal: tuple[int, str, str] | None = None
-        _timer: asyncio.TimerHandle | None = None
+        _deadline: float | None = None
+        _why: tuple[str, str] = ("", "")
         _header_bytes = 0
         _header_count = 0
         _in_request = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            live.add(self)
+            if not sweeping:
+                sweeping.append(self.loop.call_later(1.0, sweep, self.loop))
             self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            live.discard(self)
             super().connection_lost(exc)
 
         def _arm(self, delay: float, code: str, message: str) -> None:
-            self._disarm()
-            self._timer = self.loop.call_later(delay, self._expire, code, message)
+            self._deadline = self.loop.time() + delay
+            self._why = (code, message)
 
         def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._deadline = None
 
         def _expire(self, code: str, message: str) -> None:
-            self._timer = None
             if self.transport.is_closing():
                 return
             if self._in_request:
@@ -124,7 +141,7 @@ def http_protocol(header_timeout: float = HEADER_TIMEOUT_S, body_timeout: float 
             super().on_message_begin()
             self._in_request = True
             self._header_bytes = self._header_count = 0
-            if self._timer is None:
+            if self._deadline is None:
                 self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
 
         def on_url(self, url: bytes) -> None:

@@ -21,13 +21,15 @@ that live elsewhere (sockets, jobs, the store) are read at scrape time.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -57,6 +59,41 @@ class _ScrapeTime(Collector):
         yield GaugeMetricFamily("cweb_cache_capacity_bytes", "Size of the cross-module cache shared by modules", value=v.get("cache_bytes", 0))
 
 
+class _RequestStats(Collector):
+    """Request counts and latency histograms kept as plain numbers on the hot
+    path (the event loop is the only writer) and turned into metric families
+    only when /metrics is scraped: prometheus-client's locked children cost
+    more per request than the rest of the bookkeeping together."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        # (module, route) -> [bucket counts..., sum]
+        self.hists: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, module: str, route: str, status: int, seconds: float) -> None:
+        key = (module, route, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        hist = self.hists.get((module, route))
+        if hist is None:
+            hist = self.hists[(module, route)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        hist[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        hist[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("cweb_requests", "Module route requests", labels=["module", "route", "status"])
+        for (module, route, status), n in self.counts.items():
+            requests.add_metric([module, route, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily("cweb_request_seconds", "Module route latency", labels=["module", "route"])
+        for (module, route), hist in self.hists.items():
+            cumulative, buckets = 0.0, []
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), hist[:-1]):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([module, route], buckets, hist[-1])
+        yield latency
+
+
 class Metrics:
     def __init__(self, store_dir: str = "", data_dir: str = "") -> None:
         # The *_created series double the output and nobody graphs them. Process-wide,
@@ -66,8 +103,8 @@ class Metrics:
         self.data_dir = data_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("cweb_requests_total", "Module route requests", ["module", "route", "status"], registry=r)
-        self.latency = Histogram("cweb_request_seconds", "Module route latency", ["module", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self._requests = _RequestStats()
+        r.register(self._requests)
         self.ws_connections = Gauge("cweb_ws_connections", "Open module WebSocket connections", ["module"], registry=r)
         self.jobs = Gauge("cweb_jobs", "Jobs by state", ["state"], registry=r)
         self.job_seconds = Histogram("cweb_job_seconds", "Job duration from start to its terminal event", ["state"],
@@ -79,16 +116,9 @@ class Metrics:
         self.modules = Gauge("cweb_modules", "Active modules", registry=r)
         self._scrape = _ScrapeTime()
         r.register(self._scrape)
-        # (module, route, status) -> (counter child, histogram child): labels() is too slow per request.
-        self._children: dict[tuple, tuple] = {}
 
     def observe_request(self, module: str, route: str, status: int, seconds: float) -> None:
-        key = (module, route, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self.requests.labels(module, route, str(status)), self.latency.labels(module, route))
-        children[0].inc()
-        children[1].observe(seconds)
+        self._requests.observe(module, route, status, seconds)
 
     async def render(self, host: ModuleHost, jobs: JobService, store_dir: str = "", data_dir: str = "") -> bytes:
         """The text exposition, with the scrape-time values refreshed."""
