@@ -170,7 +170,6 @@ class Agent:
         self.spare = None
         if w is None or w.exited.is_set():
             w = await self.spawn()
-        self._ensure_spare()
         return w
 
     async def _command(self, w: WorkerProc, msg: dict, timeout: float) -> dict:
@@ -193,6 +192,13 @@ class Agent:
         if not os.path.exists(path):
             raise AgentError("artifact_missing", f"artifact {module_hash[:12]} is not in the store")
         w = await self._take_worker()
+        try:
+            return await self._load_into(w, module_hash, path, req)
+        except BaseException:
+            self._ensure_spare()
+            raise
+
+    async def _load_into(self, w: WorkerProc, module_hash: str, path: str, req: dict) -> dict:
         w.worker_id = self.next_id
         self.next_id += 1
         w.hash = module_hash
@@ -220,6 +226,14 @@ class Agent:
         return {"worker_id": w.worker_id, "socket": w.socket_path, "describe": reply["describe"]}
 
     async def op_start(self, req: dict) -> dict:
+        try:
+            return await self._start(req)
+        finally:
+            # The next spare starts once this deploy's worker is up, not during
+            # its load and onload: they would compete for the same cores.
+            self._ensure_spare()
+
+    async def _start(self, req: dict) -> dict:
         w = self._worker(req)
         reply = await self._command(w, {"op": "start"}, limits.ONLOAD_TIMEOUT_S)
         if reply["op"] == "exited":
