@@ -223,14 +223,7 @@ def create_app(settings: Settings) -> Dispatcher:
             state.metrics.build_seconds.observe(result.build_ms / 1000)
         state.builds.record(file=filename, outcome="cache_hit" if result.cache_hit else "compiled", module_hash=result.module_hash,
                             build_ms=round(result.build_ms, 2), diagnostics=result.warnings)
-        base = {
-            "module_hash": result.module_hash,
-            "source_sha256": result.source_sha256,
-            "build_key": result.build_key,
-            "cache_hit": result.cache_hit,
-            "build_ms": round(result.build_ms, 2),
-            "warnings": result.warnings,
-        }
+        base = result.summary()
         if check:
             return {"ok": True, **base}
         version, previous, noop = await state.host.activate(

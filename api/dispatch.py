@@ -197,22 +197,12 @@ class Dispatcher:
             except WorkerGone:
                 if version.state in ("retiring", "stopping", "stopped") and self.host.table.match(method, path)[0] is not entry:
                     continue
-                if self.metrics is not None:
-                    self.metrics.observe_request(version.name, entry.path, 502, perf_counter() - t0)
-                status, err = json_error(
-                    502, "worker_crashed", f"module {version.name} crashed while handling the request",
-                    module=version.name, module_hash=version.module_hash,
-                )
-                await send_json(send, status, err)
+                await self._module_failed(send, version, entry.path, t0, 502, "worker_crashed",
+                                          f"module {version.name} crashed while handling the request")
                 return
             except asyncio.TimeoutError:
-                if self.metrics is not None:
-                    self.metrics.observe_request(version.name, entry.path, 504, perf_counter() - t0)
-                status, err = json_error(
-                    504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s",
-                    module=version.name, module_hash=version.module_hash,
-                )
-                await send_json(send, status, err)
+                await self._module_failed(send, version, entry.path, t0, 504, "handler_timeout",
+                                          f"module {version.name} did not answer within {self.timeout:g} s")
                 return
         if reply is None:
             status, err = json_error(503, "unavailable", f"module for {path} is being replaced; retry")
@@ -235,6 +225,13 @@ class Dispatcher:
             out.append(_DEFAULT_TYPE)
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else rbody})
+
+    async def _module_failed(self, send: Callable, version: Any, route: str, t0: float, status: int, code: str, message: str) -> None:
+        """Answer a request the module could not: counted, and named by module and hash."""
+        if self.metrics is not None:
+            self.metrics.observe_request(version.name, route, status, perf_counter() - t0)
+        status, err = json_error(status, code, message, module=version.name, module_hash=version.module_hash)
+        await send_json(send, status, err)
 
     async def _read_body(self, headers: list, receive: Callable, send: Callable) -> bytes | None:
         for k, v in headers:

@@ -33,6 +33,17 @@ class BuildResult:
     warnings: list[dict] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
 
+    def summary(self) -> dict:
+        """The fields every build answer carries (deploy, check, builder service)."""
+        return {
+            "module_hash": self.module_hash,
+            "source_sha256": self.source_sha256,
+            "build_key": self.build_key,
+            "cache_hit": self.cache_hit,
+            "build_ms": round(self.build_ms, 2),
+            "warnings": self.warnings,
+        }
+
 
 def display_name(filename: str | None) -> str:
     """The name shown in diagnostics: the upload's base name when it is tame."""

@@ -69,15 +69,7 @@ class BuilderSettings:
 
 def result_body(result: BuildResult) -> dict:
     """The JSON form of a BuildResult (RemoteBuilder reads it back)."""
-    return {
-        "module_hash": result.module_hash,
-        "source_sha256": result.source_sha256,
-        "build_key": result.build_key,
-        "cache_hit": result.cache_hit,
-        "build_ms": round(result.build_ms, 2),
-        "warnings": result.warnings,
-        "manifest": result.manifest,
-    }
+    return {**result.summary(), "manifest": result.manifest}
 
 
 def _json(body: object, status: int = 200) -> Response:
