@@ -31,6 +31,7 @@ run: install
 	$(VPY) -m api
 
 test: install-test
+	$(VPY) -m ruff check api builder runtime tests bench
 	$(VPY) -m pytest -q tests
 
 lint: install-test

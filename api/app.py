@@ -8,31 +8,32 @@ import logging
 import os
 import resource
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, cache_admin, observe, versions
-from api.metrics import Metrics
-from fastapi_offline import FastAPIOffline
+from api.deploy import ModuleHost
+from api.dispatch import Dispatcher
+from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.jobs import routes as job_routes
 from api.jobs.service import JobService
 from api.jobs.store import Store as JobStore
-from api.deploy import ModuleHost
+from api.metrics import Metrics
 from api.openapi import API_DESCRIPTION, document, with_module_routes
-from api.dispatch import Dispatcher
-from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.registry import Registry
 from api.remote_builder import RemoteBuilder
 from api.runtime_client import AgentClient
 from api.settings import Settings
+from builder import compile as compile_mod
 from builder.errors import BuildError
 from builder.local import LocalBuilder, sdk_tarball
-from builder import compile as compile_mod
 
 log = logging.getLogger("cweb.api")
 

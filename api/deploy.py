@@ -18,9 +18,9 @@ from api import routing
 from api.errors import Invalid, NotFound, Unavailable
 from api.registry import Registry
 from api.runtime_client import AgentClient, EventsConn, RuntimeError_, WorkerPool, open_events
+from api.settings import Settings
 from api.sockets import CLOSE_INTERNAL, SocketHub
 from runtime import protocol
-from api.settings import Settings
 
 log = logging.getLogger("cweb.api")
 
@@ -204,7 +204,7 @@ class ModuleHost:
         """Let requests and pinned jobs that started on old finish, then unload and stop it."""
         try:
             await asyncio.wait_for(old.pool.drained.wait(), self.settings.request_timeout + 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("module %s %s did not drain; stopping it anyway", old.name, old.module_hash[:12])
         while self.jobs_pending_for is not None and await self.jobs_pending_for(old):
             await asyncio.sleep(0.2)

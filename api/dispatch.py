@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from api import routing
@@ -55,8 +56,8 @@ def _form_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[
 
 
 def _multipart_fields(ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
-    from multipart.multipart import parse_options_header
     import multipart
+    from multipart.multipart import parse_options_header
 
     _, params = parse_options_header(ctype)
     boundary = params.get(b"boundary")
@@ -177,7 +178,7 @@ class Dispatcher:
             if version.state == "restarting":
                 try:
                     await asyncio.wait_for(version.ready.wait(), 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             if version.state in ("restarting", "quarantined"):
                 msg = (
@@ -200,7 +201,7 @@ class Dispatcher:
                 await self._module_failed(send, version, entry.path, t0, 502, "worker_crashed",
                                           f"module {version.name} crashed while handling the request")
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._module_failed(send, version, entry.path, t0, 504, "handler_timeout",
                                           f"module {version.name} did not answer within {self.timeout:g} s")
                 return

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from api.deploy import ModuleHost
@@ -87,7 +87,7 @@ class _RequestStats(Collector):
         latency = HistogramMetricFamily("cweb_request_seconds", "Module route latency", labels=["module", "route"])
         for (module, route), hist in self.hists.items():
             cumulative, buckets = 0.0, []
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), hist[:-1]):
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), hist[:-1], strict=True):
                 cumulative += n
                 buckets.append((floatToGoString(bound), cumulative))
             latency.add_metric([module, route], buckets, hist[-1])

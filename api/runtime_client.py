@@ -11,7 +11,7 @@ import logging
 import os
 import struct
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from runtime import protocol
 
@@ -108,14 +108,14 @@ class AgentClient:
                         # for a moment: only a reaped agent is really gone.
                         try:
                             await asyncio.wait_for(self.process.wait(), 5)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             self.process.kill()
                             await self.process.wait()
                     await self.spawn_embedded(*self.spawn_args)
                 await self.connect(attempts=50)
                 await self.call("ping", timeout=10)
                 break
-            except (RuntimeError_, OSError, asyncio.TimeoutError):
+            except (TimeoutError, RuntimeError_, OSError):
                 await asyncio.sleep(1)
         if not self.closing and self.on_reconnect is not None:
             log.info("runtime agent is back; reloading modules")
@@ -144,7 +144,7 @@ class AgentClient:
             self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.process.kill()
 
 
@@ -155,7 +155,7 @@ HUNG_GRACE_S = 2.0
 
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
+        fut.set_exception(TimeoutError())
 
 
 class WorkerConn(asyncio.Protocol):
@@ -252,7 +252,7 @@ class WorkerPool:
                 # Cheaper than asyncio.wait_for, which wraps the await in a new task.
                 timer = fut.get_loop().call_later(timeout, _expire, fut)
             return await fut
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # The handler may still answer later on this connection: park it.
             if conn is not None:
                 self._park(conn)

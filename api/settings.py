@@ -45,7 +45,7 @@ class Settings:
     store_override: str = ""
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
+    def from_env(cls, env: dict | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         keys = [k.strip() for k in env.get("CWEB_API_KEY", "").split(",") if k.strip()]
         return cls(
@@ -77,7 +77,7 @@ class Settings:
     def loopback_only(self) -> bool:
         return self.host in LOOPBACK
 
-    def resolved(self) -> "Settings":
+    def resolved(self) -> Settings:
         """Fill in the paths that derive from data_dir."""
         self.data_dir = os.path.abspath(self.data_dir)
         if not self.workdir:

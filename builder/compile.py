@@ -159,7 +159,7 @@ class Compiler:
 
         try:
             await asyncio.wait_for(pump(), limits.COMPILE_WALL_SECONDS)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -180,7 +180,7 @@ class Agent:
         except (ConnectionError, OSError):
             await w.exited.wait()
             return await w.replies.get()
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             w.proc.kill()
             raise AgentError("worker_timeout", f"worker did not answer {msg['op']} within {timeout:g}s") from exc
 
@@ -254,7 +254,7 @@ class Agent:
             pass
         try:
             await asyncio.wait_for(w.exited.wait(), limits.STOP_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             w.proc.kill()
             await w.exited.wait()
         return {}
@@ -332,7 +332,7 @@ class Agent:
         for w in list(self.workers.values()):
             try:
                 await asyncio.wait_for(w.exited.wait(), 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 w.proc.kill()
 
 
