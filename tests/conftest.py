@@ -136,3 +136,21 @@ export module_t config = {{
     .routes = {{ {{"{path}", "{method}", handler, NONE}} }}, .size = 1,
 }};
 """
+
+
+HANDLER = "static int {fn}(struct cweb_context *ctx, http_request_t *req, http_response_t *res)"
+
+
+def module(name: str, routes: list[tuple[str, str, str]], code: str, extra: str = "") -> str:
+    """A module named `name` whose routes are (path, method, handler function), defined in `code`."""
+    table = ", ".join(f'{{"{p}", "{m}", {fn}, NONE}}' for p, m, fn in routes)
+    return f"""#include <cweb.h>
+#include <signal.h>
+#include <unistd.h>
+{code}
+export module_t config = {{
+    .name = "{name}", .author = "tests",
+    .routes = {{ {table} }}, .size = {len(routes)},
+    {extra}
+}};
+"""

@@ -23,23 +23,7 @@ import httpx
 import pytest
 
 from builder import compile as compile_mod
-from tests.conftest import Server, route_module, unique
-
-HANDLER = "static int {fn}(struct cweb_context *ctx, http_request_t *req, http_response_t *res)"
-
-
-def module(name: str, routes: list[tuple[str, str, str]], code: str, config_extra: str = "") -> str:
-    """A module named `name` whose routes are (path, method, handler function) in order."""
-    table = ", ".join(f'{{"{p}", "{m}", {fn}, NONE}}' for p, m, fn in routes)
-    return f"""#include <cweb.h>
-#include <unistd.h>
-{code}
-export module_t config = {{
-    .name = "{name}", .author = "tests",
-    .routes = {{ {table} }}, .size = {len(routes)},
-    {config_extra}
-}};
-"""
+from tests.conftest import HANDLER, Server, module, route_module, unique
 
 
 def body_handler(fn: str, body: str, usleep_ms: int = 0) -> str:

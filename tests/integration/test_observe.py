@@ -29,29 +29,15 @@ from pydantic import BaseModel
 from websockets.sync.client import connect as ws_connect
 
 from api import schemas
-from tests.conftest import EXAMPLES, ROOT, Server, free_port, route_module, unique
+from tests.conftest import EXAMPLES, HANDLER, ROOT, Server, free_port, module, route_module, unique
 
 CLI = ROOT / "cweb"
-HANDLER = "static int {fn}(struct cweb_context *ctx, http_request_t *req, http_response_t *res)"
 
 
 # ---------------------------------------------------------------------------
 # helpers
 
 
-def module(name: str, routes: list[tuple[str, str, str]], code: str, extra: str = "") -> str:
-    """A module named `name` with routes (path, method, handler) defined in `code`."""
-    table = ", ".join(f'{{"{p}", "{m}", {fn}, NONE}}' for p, m, fn in routes)
-    return f"""#include <cweb.h>
-#include <signal.h>
-#include <unistd.h>
-{code}
-export module_t config = {{
-    .name = "{name}", .author = "tests",
-    .routes = {{ {table} }}, .size = {len(routes)},
-    {extra}
-}};
-"""
 
 
 def printing_module(name: str, marker: str) -> str:
