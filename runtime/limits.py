@@ -340,18 +340,3 @@ def seal_after_exec() -> None:
             libc.capset(ctypes.byref(header), data)
     except (OSError, AttributeError):
         pass
-
-
-_default: WorkerLimits | None = None
-
-
-def apply_worker_limits() -> None:
-    """Compatibility entry point with the defaults from the environment.
-
-    Prefer building `WorkerLimits.from_env()` once in the parent and passing
-    its `preexec` as preexec_fn: this one builds it on first use, which in a
-    forked child means it is rebuilt for every worker."""
-    global _default
-    if _default is None:
-        _default = WorkerLimits.from_env()
-    _default.preexec()

@@ -60,7 +60,6 @@ typedef struct http_kv_store {
     size_t size;
     size_t capacity;
     int nocase;     /* header stores compare keys case-insensitively */
-    int owns;       /* values were handed over with http_kv_insert() */
 } http_kv_store_t;
 
 http_kv_store_t *http_kv_create(size_t initial_capacity);

@@ -31,7 +31,6 @@ http_kv_store_t *http_kv_create(size_t initial_capacity)
         return NULL;
     s->capacity = initial_capacity ? initial_capacity : 8;
     s->entries = calloc(s->capacity, sizeof(http_kv_pair_t));
-    s->owns = 1;
     if (!s->entries) {
         free(s);
         return NULL;
