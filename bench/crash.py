@@ -33,7 +33,6 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -42,6 +41,8 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 
 import httpx  # noqa: E402
+
+from bench.server import free_port, start_cweb  # noqa: E402
 
 CRASHES_PER_GENERATION = 4  # one below api.deploy.CRASH_LIMIT
 RECOVERY_LIMIT_S = 30.0
@@ -203,32 +204,9 @@ def run(cweb_url: str, quick: bool = False) -> list[dict]:
 # ---- standalone: start a server of our own ------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(data_dir: Path, port: int, key: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
-    env.update(PYTHONPATH=str(ROOT), CWEB_API_KEY=key)
-    log = open(data_dir.parent / "server.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api", "--port", str(port), "--data-dir", str(data_dir)],
-        cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {data_dir.parent / 'server.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become healthy within 60 s")
+    proc, _ = start_cweb(data_dir, port=port, env={"CWEB_API_KEY": key})
+    return proc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="cweb-crash-bench-") as tmp:
             key = uuid.uuid4().hex
-            port = _free_port()
+            port = free_port()
             proc = _start_server(Path(tmp) / "data", port, key)
             try:
                 result = measure(f"http://127.0.0.1:{port}", args.crashes, key)

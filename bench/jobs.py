@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ import httpx  # noqa: E402
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
 from bench import http as wrk  # noqa: E402
+from bench.server import free_port, start_cweb  # noqa: E402
 
 # Concurrent connections of the load generator (wrk).
 CLIENTS = 32
@@ -92,12 +92,6 @@ class BenchError(Exception):
 # server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalServer:
     """`python -m api` on a free port with a temporary data dir."""
 
@@ -110,27 +104,12 @@ class LocalServer:
         self.log_path = Path(self.tmp.name) / "server.log"
 
     def __enter__(self) -> LocalServer:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
-        env.update(self.env)
-        env["PYTHONPATH"] = str(ROOT)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api", "--port", str(self.port), "--data-dir", str(Path(self.tmp.name) / "data")],
-            cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1, trust_env=False).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise BenchError("the server did not become healthy in 30 s")
+        try:
+            self.proc, _ = start_cweb(Path(self.tmp.name) / "data", port=self.port, env=self.env, timeout=30)
+        except RuntimeError as exc:
+            self.tmp.cleanup()
+            raise BenchError(str(exc)) from exc
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:

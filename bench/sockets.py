@@ -53,6 +53,8 @@ from websockets.frames import Frame, Opcode  # noqa: E402
 from websockets.http11 import Response  # noqa: E402
 from websockets.uri import parse_uri  # noqa: E402
 
+from bench.server import start_cweb  # noqa: E402
+
 ECHO_P50_FLOOR_MS = 1.0
 FANOUT_FLOOR_MS = 100.0
 FANOUT_CLIENTS = 1000
@@ -360,36 +362,9 @@ def run(cweb_url: str | None = None, quick: bool = False) -> dict:
 # ---- standalone: a server of our own -----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     _raise_fd_limit(2 * FANOUT_CLIENTS + 256)  # inherited by the server
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
-    env["PYTHONPATH"] = str(ROOT)
-    log = open(tmp / "server.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api", "--port", str(port), "--data-dir", str(tmp / "data")],
-        cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {(tmp / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become healthy within 60 s")
+    return start_cweb(tmp / "data")
 
 
 def main(argv: list[str] | None = None) -> None:
