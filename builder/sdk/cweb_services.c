@@ -685,6 +685,20 @@ void cweb_services_after_handler(void)
         run_sync_of(0);
 }
 
+/* Runs one task with S.lock released (called and returning with it held),
+ * counted as running so that retire can wait for the scheduler to go idle. */
+static void run_task_locked(work_t fn, void *data)
+{
+    S.running++;
+    pthread_mutex_unlock(&S.lock);
+    fn(data);
+    cweb_services_after_handler();
+    pthread_mutex_lock(&S.lock);
+    S.running--;
+    if (S.qlen == 0 && S.running == 0)
+        pthread_cond_broadcast(&S.idle_cv);
+}
+
 static void *pool_main(void *arg)
 {
     (void)arg;
@@ -695,14 +709,7 @@ static void *pool_main(void *arg)
         struct task t = S.queue[S.qhead];
         S.qhead = (S.qhead + 1) % SCHED_QUEUE_MAX;
         S.qlen--;
-        S.running++;
-        pthread_mutex_unlock(&S.lock);
-        t.fn(t.data);
-        cweb_services_after_handler();
-        pthread_mutex_lock(&S.lock);
-        S.running--;
-        if (S.qlen == 0 && S.running == 0)
-            pthread_cond_broadcast(&S.idle_cv);
+        run_task_locked(t.fn, t.data);
     }
     return NULL;
 }
@@ -832,14 +839,7 @@ static void *timer_main(void *arg)
         struct timer t = heap_pop();
         if (enqueue_locked(t.fn, t.data) != 0) {
             /* The pool is saturated: run it here rather than drop it. */
-            S.running++;
-            pthread_mutex_unlock(&S.lock);
-            t.fn(t.data);
-            cweb_services_after_handler();
-            pthread_mutex_lock(&S.lock);
-            S.running--;
-            if (S.qlen == 0 && S.running == 0)
-                pthread_cond_broadcast(&S.idle_cv);
+            run_task_locked(t.fn, t.data);
         }
     }
     return NULL;
