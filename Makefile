@@ -15,6 +15,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@scripts/ensure-system.sh $(APT_PACKAGES)
+	@# Debian's own python3 ships venv separately (python3-venv); pyenv builds have it.
+	@$(PY) -c "import ensurepip" 2>/dev/null || scripts/ensure-system.sh python3-venv
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e .
