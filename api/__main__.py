@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import logging
 import os
@@ -13,19 +12,11 @@ import sys
 import uvicorn
 
 from api import auth
+from api.http_server import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, http_protocol
 from api.logs import configure_logging
 from api.settings import Settings
 
 log = logging.getLogger("cweb.api")
-
-# Request-line + headers of one request (bytes), and header count: past
-# either the request is refused 431. httptools itself has no such limit.
-MAX_HEADER_BYTES = 64 << 10
-MAX_HEADERS = 256
-# Seconds a client has to send a request's line and headers (slowloris).
-HEADER_TIMEOUT_S = 15.0
-# Seconds a client has to send a request's whole body once its headers are in.
-BODY_TIMEOUT_S = 120.0
 
 # Used when present in the working directory, as c-web-modules does.
 DEFAULT_CERT = "server.crt"
@@ -54,128 +45,6 @@ def resolve_tls(cert: str, key: str, cwd: str) -> tuple[str, str] | None:
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"cannot use TLS certificate {cert} with key {key}: {exc}") from exc
     return os.path.abspath(cert), os.path.abspath(key)
-
-
-def http_protocol(header_timeout: float = HEADER_TIMEOUT_S, body_timeout: float = BODY_TIMEOUT_S) -> object:
-    """uvicorn's httptools protocol with header limits and client timeouts;
-    plain "httptools" if this uvicorn's internals are not the expected ones."""
-    try:
-        import orjson
-        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-    except ImportError:  # pragma: no cover - another uvicorn layout
-        return "httptools"
-
-    class _Refused(Exception):
-        pass
-
-    # Deadlines are checked by one sweep a second over every connection: a timer
-    # per request (armed and cancelled twice per request) costs more on the hot path.
-    live: set = set()
-    sweeping: list[asyncio.TimerHandle] = []
-
-    def sweep(loop: asyncio.AbstractEventLoop) -> None:
-        sweeping.clear()
-        now = loop.time()
-        for proto in list(live):
-            if proto._deadline is not None and now >= proto._deadline:
-                proto._deadline = None
-                proto._expire(*proto._why)
-        if live:
-            sweeping.append(loop.call_later(1.0, sweep, loop))
-
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
-        _refusal: tuple[int, str, str] | None = None
-        _deadline: float | None = None
-        _why: tuple[str, str] = ("", "")
-        _header_bytes = 0
-        _header_count = 0
-        _in_request = False
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            live.add(self)
-            if not sweeping:
-                sweeping.append(self.loop.call_later(1.0, sweep, self.loop))
-            self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            live.discard(self)
-            super().connection_lost(exc)
-
-        def _arm(self, delay: float, code: str, message: str) -> None:
-            self._deadline = self.loop.time() + delay
-            self._why = (code, message)
-
-        def _disarm(self) -> None:
-            self._deadline = None
-
-        def _expire(self, code: str, message: str) -> None:
-            if self.transport.is_closing():
-                return
-            if self._in_request:
-                self._send_json_and_close(408, code, message)
-            else:  # a connection that never sent a byte: just close it
-                self.transport.close()
-
-        def _send_json_and_close(self, status: int, code: str, message: str) -> None:
-            body = orjson.dumps({"error": code, "message": message})
-            head = [STATUS_LINE[status]]
-            for name, value in self.server_state.default_headers:
-                head += [name, b": ", value, b"\r\n"]
-            head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n"]
-            self.transport.write(b"".join(head) + body)
-            self.transport.close()
-
-        def _count(self, n: int, headers: int = 0) -> None:
-            self._header_bytes += n
-            self._header_count += headers
-            if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
-                self._refusal = (
-                    431, "headers_too_large",
-                    f"request line and headers are limited to {MAX_HEADER_BYTES} bytes and {MAX_HEADERS} headers",
-                )
-                raise _Refused()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_request = True
-            self._header_bytes = self._header_count = 0
-            if self._deadline is None:
-                self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
-
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4, 1)
-            super().on_header(name, value)
-
-        def on_headers_complete(self) -> None:
-            self._arm(body_timeout, "request_body_timeout", "the request body took too long to arrive")
-            super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            self._in_request = False
-            self._disarm()
-            super().on_message_complete()
-
-        def handle_websocket_upgrade(self) -> None:
-            self._disarm()
-            super().handle_websocket_upgrade()
-
-        def send_400_response(self, msg: str) -> None:
-            self._disarm()
-            if self._refusal is not None:
-                self._send_json_and_close(*self._refusal)
-            else:
-                self._send_json_and_close(
-                    400, "bad_http",
-                    "malformed HTTP request (invalid syntax, bad chunking, or conflicting Content-Length/Transfer-Encoding)",
-                )
-
-    return LimitedHttpToolsProtocol
 
 
 def _not_dumpable() -> None:
@@ -234,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         loop="uvloop",
         http=http_protocol(
+            app,
             float(os.environ.get("CWEB_HEADER_TIMEOUT") or HEADER_TIMEOUT_S),
             float(os.environ.get("CWEB_BODY_TIMEOUT") or BODY_TIMEOUT_S),
         ),

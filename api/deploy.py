@@ -203,7 +203,7 @@ class ModuleHost:
     async def _drain_and_stop(self, old: Version) -> None:
         """Let requests and pinned jobs that started on old finish, then unload and stop it."""
         try:
-            await asyncio.wait_for(old.pool.drained.wait(), self.settings.request_timeout + 5)
+            await asyncio.wait_for(old.pool.drain(), self.settings.request_timeout + 5)
         except TimeoutError:
             log.warning("module %s %s did not drain; stopping it anyway", old.name, old.module_hash[:12])
         while self.jobs_pending_for is not None and await self.jobs_pending_for(old):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -31,12 +32,21 @@ _DEFAULT_TYPE = (b"content-type", b"text/html; charset=utf-8")
 _JSON_TYPE = (b"content-type", b"application/json")
 _METHOD_CODES = protocol.METHODS
 _SKIP_HEADERS = {b"content-length", b"transfer-encoding", b"connection"}
+# A module's header that would break the response framing is dropped (the
+# same characters uvicorn refuses).
+_BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def json_reply(status: int, body: bytes, extra: list | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+    if extra:
+        headers.extend(extra)
+    return status, headers, body
 
 
 async def send_json(send: Callable, status: int, body: bytes, extra: list | None = None) -> None:
-    headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
+    status, headers, body = json_reply(status, body, extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -145,35 +155,77 @@ class Dispatcher:
             await self.control(scope, receive, send)
 
     async def http(self, scope: dict, receive: Callable, send: Callable, path: str) -> None:
+        """A module route reached through ASGI (the server's own protocol
+        normally answers these itself: api/http_server.py)."""
         method = scope["method"]
-        entry, allowed = self.host.table.match(method, path)
-        if entry is None:
-            if allowed:
-                status, body = json_error(405, "method_not_allowed", f"{method} is not allowed on {path}", allowed=list(allowed))
-                await send_json(send, status, body, [(b"allow", ", ".join(allowed).encode())])
-            elif path == "/":
-                await self.control(scope, receive, send)
-            else:
-                status, body = json_error(404, "not_found", f"no route for {path}")
-                await send_json(send, status, body)
+        if path == "/" and not self.has_route(method, path):
+            await self.control(scope, receive, send)
             return
-
         headers = scope["headers"]
         body = await self._read_body(headers, receive, send)
         if body is None:
             return
+        status, out, rbody = await self.serve(method, path, scope["query_string"], headers, body)
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else rbody})
+
+    def answers(self, method: str, path: str) -> bool:
+        """Whether serve() answers this request (the rest goes through ASGI)."""
+        return self.host is not None and not _is_control(path) and (path != "/" or self.has_route(method, path))
+
+    def has_route(self, method: str, path: str) -> bool:
+        """Whether a module answers this path (any method): "/" is the
+        control plane's status page unless a module claims it."""
+        entry, allowed = self.host.table.match(method, path)
+        return entry is not None or bool(allowed)
+
+    def start(self, req: Any) -> bool:
+        """Send a module request to its worker and answer it from the read that
+        brings the worker's answer: no task, no future. req carries method,
+        path, query, headers, body and write(status, headers, body), and
+        run() to fall back on serve().
+
+        False, with nothing sent, when serve() must take it: no route, a
+        version that is not active, or no room in the worker's pool."""
+        method, path = req.method, req.path
+        entry, _allowed = self.host.table.match(method, path)
+        if entry is None or entry.version.state != "active":
+            return False
+        version = entry.version
         t0 = perf_counter()
-        data = _form_fields(headers, body) if body else None
-        reply = None
+
+        def answered(reply: bytes | None, exc: BaseException | None) -> None:
+            if exc is None:
+                req.write(*self._answer(version, entry, reply, t0))
+            elif isinstance(exc, WorkerGone) and self._swapped(version, entry, method, path):
+                req.run()
+            else:
+                req.write(*self._failure(exc, version, entry, t0))
+
+        frame = self._frame(method, path, req.query, req.headers, req.body, entry.index)
+        return version.pool.submit(frame, self.timeout, answered)
+
+    async def serve(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes | list[bytes]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, response headers (content-length first) and body of a module
+        route request; errors are JSON answers, never exceptions.
+
+        body may be a list of chunks: they are joined straight into the frame."""
+        entry, allowed = self.host.table.match(method, path)
+        if entry is None:
+            if allowed:
+                return json_reply(*json_error(405, "method_not_allowed", f"{method} is not allowed on {path}",
+                                              allowed=list(allowed)), [(b"allow", ", ".join(allowed).encode())])
+            return json_reply(*json_error(404, "not_found", f"no route for {path}"))
+        t0 = perf_counter()
         # Two tries: a request that raced a hot swap (its version retired while
         # the body was read) is sent again to the version active now.
         for _ in range(2):
-            # Match again after the body was read: a swap may have happened meanwhile.
+            # Match again: a swap may have happened while the body was read.
             entry, _allowed = self.host.table.match(method, path)
             if entry is None:
-                status, err = json_error(404, "not_found", f"no route for {path}")
-                await send_json(send, status, err)
-                return
+                return json_reply(*json_error(404, "not_found", f"no route for {path}"))
             version = entry.version
             if version.state == "restarting":
                 try:
@@ -186,30 +238,33 @@ class Dispatcher:
                     if version.state == "quarantined"
                     else f"module {version.name} is restarting"
                 )
-                status, err = json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash)
-                await send_json(send, status, err)
-                return
-            frame = protocol.encode_http(
-                _METHOD_CODES.get(method, 0), entry.index, path.encode(), scope["query_string"], body, headers, data
-            )
+                return json_reply(*json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash))
+            frame = self._frame(method, path, query, headers, body, entry.index)
             try:
                 reply = await version.pool.request(frame, self.timeout)
-                break
-            except WorkerGone:
-                if version.state in ("retiring", "stopping", "stopped") and self.host.table.match(method, path)[0] is not entry:
+            except WorkerGone as exc:
+                if self._swapped(version, entry, method, path):
                     continue
-                await self._module_failed(send, version, entry.path, t0, 502, "worker_crashed",
-                                          f"module {version.name} crashed while handling the request")
-                return
-            except TimeoutError:
-                await self._module_failed(send, version, entry.path, t0, 504, "handler_timeout",
-                                          f"module {version.name} did not answer within {self.timeout:g} s")
-                return
-        if reply is None:
-            status, err = json_error(503, "unavailable", f"module for {path} is being replaced; retry")
-            await send_json(send, status, err)
-            return
+                return self._failure(exc, version, entry, t0)
+            except TimeoutError as exc:
+                return self._failure(exc, version, entry, t0)
+            return self._answer(version, entry, reply, t0)
+        return json_reply(*json_error(503, "unavailable", f"module for {path} is being replaced; retry"))
 
+    @staticmethod
+    def _frame(method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
+               body: bytes | list[bytes], index: int) -> bytes:
+        data = None
+        if body:
+            data = _form_fields(headers, body if isinstance(body, bytes) else b"".join(body))
+        return protocol.encode_http(_METHOD_CODES.get(method, 0), index, path.encode(), query, body, headers, data)
+
+    def _swapped(self, version: Any, entry: Any, method: str, path: str) -> bool:
+        """A worker gone because its version was retired while the request was
+        on the way: the request goes to the version serving the route now."""
+        return version.state in ("retiring", "stopping", "stopped") and self.host.table.match(method, path)[0] is not entry
+
+    def _answer(self, version: Any, entry: Any, reply: bytes, t0: float) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         status, rheaders, rbody = protocol.decode_http_response(reply)
         if self.metrics is not None:
             self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
@@ -217,22 +272,24 @@ class Dispatcher:
         has_type = False
         for k, v in rheaders:
             lk = k.lower()
-            if lk in _SKIP_HEADERS or b"\n" in v or b"\r" in v or b"\n" in k or b"\r" in k or b":" in k:
+            if lk in _SKIP_HEADERS or _BAD_NAME.search(lk) or _BAD_VALUE.search(v):
                 continue
             if lk == b"content-type":
                 has_type = True
             out.append((lk, v))
         if not has_type:
             out.append(_DEFAULT_TYPE)
-        await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else rbody})
+        return status, out, rbody
 
-    async def _module_failed(self, send: Callable, version: Any, route: str, t0: float, status: int, code: str, message: str) -> None:
-        """Answer a request the module could not: counted, and named by module and hash."""
+    def _failure(self, exc: BaseException, version: Any, entry: Any, t0: float) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A request the module could not answer: counted, and named by module and hash."""
+        if isinstance(exc, TimeoutError):
+            status, code, message = 504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s"
+        else:
+            status, code, message = 502, "worker_crashed", f"module {version.name} crashed while handling the request"
         if self.metrics is not None:
-            self.metrics.observe_request(version.name, route, status, perf_counter() - t0)
-        status, err = json_error(status, code, message, module=version.name, module_hash=version.module_hash)
-        await send_json(send, status, err)
+            self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
+        return json_reply(*json_error(status, code, message, module=version.name, module_hash=version.module_hash))
 
     async def _read_body(self, headers: list, receive: Callable, send: Callable) -> bytes | None:
         for k, v in headers:

@@ -8,6 +8,7 @@ import collections
 import itertools
 import json
 import logging
+import math
 import os
 import struct
 import sys
@@ -151,61 +152,111 @@ class AgentClient:
 # Seconds a handler that overran the request timeout gets to answer after all
 # before its worker counts as hung and is replaced.
 HUNG_GRACE_S = 2.0
+# How often request deadlines are checked: the precision of timeouts.
+SWEEP_S = 0.1
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
+class Call:
+    """One request in flight on a WorkerConn: settled once, by its answer,
+    its timeout or the connection's loss; a later answer is dropped."""
+
+    __slots__ = ("pool", "conn", "seq", "deadline", "done", "callback")
+
+    def __init__(self, pool: WorkerPool, conn: WorkerConn, seq: int, deadline: float,
+                 callback: Callable[[bytes | None, BaseException | None], None]) -> None:
+        self.pool = pool
+        self.conn = conn
+        self.seq = seq
+        self.deadline = deadline
+        self.callback = callback
+        self.done = False
+
+    def settle(self, frame: bytes | None, exc: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.pool._finished()
+        self.callback(frame, exc)
+
+    def expire(self) -> None:
+        if not self.done:
+            self.pool._watch(self.conn, self.seq)
+            self.settle(None, TimeoutError())
 
 
 class WorkerConn(asyncio.Protocol):
-    """One data connection to a worker: one request in flight at a time."""
+    """One data connection to a worker, served by one worker thread.
 
-    def __init__(self) -> None:
+    Requests are pipelined: the thread answers them in order, so each answer
+    settles the oldest call. Frames queued in one event-loop turn leave in
+    one write, and the thread then finds the next request already buffered
+    instead of sleeping and being woken for each."""
+
+    def __init__(self, on_lost: Callable[[WorkerConn], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.waiter: asyncio.Future | None = None
+        self.waiters: collections.deque[Call] = collections.deque()
+        self.out: list[bytes] = []
         self.closed = False
         self.sink: Callable[[bytes], None] | None = None
-        # Set while a timed-out handler may still answer on this connection.
-        self.late: Callable[[], None] | None = None
+        self.on_lost = on_lost
+        self.sent = 0
+        self.answered = 0
+        # The newest request that overran its timeout: until it is answered the
+        # thread may be stuck, so no new request is queued behind it.
+        self.overdue = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.answered >= self.overdue
+
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        while len(buf) >= 4:
-            (n,) = _U32.unpack_from(buf, 0)
-            if len(buf) < 4 + n:
-                return
-            frame = bytes(buf[4 : 4 + n])
-            del buf[: 4 + n]
+        off = 0
+        end = len(buf)
+        while end - off >= 4:
+            (n,) = _U32.unpack_from(buf, off)
+            if end - off < 4 + n:
+                break
+            frame = bytes(buf[off + 4 : off + 4 + n])
+            off += 4 + n
             # Jobs stream their events on the connection before the answer.
             if self.sink is not None and frame[0] == protocol.F_JOB_EVENT:
                 self.sink(frame)
                 continue
-            waiter, self.waiter = self.waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(frame)
-            elif self.late is not None:
-                late, self.late = self.late, None
-                late()
+            self.answered += 1
+            if self.waiters:
+                self.waiters.popleft().settle(frame, None)
+        if off:
+            del buf[:off]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(WorkerGone())
+        while self.waiters:
+            self.waiters.popleft().settle(None, WorkerGone())
+        if self.on_lost is not None:
+            self.on_lost(self)
 
-    def call(self, frame: bytes) -> asyncio.Future:
+    def queue(self, frame: bytes, call: Call) -> None:
         if self.closed or self.transport is None:
             raise WorkerGone()
-        fut = asyncio.get_running_loop().create_future()
-        self.waiter = fut
-        self.transport.write(frame)
-        return fut
+        self.waiters.append(call)
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(frame)
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if self.closed or self.transport is None:
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.writelines(out)
 
     def abort(self) -> None:
         self.closed = True
@@ -214,120 +265,181 @@ class WorkerConn(asyncio.Protocol):
 
 
 class WorkerPool:
-    """A fixed set of data connections to one worker process."""
+    """A fixed set of data connections to one worker process; up to depth
+    requests in flight on each."""
 
-    def __init__(self, socket_path: str, size: int) -> None:
+    def __init__(self, socket_path: str, size: int, depth: int = 8) -> None:
         self.socket_path = socket_path
         self.size = size
-        self.idle: list[WorkerConn] = []
+        self.depth = depth
+        self.conns: list[WorkerConn] = []
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.inflight = 0
-        self.drained = asyncio.Event()
-        self.drained.set()
+        self.drain_waiters: list[asyncio.Future] = []
+        self.sweeper: asyncio.TimerHandle | None = None
         self.dead = False
         # Called when a handler has not answered within timeout + HUNG_GRACE_S.
         self.on_hung: Callable[[], None] | None = None
 
+    def _conn(self) -> WorkerConn:
+        return WorkerConn(self._lost)
+
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        conns = await asyncio.gather(*(loop.create_unix_connection(WorkerConn, self.socket_path) for _ in range(self.size)))
-        self.idle.extend(conn for _, conn in conns)
+        conns = await asyncio.gather(*(loop.create_unix_connection(self._conn, self.socket_path) for _ in range(self.size)))
+        self.conns.extend(conn for _, conn in conns)
+
+    def submit(self, frame: bytes, timeout: float | None,
+               callback: Callable[[bytes | None, BaseException | None], None], conn: WorkerConn | None = None) -> bool:
+        """Queue frame on the least busy connection with room; callback gets
+        (answer, None) or (None, WorkerGone / TimeoutError), synchronously
+        from the read that settled it. False, and nothing queued, if no
+        connection has room."""
+        if conn is None:
+            conn = self._pick()
+            if conn is None:
+                return False
+        conn.sent += 1
+        loop = asyncio.get_running_loop()
+        call = Call(self, conn, conn.sent, math.inf if timeout is None else loop.time() + timeout, callback)
+        conn.queue(frame, call)
+        self.inflight += 1
+        if self.sweeper is None:
+            self.sweeper = loop.call_later(SWEEP_S, self._sweep)
+        return True
+
+    def _sweep(self) -> None:
+        """Expire overdue calls: one check every SWEEP_S while any is in flight,
+        cheaper than a timer armed and cancelled for every request."""
+        self.sweeper = None
+        now = asyncio.get_running_loop().time()
+        for conn in list(self.conns):
+            # Oldest first; settled calls stay queued until their late answer.
+            for call in list(conn.waiters):
+                if call.done:
+                    continue
+                if call.deadline > now:
+                    break
+                call.expire()
+        if self.inflight and not self.dead:
+            self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    async def drain(self) -> None:
+        """Return once nothing is in flight."""
+        if self.inflight:
+            fut = asyncio.get_running_loop().create_future()
+            self.drain_waiters.append(fut)
+            await fut
 
     async def request(self, frame: bytes, timeout: float | None, sink: Callable[[bytes], None] | None = None) -> bytes:
         """Send one frame and return the worker's answer frame.
 
-        Raises WorkerGone if the worker dies, asyncio.TimeoutError if it does
-        not answer in time (that connection is then dropped)."""
+        Raises WorkerGone if the worker dies, TimeoutError if it does not
+        answer in time. A sink (job events) needs the connection to itself."""
         if self.dead:
             raise WorkerGone()
-        self.inflight += 1
-        self.drained.clear()
-        conn = None
-        timer = None
+        alone = sink is not None
+        conn = self._pick(alone) or await self._acquire(alone)
+        fut = asyncio.get_running_loop().create_future()
+
+        def settled(frame: bytes | None, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(frame)
+
+        conn.sink = sink
         try:
-            conn = self._take_idle() or await self._acquire()
-            conn.sink = sink
-            fut = conn.call(frame)
-            if timeout is not None:
-                # Cheaper than asyncio.wait_for, which wraps the await in a new task.
-                timer = fut.get_loop().call_later(timeout, _expire, fut)
+            self.submit(frame, timeout, settled, conn)
             return await fut
-        except TimeoutError:
-            # The handler may still answer later on this connection: park it.
-            if conn is not None:
-                self._park(conn)
-                conn = None
-            raise
         finally:
-            if timer is not None:
-                timer.cancel()
-            if conn is not None:
+            if alone:
                 conn.sink = None
-                self._release(conn)
-            self.inflight -= 1
-            if self.inflight == 0:
-                self.drained.set()
 
-    def _park(self, conn: WorkerConn) -> None:
-        """Keep a timed-out connection aside: a late answer returns it to the
-        pool; no answer within HUNG_GRACE_S means the worker is hung."""
+    def _finished(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self.drain_waiters:
+            for fut in self.drain_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self.drain_waiters.clear()
+        if self.waiters:
+            self._wake()
 
-        def answered() -> None:
-            timer.cancel()
-            self._release(conn)
+    def _pick(self, alone: bool = False) -> WorkerConn | None:
+        """The usable connection with the fewest requests queued, if it has room."""
+        best = None
+        for conn in self.conns:
+            if not conn.usable:
+                continue
+            n = len(conn.waiters)
+            if n == 0:
+                return conn
+            if best is None or n < len(best.waiters):
+                best = conn
+        if best is None or alone or len(best.waiters) >= self.depth:
+            return None
+        return best
 
-        def hung() -> None:
-            conn.late = None
+    async def _acquire(self, alone: bool) -> WorkerConn:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.dead:
+                raise WorkerGone()
+            fut = loop.create_future()
+            self.waiters.append(fut)
+            await fut
+            conn = self._pick(alone)
+            if conn is not None:
+                return conn
+
+    def _wake(self) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def _watch(self, conn: WorkerConn, seq: int) -> None:
+        """A request on conn overran: if it is still unanswered HUNG_GRACE_S
+        later, the worker is hung."""
+        conn.overdue = max(conn.overdue, seq)
+
+        def check() -> None:
+            if conn.answered >= seq or conn.closed:
+                self._wake()
+                return
             conn.abort()
             if not self.dead and self.on_hung is not None:
                 self.on_hung()
 
-        conn.late = answered
-        timer = asyncio.get_running_loop().call_later(HUNG_GRACE_S, hung)
+        asyncio.get_running_loop().call_later(HUNG_GRACE_S, check)
 
-    def _take_idle(self) -> WorkerConn | None:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed:
-                return conn
-        return None
-
-    async def _acquire(self) -> WorkerConn:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed:
-                return conn
-        if self.dead:
-            raise WorkerGone()
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        return await fut
-
-    def _release(self, conn: WorkerConn) -> None:
-        if conn.closed:
-            if not self.dead:
-                asyncio.create_task(self._replace())
-            return
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_result(conn)
-                return
-        self.idle.append(conn)
+    def _lost(self, conn: WorkerConn) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+        if not self.dead:
+            asyncio.get_running_loop().create_task(self._replace())
 
     async def _replace(self) -> None:
         try:
-            _, conn = await asyncio.get_running_loop().create_unix_connection(WorkerConn, self.socket_path)
+            _, conn = await asyncio.get_running_loop().create_unix_connection(self._conn, self.socket_path)
         except OSError:
             return
-        self._release(conn)
+        if self.dead:
+            conn.abort()
+            return
+        self.conns.append(conn)
+        self._wake()
 
     def kill(self) -> None:
         """The worker is gone: fail everyone waiting and drop connections."""
         self.dead = True
-        for conn in self.idle:
+        for conn in self.conns:
             conn.abort()
-        self.idle.clear()
+        self.conns.clear()
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():

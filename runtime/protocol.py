@@ -52,15 +52,20 @@ def encode_http(
     route: int,
     path: bytes,
     query: bytes,
-    body: bytes,
+    body: bytes | list[bytes],
     headers: list[tuple[bytes, bytes]],
     data: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
-    """One HTTP request frame, length prefix included."""
-    tail = b"".join(
-        (_str(path), _str(query), _str(body), _kv(headers), _kv(data) if data else _EMPTY_KV)
-    )
-    return _HTTP_HEAD.pack(4 + len(tail), F_HTTP, method, route) + tail
+    """One HTTP request frame, length prefix included.
+
+    body may be the chunks it arrived in: they are copied once, into the frame."""
+    chunks = [body] if isinstance(body, (bytes, bytearray)) else body
+    parts = [
+        b"", _str(path), _str(query), _U32.pack(sum(map(len, chunks))), *chunks, b"\0",
+        _kv(headers), _kv(data) if data else _EMPTY_KV,
+    ]
+    parts[0] = _HTTP_HEAD.pack(4 + sum(map(len, parts)), F_HTTP, method, route)
+    return b"".join(parts)
 
 
 def decode_http_response(frame: bytes | memoryview) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

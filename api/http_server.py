@@ -1,0 +1,341 @@
+"""The server's HTTP/1.1 protocol: uvicorn's httptools protocol with header
+limits and client timeouts, and module routes answered without ASGI.
+
+A request for a module route never becomes an ASGI scope, a task running an
+ASGI app, or two send() calls: the protocol hands method, path, headers and
+body to Dispatcher.serve and writes the answer in one write. Everything else
+(control plane, WebSocket upgrades, "/" when no module claims it) takes
+uvicorn's own path unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from typing import Any
+
+from api.errors import json_error
+
+log = logging.getLogger("cweb.api")
+
+# Request-line + headers of one request (bytes), and header count: past
+# either the request is refused 431. httptools itself has no such limit.
+MAX_HEADER_BYTES = 64 << 10
+MAX_HEADERS = 256
+# Seconds a client has to send a request's line and headers (slowloris).
+HEADER_TIMEOUT_S = 15.0
+# Seconds a client has to send a request's whole body once its headers are in.
+BODY_TIMEOUT_S = 120.0
+# Responses larger than this go out as head + body (no copy into one buffer).
+_JOIN_LIMIT = 64 << 10
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _NoEvent:
+    """uvicorn's protocol sets cycle.message_event on body and disconnect;
+    a module request has no reader waiting on it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT_S,
+                  body_timeout: float = BODY_TIMEOUT_S) -> object:
+    """The protocol class for uvicorn's `http=`; plain "httptools" if this
+    uvicorn's internals are not the expected ones."""
+    try:
+        import httptools
+        import orjson
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+    except ImportError:  # pragma: no cover - another uvicorn layout
+        return "httptools"
+
+    from api.dispatch import json_reply
+
+    class _Refused(Exception):
+        pass
+
+    # Deadlines are checked by one sweep a second over every connection: a timer
+    # per request (armed and cancelled twice per request) costs more on the hot path.
+    live: set = set()
+    sweeping: list[asyncio.TimerHandle] = []
+
+    def sweep(loop: asyncio.AbstractEventLoop) -> None:
+        sweeping.clear()
+        now = loop.time()
+        for proto in list(live):
+            if proto._deadline is not None and now >= proto._deadline:
+                proto._deadline = None
+                proto._expire(*proto._why)
+        if live:
+            sweeping.append(loop.call_later(1.0, sweep, loop))
+
+    class ModuleRequest:
+        """One module-route request on a connection. It stands in for uvicorn's
+        RequestResponseCycle where the protocol touches one (response_complete,
+        disconnected, keep_alive, message_event), so pipelining, keep-alive and
+        shutdown keep working unchanged."""
+
+        __slots__ = ("proto", "method", "path", "query", "headers", "keep_alive", "body", "size", "more_body",
+                     "response_complete", "disconnected", "started", "too_large", "expect_continue", "message_event")
+
+        def __init__(self, proto: Any, method: str, path: str, query: bytes, keep_alive: bool) -> None:
+            self.proto = proto
+            self.method = method
+            self.path = path
+            self.query = query
+            self.headers = proto.headers
+            self.keep_alive = keep_alive
+            self.body: list[bytes] = []
+            self.size = 0
+            self.more_body = True
+            self.response_complete = False
+            self.disconnected = False
+            self.started = False
+            self.too_large = False
+            self.expect_continue = proto.expect_100_continue
+            self.message_event = _NO_EVENT
+
+        def start(self) -> None:
+            """Its turn on the connection has come (at once, or after the
+            pipelined requests before it)."""
+            self.started = True
+            if self.too_large:
+                self.refuse_size()
+            elif not self.more_body:
+                self.go()
+            elif self.expect_continue:
+                self.proto.transport.write(_CONTINUE)
+
+        def add(self, chunk: bytes) -> None:
+            if self.too_large or self.response_complete:
+                return
+            self.size += len(chunk)
+            if self.size > dispatcher.max_body:
+                self.too_large = True
+                self.body = []
+                if self.started:
+                    self.refuse_size()
+                return
+            self.body.append(chunk)
+
+        def refuse_size(self) -> None:
+            # The rest of the body is not worth reading: answer and close.
+            self.keep_alive = False
+            self.write(*json_reply(*json_error(413, "body_too_large",
+                                          f"request body exceeds the limit of {dispatcher.max_body} bytes")))
+
+        def go(self) -> None:
+            """The whole request is in and it is its turn."""
+            if len(self.body) == 1:
+                self.body = self.body[0]  # type: ignore[assignment]
+            if not dispatcher.start(self):
+                self.run()
+
+        def run(self) -> None:
+            task = self.proto.loop.create_task(self.answer())
+            tasks = self.proto.tasks
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def answer(self) -> None:
+            try:
+                status, headers, out = await dispatcher.serve(self.method, self.path, self.query, self.headers, self.body)
+            except Exception:  # a bug of ours: still an answer, never a hung connection
+                log.exception("module request %s %s failed", self.method, self.path)
+                status, headers, out = json_reply(*json_error(500, "internal_error", "the server failed to handle the request"))
+            self.write(status, headers, out)
+
+        def write(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            if self.response_complete:
+                return
+            self.response_complete = True
+            proto = self.proto
+            if self.disconnected:
+                return
+            head = [STATUS_LINE[status]]
+            for name, value in proto.server_state.default_headers:
+                head += (name, b": ", value, b"\r\n")
+            for name, value in headers:
+                head += (name, b": ", value, b"\r\n")
+            if not self.keep_alive:
+                head.append(b"connection: close\r\n")
+            head.append(b"\r\n")
+            transport = proto.transport
+            if self.method == "HEAD" or not body:
+                transport.write(b"".join(head))
+            elif len(body) > _JOIN_LIMIT:
+                transport.writelines((b"".join(head), body))
+            else:
+                head.append(body)
+                transport.write(b"".join(head))
+            if not self.keep_alive:
+                transport.close()
+            proto.on_response_complete()
+
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
+        _refusal: tuple[int, str, str] | None = None
+        _deadline: float | None = None
+        _why: tuple[str, str] = ("", "")
+        _header_bytes = 0
+        _header_count = 0
+        _in_request = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            live.add(self)
+            if not sweeping:
+                sweeping.append(self.loop.call_later(1.0, sweep, self.loop))
+            self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            live.discard(self)
+            super().connection_lost(exc)
+
+        def _arm(self, delay: float, code: str, message: str) -> None:
+            self._deadline = self.loop.time() + delay
+            self._why = (code, message)
+
+        def _disarm(self) -> None:
+            self._deadline = None
+
+        def _expire(self, code: str, message: str) -> None:
+            if self.transport.is_closing():
+                return
+            if self._in_request:
+                self._send_json_and_close(408, code, message)
+            else:  # idle keep-alive, or a connection that never sent a byte: just close it
+                self.transport.close()
+
+        def _send_json_and_close(self, status: int, code: str, message: str) -> None:
+            body = orjson.dumps({"error": code, "message": message})
+            head = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                head += [name, b": ", value, b"\r\n"]
+            head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n"]
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+
+        def _count(self, n: int, headers: int = 0) -> None:
+            self._header_bytes += n
+            self._header_count += headers
+            if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
+                self._refusal = (
+                    431, "headers_too_large",
+                    f"request line and headers are limited to {MAX_HEADER_BYTES} bytes and {MAX_HEADERS} headers",
+                )
+                raise _Refused()
+
+        def on_message_begin(self) -> None:
+            # uvicorn builds the ASGI scope here; module requests never need one,
+            # so it is built in _asgi_scope only for requests that go through ASGI.
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
+            self._in_request = True
+            self._header_bytes = self._header_count = 0
+            if self._deadline is None or self._why[0] == "keep_alive":
+                self._arm(header_timeout, "request_header_timeout", "the request line and headers took too long to arrive")
+
+        def _asgi_scope(self) -> None:
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4, 1)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._arm(body_timeout, "request_body_timeout", "the request body took too long to arrive")
+            parser = self.parser
+            if dispatcher is not None and not parser.should_upgrade():
+                url = httptools.parse_url(self.url)
+                path = url.path.decode("ascii")
+                if "%" in path:
+                    path = urllib.parse.unquote(path)
+                method = parser.get_method().decode("ascii")
+                if dispatcher.answers(method, path):
+                    self._module_request(method, path, url.query or b"")
+                    return
+            self._asgi_scope()
+            super().on_headers_complete()
+
+        def _module_request(self, method: str, path: str, query: bytes) -> None:
+            keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+            req = ModuleRequest(self, method, path, query, keep_alive)
+            for name, value in self.headers:
+                if name == b"content-length":
+                    if value.isdigit() and int(value) > dispatcher.max_body:
+                        req.too_large = True
+                    break
+            previous, self.cycle = self.cycle, req
+            if previous is None or previous.response_complete:
+                req.start()
+            else:  # pipelined: its turn comes in on_response_complete
+                self.flow.pause_reading()
+                self.pipeline.appendleft((req, None))
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            if type(cycle) is ModuleRequest:
+                cycle.start()
+            else:
+                super()._start_asgi_task(cycle, app)
+
+        def on_body(self, body: bytes) -> None:
+            cycle = self.cycle
+            if type(cycle) is ModuleRequest:
+                cycle.add(body)
+            else:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._in_request = False
+            self._disarm()
+            cycle = self.cycle
+            if type(cycle) is ModuleRequest:
+                cycle.more_body = False
+                if cycle.started and not cycle.response_complete:
+                    cycle.go()
+            else:
+                super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, with the keep-alive timeout on the sweep instead of a timer.
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            elif not self._in_request:
+                self._arm(self.timeout_keep_alive, "keep_alive", "")
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm()
+            super().handle_websocket_upgrade()
+
+        def send_400_response(self, msg: str) -> None:
+            self._disarm()
+            if self._refusal is not None:
+                self._send_json_and_close(*self._refusal)
+            else:
+                self._send_json_and_close(
+                    400, "bad_http",
+                    "malformed HTTP request (invalid syntax, bad chunking, or conflicting Content-Length/Transfer-Encoding)",
+                )
+
+    return LimitedHttpToolsProtocol
