@@ -28,6 +28,8 @@ _CONTROL = frozenset(p.lstrip("/") for p in routing.RESERVED_PREFIXES) | {"favic
 
 def _is_control(path: str) -> bool:
     return path[1:].partition("/")[0] in _CONTROL
+# Distinct response header sets remembered in their cleaned form.
+_HEAD_CACHE_MAX = 1024
 _DEFAULT_TYPE = (b"content-type", b"text/html; charset=utf-8")
 _JSON_TYPE = (b"content-type", b"application/json")
 _METHOD_CODES = protocol.METHODS
@@ -125,6 +127,7 @@ class Dispatcher:
         self.max_body = max_body
         self.timeout = timeout
         self.ws_handler: Callable | None = None
+        self._heads: dict[bytes, tuple[list[tuple[bytes, bytes]], bytes]] = {}
         self.metrics: Any = None
         # Set by create_app: refuses control-plane requests that lack a valid key.
         self.guard: Callable[[dict], tuple[int, bytes] | None] | None = None
@@ -196,7 +199,7 @@ class Dispatcher:
 
         def answered(reply: bytes | None, exc: BaseException | None) -> None:
             if exc is None:
-                req.write(*self._answer(version, entry, reply, t0))
+                req.write(*self._answer(version, entry, reply, t0, rendered=True))
             elif isinstance(exc, WorkerGone) and self._swapped(version, entry, method, path):
                 req.run()
             else:
@@ -264,13 +267,28 @@ class Dispatcher:
         on the way: the request goes to the version serving the route now."""
         return version.state in ("retiring", "stopping", "stopped") and self.host.table.match(method, path)[0] is not entry
 
-    def _answer(self, version: Any, entry: Any, reply: bytes, t0: float) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        status, rheaders, rbody = protocol.decode_http_response(reply)
+    def _answer(self, version: Any, entry: Any, reply: bytes, t0: float,
+                rendered: bool = False) -> tuple[int, Any, bytes]:
+        """The response for a worker's answer. Headers as (name, value) pairs,
+        or with rendered=True as the HTTP header lines, ready to write."""
+        status, block, body = protocol.split_http_response(reply)
         if self.metrics is not None:
             self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
-        out = [(b"content-length", str(len(rbody)).encode())]
+        headers, lines = self._module_headers(block)
+        if rendered:
+            return status, b"content-length: %d\r\n%b" % (len(body), lines), body
+        return status, [(b"content-length", str(len(body)).encode()), *headers], body
+
+    def _module_headers(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """A module's response headers, cleaned: lower-case names, framing
+        headers and ones that would break the response dropped, a default
+        Content-Type. Cached by the raw block (bounded)."""
+        cached = self._heads.get(block)
+        if cached is not None:
+            return cached
+        out = []
         has_type = False
-        for k, v in rheaders:
+        for k, v in protocol.decode_kv(block):
             lk = k.lower()
             if lk in _SKIP_HEADERS or _BAD_NAME.search(lk) or _BAD_VALUE.search(v):
                 continue
@@ -279,7 +297,10 @@ class Dispatcher:
             out.append((lk, v))
         if not has_type:
             out.append(_DEFAULT_TYPE)
-        return status, out, rbody
+        if len(self._heads) >= _HEAD_CACHE_MAX:
+            self._heads.clear()
+        cached = self._heads[block] = (out, b"".join(b"%b: %b\r\n" % kv for kv in out))
+        return cached
 
     def _failure(self, exc: BaseException, version: Any, entry: Any, t0: float) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A request the module could not answer: counted, and named by module and hash."""

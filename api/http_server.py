@@ -76,6 +76,20 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
         if live:
             sweeping.append(loop.call_later(1.0, sweep, loop))
 
+    # Status line + uvicorn's default headers (the date, renewed every second
+    # as a new list) per status, for the current list.
+    prefixes: dict[int, bytes] = {}
+    prefixes_for: list[Any] = [None]
+
+    def status_prefix(status: int, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+        if prefixes_for[0] is not default_headers:
+            prefixes.clear()
+            prefixes_for[0] = default_headers
+        prefix = prefixes.get(status)
+        if prefix is None:
+            prefix = prefixes[status] = STATUS_LINE[status] + b"".join(b"%b: %b\r\n" % kv for kv in default_headers)
+        return prefix
+
     class ModuleRequest:
         """One module-route request on a connection. It stands in for uvicorn's
         RequestResponseCycle where the protocol touches one (response_complete,
@@ -152,21 +166,21 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
                 status, headers, out = json_reply(*json_error(500, "internal_error", "the server failed to handle the request"))
             self.write(status, headers, out)
 
-        def write(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        def write(self, status: int, headers: list[tuple[bytes, bytes]] | bytes, body: bytes) -> None:
+            """Send the response in one write; headers may come rendered."""
             if self.response_complete:
                 return
             self.response_complete = True
             proto = self.proto
             if self.disconnected:
                 return
-            head = [STATUS_LINE[status]]
-            for name, value in proto.server_state.default_headers:
-                head += (name, b": ", value, b"\r\n")
-            for name, value in headers:
-                head += (name, b": ", value, b"\r\n")
-            if not self.keep_alive:
-                head.append(b"connection: close\r\n")
-            head.append(b"\r\n")
+            head = [status_prefix(status, proto.server_state.default_headers)]
+            if type(headers) is bytes:
+                head.append(headers)
+            else:
+                for name, value in headers:
+                    head += (name, b": ", value, b"\r\n")
+            head.append(b"\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
             transport = proto.transport
             if self.method == "HEAD" or not body:
                 transport.write(b"".join(head))

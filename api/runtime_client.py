@@ -21,6 +21,25 @@ log = logging.getLogger("cweb.api")
 _U32 = struct.Struct("<I")
 
 
+def _frames(data: bytes | bytearray, owner: WorkerConn | EventsConn) -> list[bytes]:
+    """The whole length-prefixed frames in data; an incomplete tail is kept
+    in owner.buf for the next read."""
+    frames = []
+    off = 0
+    end = len(data)
+    with memoryview(data) as mv:
+        while end - off >= 4:
+            (n,) = _U32.unpack_from(mv, off)
+            if end - off < 4 + n:
+                break
+            frames.append(bytes(mv[off + 4 : off + 4 + n]))
+            off += 4 + n
+        rest = bytes(mv[off:]) if off < end else b""
+    if rest or owner.buf:
+        owner.buf = bytearray(rest)
+    return frames
+
+
 class RuntimeError_(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -214,16 +233,12 @@ class WorkerConn(asyncio.Protocol):
         return not self.closed and self.answered >= self.overdue
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        off = 0
-        end = len(buf)
-        while end - off >= 4:
-            (n,) = _U32.unpack_from(buf, off)
-            if end - off < 4 + n:
-                break
-            frame = bytes(buf[off + 4 : off + 4 + n])
-            off += 4 + n
+        # Frames are cut straight from data when nothing was left over (the
+        # usual case), each copied once.
+        if self.buf:
+            self.buf += data
+            data = self.buf  # type: ignore[assignment]
+        for frame in _frames(data, self):
             # Jobs stream their events on the connection before the answer.
             if self.sink is not None and frame[0] == protocol.F_JOB_EVENT:
                 self.sink(frame)
@@ -231,8 +246,6 @@ class WorkerConn(asyncio.Protocol):
             self.answered += 1
             if self.waiters:
                 self.waiters.popleft().settle(frame, None)
-        if off:
-            del buf[:off]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -463,23 +476,15 @@ class EventsConn(asyncio.Protocol):
         transport.write(_U32.pack(1) + bytes([protocol.F_EVENTS]))  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        # Parse by offset and trim once: a broadcast brings thousands of frames per read.
-        off = 0
-        end = len(buf)
-        while end - off >= 4:
-            (n,) = _U32.unpack_from(buf, off)
-            if end - off < 4 + n:
-                break
-            frame = bytes(buf[off + 4 : off + 4 + n])
-            off += 4 + n
+        if self.buf:
+            self.buf += data
+            data = self.buf  # type: ignore[assignment]
+        # A broadcast brings thousands of frames per read.
+        for frame in _frames(data, self):
             try:
                 self.on_frame(frame)
             except Exception:  # noqa: BLE001 - a bad frame must not kill the channel
                 log.exception("bad frame on a worker events channel")
-        if off:
-            del buf[:off]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

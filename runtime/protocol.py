@@ -87,6 +87,31 @@ def decode_http_response(frame: bytes | memoryview) -> tuple[int, list[tuple[byt
     return status, headers, body
 
 
+def split_http_response(frame: bytes) -> tuple[int, bytes, bytes]:
+    """Status, the raw header block (count and pairs, for decode_kv) and body of
+    an F_HTTP_RESP frame: a module answers with the same headers again and
+    again, so the block is a cache key for their parsed form."""
+    _type, _pad, status, count = _RESP_HEAD.unpack_from(frame, 0)
+    off = _RESP_HEAD.size
+    for _ in range(2 * count):
+        (n,) = _U32.unpack_from(frame, off)
+        off += 5 + n
+    (n,) = _U32.unpack_from(frame, off)
+    return status, frame[4:off], frame[off + 4 : off + 4 + n]
+
+
+def decode_kv(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The pairs of a kv block (u32 count, then strings)."""
+    (count,) = _U32.unpack_from(block, 0)
+    off = 4
+    pairs = []
+    for _ in range(count):
+        k, off = _read_str(block, off)
+        v, off = _read_str(block, off)
+        pairs.append((k, v))
+    return pairs
+
+
 _WS_HEAD = struct.Struct("<IBBHQ")  # frame length, type, flag, index, connection id
 
 
