@@ -173,19 +173,24 @@ class AgentClient:
 HUNG_GRACE_S = 2.0
 # How often request deadlines are checked: the precision of timeouts.
 SWEEP_S = 0.1
+# A request is queued behind others on a connection only while the oldest of
+# them has been out for less than this: behind a slow handler it would wait
+# for that handler, so it waits for the first free connection instead.
+PIPELINE_AGE_S = 0.005
 
 
 class Call:
     """One request in flight on a WorkerConn: settled once, by its answer,
     its timeout or the connection's loss; a later answer is dropped."""
 
-    __slots__ = ("pool", "conn", "seq", "deadline", "done", "callback")
+    __slots__ = ("pool", "conn", "seq", "sent_at", "deadline", "done", "callback")
 
-    def __init__(self, pool: WorkerPool, conn: WorkerConn, seq: int, deadline: float,
+    def __init__(self, pool: WorkerPool, conn: WorkerConn, seq: int, sent_at: float, deadline: float,
                  callback: Callable[[bytes | None, BaseException | None], None]) -> None:
         self.pool = pool
         self.conn = conn
         self.seq = seq
+        self.sent_at = sent_at
         self.deadline = deadline
         self.callback = callback
         self.done = False
@@ -314,7 +319,8 @@ class WorkerPool:
                 return False
         conn.sent += 1
         loop = asyncio.get_running_loop()
-        call = Call(self, conn, conn.sent, math.inf if timeout is None else loop.time() + timeout, callback)
+        now = loop.time()
+        call = Call(self, conn, conn.sent, now, math.inf if timeout is None else now + timeout, callback)
         conn.queue(frame, call)
         self.inflight += 1
         if self.sweeper is None:
@@ -382,7 +388,8 @@ class WorkerPool:
             self._wake()
 
     def _pick(self, alone: bool = False) -> WorkerConn | None:
-        """The usable connection with the fewest requests queued, if it has room."""
+        """An idle connection; else, unless alone, the one with the fewest
+        requests queued, if it has room and is not stuck on a slow one."""
         best = None
         for conn in self.conns:
             if not conn.usable:
@@ -394,6 +401,19 @@ class WorkerPool:
                 best = conn
         if best is None or alone or len(best.waiters) >= self.depth:
             return None
+        if asyncio.get_running_loop().time() - best.waiters[0].sent_at > PIPELINE_AGE_S:
+            return self._fresh_conn()
+        return best
+
+    def _fresh_conn(self) -> WorkerConn | None:
+        """The connection with the fewest requests queued among those whose
+        oldest went out less than PIPELINE_AGE_S ago (slower path of _pick)."""
+        limit = asyncio.get_running_loop().time() - PIPELINE_AGE_S
+        best = None
+        for conn in self.conns:
+            if conn.usable and 0 < len(conn.waiters) < self.depth and conn.waiters[0].sent_at >= limit:
+                if best is None or len(conn.waiters) < len(best.waiters):
+                    best = conn
         return best
 
     async def _acquire(self, alone: bool) -> WorkerConn:
