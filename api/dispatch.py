@@ -170,7 +170,7 @@ class Dispatcher:
             return
         status, out, rbody = await self.serve(method, path, scope["query_string"], headers, body)
         await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else rbody})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else bytes(rbody)})
 
     def answers(self, method: str, path: str) -> bool:
         """Whether serve() answers this request (the rest goes through ASGI)."""

@@ -21,20 +21,27 @@ log = logging.getLogger("cweb.api")
 _U32 = struct.Struct("<I")
 
 
-def _frames(data: bytes | bytearray, owner: WorkerConn | EventsConn) -> list[bytes]:
+# Frames at least this large are handed on as views of the read buffer
+# instead of copies (a 1 MiB response body is then copied once in the api).
+_VIEW_FROM = 64 << 10
+
+
+def _frames(data: bytes | bytearray, owner: WorkerConn | EventsConn) -> list[bytes | memoryview]:
     """The whole length-prefixed frames in data; an incomplete tail is kept
-    in owner.buf for the next read."""
-    frames = []
+    in owner.buf for the next read. Large frames are memoryviews (owner.buf
+    is then a new buffer, so the view stays valid)."""
+    frames: list[bytes | memoryview] = []
     off = 0
     end = len(data)
-    with memoryview(data) as mv:
-        while end - off >= 4:
-            (n,) = _U32.unpack_from(mv, off)
-            if end - off < 4 + n:
-                break
-            frames.append(bytes(mv[off + 4 : off + 4 + n]))
-            off += 4 + n
-        rest = bytes(mv[off:]) if off < end else b""
+    mv = memoryview(data)
+    while end - off >= 4:
+        (n,) = _U32.unpack_from(mv, off)
+        if end - off < 4 + n:
+            break
+        frame = mv[off + 4 : off + 4 + n]
+        frames.append(frame if n >= _VIEW_FROM else bytes(frame))
+        off += 4 + n
+    rest = bytes(mv[off:]) if off < end else b""
     if rest or owner.buf:
         owner.buf = bytearray(rest)
     return frames
@@ -244,6 +251,8 @@ class WorkerConn(asyncio.Protocol):
             self.buf += data
             data = self.buf  # type: ignore[assignment]
         for frame in _frames(data, self):
+            if type(frame) is memoryview and frame[0] != protocol.F_HTTP_RESP:
+                frame = bytes(frame)  # only HTTP answers are read as views
             # Jobs stream their events on the connection before the answer.
             if self.sink is not None and frame[0] == protocol.F_JOB_EVENT:
                 self.sink(frame)
@@ -314,7 +323,7 @@ class WorkerPool:
         from the read that settled it. False, and nothing queued, if no
         connection has room."""
         if conn is None:
-            conn = self._pick()
+            conn = None if self._queued() else self._pick()
             if conn is None:
                 return False
         conn.sent += 1
@@ -358,7 +367,9 @@ class WorkerPool:
         if self.dead:
             raise WorkerGone()
         alone = sink is not None
-        conn = self._pick(alone) or await self._acquire(alone)
+        conn = None if self._queued() else self._pick(alone)
+        if conn is None:
+            conn = await self._acquire(alone)
         fut = asyncio.get_running_loop().create_future()
 
         def settled(frame: bytes | None, exc: BaseException | None) -> None:
@@ -376,6 +387,13 @@ class WorkerPool:
         finally:
             if alone:
                 conn.sink = None
+
+    def _queued(self) -> bool:
+        """Whether requests wait for room: newcomers queue behind them."""
+        waiters = self.waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        return bool(waiters)
 
     def _finished(self) -> None:
         self.inflight -= 1
@@ -502,7 +520,7 @@ class EventsConn(asyncio.Protocol):
         # A broadcast brings thousands of frames per read.
         for frame in _frames(data, self):
             try:
-                self.on_frame(frame)
+                self.on_frame(bytes(frame) if type(frame) is memoryview else frame)
             except Exception:  # noqa: BLE001 - a bad frame must not kill the channel
                 log.exception("bad frame on a worker events channel")
 

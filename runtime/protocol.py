@@ -68,26 +68,7 @@ def encode_http(
     return b"".join(parts)
 
 
-def decode_http_response(frame: bytes | memoryview) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of an F_HTTP_RESP frame (without its length prefix)."""
-    mv = memoryview(frame)
-    _type, _pad, status, count = _RESP_HEAD.unpack_from(mv, 0)
-    off = _RESP_HEAD.size
-    headers = []
-    for _ in range(count):
-        (n,) = _U32.unpack_from(mv, off)
-        k = bytes(mv[off + 4 : off + 4 + n])
-        off += 5 + n
-        (n,) = _U32.unpack_from(mv, off)
-        v = bytes(mv[off + 4 : off + 4 + n])
-        off += 5 + n
-        headers.append((k, v))
-    (n,) = _U32.unpack_from(mv, off)
-    body = bytes(mv[off + 4 : off + 4 + n])
-    return status, headers, body
-
-
-def split_http_response(frame: bytes) -> tuple[int, bytes, bytes]:
+def split_http_response(frame: bytes | memoryview) -> tuple[int, bytes, bytes | memoryview]:
     """Status, the raw header block (count and pairs, for decode_kv) and body of
     an F_HTTP_RESP frame: a module answers with the same headers again and
     again, so the block is a cache key for their parsed form."""
@@ -97,7 +78,9 @@ def split_http_response(frame: bytes) -> tuple[int, bytes, bytes]:
         (n,) = _U32.unpack_from(frame, off)
         off += 5 + n
     (n,) = _U32.unpack_from(frame, off)
-    return status, frame[4:off], frame[off + 4 : off + 4 + n]
+    block = frame[4:off]
+    # A memoryview frame (a large answer) gives a view of its body: no copy.
+    return status, block if type(block) is bytes else bytes(block), frame[off + 4 : off + 4 + n]
 
 
 def decode_kv(block: bytes) -> list[tuple[bytes, bytes]]:
