@@ -189,7 +189,7 @@ class Dispatcher:
         run() to fall back on serve().
 
         False, with nothing sent, when serve() must take it: no route, a
-        version that is not active, or no room in the worker's pool."""
+        version that is not active, or a worker already gone."""
         method, path = req.method, req.path
         entry, _allowed = self.host.table.match(method, path)
         if entry is None or entry.version.state != "active":

@@ -239,6 +239,8 @@ class WorkerConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Kept: every asyncio.get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
 
     @property
     def usable(self) -> bool:
@@ -273,7 +275,7 @@ class WorkerConn(asyncio.Protocol):
             raise WorkerGone()
         self.waiters.append(call)
         if not self.out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self.out.append(frame)
 
     def _flush(self) -> None:
@@ -303,31 +305,37 @@ class WorkerPool:
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.inflight = 0
         self.drain_waiters: list[asyncio.Future] = []
+        # Requests waiting for room on a connection, oldest first.
+        self.backlog: collections.deque[tuple[bytes, float | None, Callable]] = collections.deque()
         self.sweeper: asyncio.TimerHandle | None = None
         self.dead = False
         # Called when a handler has not answered within timeout + HUNG_GRACE_S.
         self.on_hung: Callable[[], None] | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by open()
 
     def _conn(self) -> WorkerConn:
         return WorkerConn(self._lost)
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         conns = await asyncio.gather(*(loop.create_unix_connection(self._conn, self.socket_path) for _ in range(self.size)))
         self.conns.extend(conn for _, conn in conns)
 
     def submit(self, frame: bytes, timeout: float | None,
                callback: Callable[[bytes | None, BaseException | None], None], conn: WorkerConn | None = None) -> bool:
-        """Queue frame on the least busy connection with room; callback gets
-        (answer, None) or (None, WorkerGone / TimeoutError), synchronously
-        from the read that settled it. False, and nothing queued, if no
-        connection has room."""
+        """Send frame on the least busy connection with room, or keep it in
+        the backlog until one has room; callback gets (answer, None) or
+        (None, WorkerGone / TimeoutError), synchronously from the read that
+        settled it. False, and nothing queued, if the worker is gone."""
         if conn is None:
-            conn = None if self._queued() else self._pick()
-            if conn is None:
+            if self.dead:
                 return False
+            conn = None if self.backlog or self._queued() else self._pick()
+            if conn is None:
+                self.backlog.append((frame, timeout, callback))
+                return True
         conn.sent += 1
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now = loop.time()
         call = Call(self, conn, conn.sent, now, math.inf if timeout is None else now + timeout, callback)
         conn.queue(frame, call)
@@ -340,7 +348,7 @@ class WorkerPool:
         """Expire overdue calls: one check every SWEEP_S while any is in flight,
         cheaper than a timer armed and cancelled for every request."""
         self.sweeper = None
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         for conn in list(self.conns):
             # Oldest first; settled calls stay queued until their late answer.
             for call in list(conn.waiters):
@@ -350,11 +358,11 @@ class WorkerPool:
                     break
                 call.expire()
         if self.inflight and not self.dead:
-            self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+            self.sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     async def drain(self) -> None:
-        """Return once nothing is in flight."""
-        if self.inflight:
+        """Return once nothing is in flight or waiting for room."""
+        if self.inflight or self.backlog:
             fut = asyncio.get_running_loop().create_future()
             self.drain_waiters.append(fut)
             await fut
@@ -366,11 +374,7 @@ class WorkerPool:
         answer in time. A sink (job events) needs the connection to itself."""
         if self.dead:
             raise WorkerGone()
-        alone = sink is not None
-        conn = None if self._queued() else self._pick(alone)
-        if conn is None:
-            conn = await self._acquire(alone)
-        fut = asyncio.get_running_loop().create_future()
+        fut = self.loop.create_future()
 
         def settled(frame: bytes | None, exc: BaseException | None) -> None:
             if fut.done():
@@ -380,13 +384,19 @@ class WorkerPool:
             else:
                 fut.set_result(frame)
 
+        if sink is None:
+            if not self.submit(frame, timeout, settled):
+                raise WorkerGone()
+            return await fut
+        conn = None if self._queued() else self._pick(True)
+        if conn is None:
+            conn = await self._acquire(True)
         conn.sink = sink
         try:
             self.submit(frame, timeout, settled, conn)
             return await fut
         finally:
-            if alone:
-                conn.sink = None
+            conn.sink = None
 
     def _queued(self) -> bool:
         """Whether requests wait for room: newcomers queue behind them."""
@@ -397,11 +407,20 @@ class WorkerPool:
 
     def _finished(self) -> None:
         self.inflight -= 1
-        if self.inflight == 0 and self.drain_waiters:
+        self._room()
+        if self.inflight == 0 and self.drain_waiters and not self.backlog:
             for fut in self.drain_waiters:
                 if not fut.done():
                     fut.set_result(None)
             self.drain_waiters.clear()
+
+    def _room(self) -> None:
+        """A connection may have room: send from the backlog, wake a waiter."""
+        while self.backlog:
+            conn = self._pick()
+            if conn is None:
+                break
+            self.submit(*self.backlog.popleft(), conn)
         if self.waiters:
             self._wake()
 
@@ -419,14 +438,14 @@ class WorkerPool:
                 best = conn
         if best is None or alone or len(best.waiters) >= self.depth:
             return None
-        if asyncio.get_running_loop().time() - best.waiters[0].sent_at > PIPELINE_AGE_S:
+        if self.loop.time() - best.waiters[0].sent_at > PIPELINE_AGE_S:
             return self._fresh_conn()
         return best
 
     def _fresh_conn(self) -> WorkerConn | None:
         """The connection with the fewest requests queued among those whose
         oldest went out less than PIPELINE_AGE_S ago (slower path of _pick)."""
-        limit = asyncio.get_running_loop().time() - PIPELINE_AGE_S
+        limit = self.loop.time() - PIPELINE_AGE_S
         best = None
         for conn in self.conns:
             if conn.usable and 0 < len(conn.waiters) < self.depth and conn.waiters[0].sent_at >= limit:
@@ -460,7 +479,7 @@ class WorkerPool:
 
         def check() -> None:
             if conn.answered >= seq or conn.closed:
-                self._wake()
+                self._room()
                 return
             conn.abort()
             if not self.dead and self.on_hung is not None:
@@ -483,7 +502,7 @@ class WorkerPool:
             conn.abort()
             return
         self.conns.append(conn)
-        self._wake()
+        self._room()
 
     def kill(self) -> None:
         """The worker is gone: fail everyone waiting and drop connections."""
@@ -495,6 +514,9 @@ class WorkerPool:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(WorkerGone())
+        while self.backlog:
+            _frame, _timeout, callback = self.backlog.popleft()
+            callback(None, WorkerGone())
 
     def close(self) -> None:
         self.kill()

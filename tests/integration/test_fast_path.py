@@ -195,3 +195,70 @@ def test_fast_requests_do_not_queue_behind_a_slow_handler(make_server) -> None:
     assert [200] == slow
     assert 60 == len(latencies)
     assert max(latencies) < 1.0, sorted(latencies)[-5:]
+
+
+def test_requests_beyond_the_pool_wait_their_turn(make_server) -> None:
+    """One worker connection and 30 concurrent calls of a 40 ms handler: those
+    without room wait in the backlog and all are answered, in about the time
+    the one thread needs for all of them."""
+    s = make_server(env={"CWEB_WORKER_THREADS": "1"})
+    name = unique("backlog")
+    deployed(s, module(name, [(f"/{name}", "GET", "slow")], SLEEPER.format(fn="slow", ms=40)))
+    answers: list[tuple[int, str]] = []
+
+    def call() -> None:
+        with s.client() as c:
+            r = c.get(f"/{name}")
+            answers.append((r.status_code, r.text))
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=call) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    elapsed = time.monotonic() - t0
+    assert [(200, "slow")] * 30 == answers
+    assert 30 * 0.04 <= elapsed < 20
+
+
+def test_waiting_requests_fail_cleanly_when_the_worker_dies(make_server) -> None:
+    """Requests queued behind a handler that crashes its worker get a JSON
+    502 naming the module, not a hung connection; the module then serves again."""
+    s = make_server(env={"CWEB_WORKER_THREADS": "1"})
+    name = unique("die")
+    code = """
+static int boom(struct cweb_context *ctx, http_request_t *req, http_response_t *res) {
+    (void)ctx; (void)req; (void)res;
+    usleep(300 * 1000);
+    raise(SIGSEGV);
+    return 0;
+}
+""" + SLEEPER.format(fn="slow", ms=10)
+    deployed(s, module(name, [(f"/{name}/boom", "GET", "boom"), (f"/{name}/slow", "GET", "slow")], code))
+    answers: list[tuple[int, str]] = []
+
+    def call(path: str) -> None:
+        with s.client() as c:
+            r = c.get(path)
+            answers.append((r.status_code, r.json().get("error", "") if r.status_code != 200 else r.text))
+
+    first = threading.Thread(target=call, args=(f"/{name}/boom",))
+    first.start()
+    time.sleep(0.1)
+    rest = [threading.Thread(target=call, args=(f"/{name}/slow",)) for _ in range(5)]
+    for t in rest:
+        t.start()
+    for t in [first, *rest]:
+        t.join(30)
+    assert 6 == len(answers)
+    assert (502, "worker_crashed") in answers
+    assert all(a in ((502, "worker_crashed"), (200, "slow")) for a in answers), answers
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with s.client() as c:
+            r = c.get(f"/{name}/slow")
+        if r.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert (200, "slow") == (r.status_code, r.text)
