@@ -28,6 +28,8 @@ _CONTROL = frozenset(p.lstrip("/") for p in routing.RESERVED_PREFIXES) | {"favic
 
 def _is_control(path: str) -> bool:
     return path[1:].partition("/")[0] in _CONTROL
+
+
 # Distinct response header sets remembered in their cleaned form.
 _HEAD_CACHE_MAX = 1024
 _DEFAULT_TYPE = (b"content-type", b"text/html; charset=utf-8")

@@ -270,7 +270,11 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._count(len(name) + len(value) + 4, 1)
-            super().on_header(name, value)
+            # uvicorn's, inlined (once per header of every request).
+            name = name.lower()
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+            self.headers.append((name, value))
 
         def on_headers_complete(self) -> None:
             self._arm(body_timeout, "request_body_timeout", "the request body took too long to arrive")

@@ -105,6 +105,8 @@ class Metrics:
         r = self.registry
         self._requests = _RequestStats()
         r.register(self._requests)
+        # observe_request(module, route, status, seconds), bound once: it runs per request.
+        self.observe_request = self._requests.observe
         self.ws_connections = Gauge("cweb_ws_connections", "Open module WebSocket connections", ["module"], registry=r)
         self.jobs = Gauge("cweb_jobs", "Jobs by state", ["state"], registry=r)
         self.job_seconds = Histogram("cweb_job_seconds", "Job duration from start to its terminal event", ["state"],
@@ -117,8 +119,6 @@ class Metrics:
         self._scrape = _ScrapeTime()
         r.register(self._scrape)
 
-    def observe_request(self, module: str, route: str, status: int, seconds: float) -> None:
-        self._requests.observe(module, route, status, seconds)
 
     async def render(self, host: ModuleHost, jobs: JobService, store_dir: str = "", data_dir: str = "") -> bytes:
         """The text exposition, with the scrape-time values refreshed."""

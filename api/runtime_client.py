@@ -428,15 +428,16 @@ class WorkerPool:
         """An idle connection; else, unless alone, the one with the fewest
         requests queued, if it has room and is not stuck on a slow one."""
         best = None
+        fewest = self.depth
         for conn in self.conns:
-            if not conn.usable:
+            if conn.closed or conn.answered < conn.overdue:  # not usable (inlined: hot path)
                 continue
             n = len(conn.waiters)
             if n == 0:
                 return conn
-            if best is None or n < len(best.waiters):
-                best = conn
-        if best is None or alone or len(best.waiters) >= self.depth:
+            if n < fewest:
+                best, fewest = conn, n
+        if best is None or alone:
             return None
         if self.loop.time() - best.waiters[0].sent_at > PIPELINE_AGE_S:
             return self._fresh_conn()

@@ -70,6 +70,43 @@ static inline int read_full(int fd, void *dst, size_t n)
     return 0;
 }
 
+/* Reads through a buffer: the api pipelines requests on a connection, so
+ * one read() usually brings several frames (two read() calls per frame
+ * otherwise). Reads as large as the buffer go straight to dst. */
+struct rbuf {
+    char *p;
+    size_t start, end, cap;
+};
+
+static inline int rbuf_read(int fd, struct rbuf *b, void *dst, size_t n)
+{
+    char *out = dst;
+    while (n) {
+        if (b->start == b->end) {
+            if (n >= b->cap)
+                return read_full(fd, out, n);
+            ssize_t r = read(fd, b->p, b->cap);
+            if (r == 0)
+                return -1;
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -1;
+            }
+            b->start = 0;
+            b->end = (size_t)r;
+        }
+        size_t k = b->end - b->start;
+        if (k > n)
+            k = n;
+        memcpy(out, b->p + b->start, k);
+        b->start += k;
+        out += k;
+        n -= k;
+    }
+    return 0;
+}
+
 static inline int write_all_iov(int fd, struct iovec *iov, int cnt)
 {
     while (cnt > 0) {

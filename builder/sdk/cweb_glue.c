@@ -453,6 +453,8 @@ static int handle_http(struct conn *c, struct reader *r)
     return rc;
 }
 
+#define READ_BUFFER_BYTES (64 * 1024)
+
 /* Serves one connection until the peer closes it. Called from a worker
  * thread through ctypes with the GIL released. */
 ABI int cweb_abi_serve(int fd)
@@ -462,16 +464,20 @@ ABI int cweb_abi_serve(int fd)
     c.fd = fd;
     c.headers.nocase = 1;
     c.body = malloc(HTTP_RESPONSE_SIZE + 1);
-    if (!c.body)
+    struct rbuf rb = {malloc(READ_BUFFER_BYTES), 0, 0, READ_BUFFER_BYTES};
+    if (!c.body || !rb.p) {
+        free(c.body);
+        free(rb.p);
         return -1;
+    }
 
     int rc = 0;
     for (;;) {
         uint32_t len;
-        if (read_full(fd, &len, 4) != 0)
+        if (rbuf_read(fd, &rb, &len, 4) != 0)
             break;
         c.in.len = 0;
-        if (buf_reserve(&c.in, (size_t)len + 1) != 0 || read_full(fd, c.in.p, len) != 0) {
+        if (buf_reserve(&c.in, (size_t)len + 1) != 0 || rbuf_read(fd, &rb, c.in.p, len) != 0) {
             rc = -1;
             break;
         }
@@ -508,6 +514,7 @@ ABI int cweb_abi_serve(int fd)
         }
     }
     cweb_events_detach(fd);
+    free(rb.p);
     free(c.body);
     free(c.in.p);
     free(c.out.p);
