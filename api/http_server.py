@@ -3,9 +3,12 @@ limits and client timeouts, and module routes answered without ASGI.
 
 A request for a module route never becomes an ASGI scope, a task running an
 ASGI app, or two send() calls: the protocol hands method, path, headers and
-body to Dispatcher.serve and writes the answer in one write. Everything else
-(control plane, WebSocket upgrades, "/" when no module claims it) takes
-uvicorn's own path unchanged.
+body to Dispatcher.start, which sends them to the worker and writes the
+answer in one write from the read that brings it (Dispatcher.serve, in a
+task, for the rare cases start() leaves). Everything else (control plane,
+WebSocket upgrades, "/" when no module claims it) takes uvicorn's own path
+unchanged. This leans on uvicorn's per-request internals, hence the pinned
+minor version in pyproject.toml.
 """
 
 from __future__ import annotations

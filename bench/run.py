@@ -14,7 +14,10 @@ prints a Markdown table. Every load is bounded in time; nothing leaves
     BENCH_QUICK=1   ~2 s per run, no 256-connection run, fewer samples
     --only a,b      only these groups: trivial sha256 compute big upload
                     deploy sockets jobs services crash containers
-    --duration S    seconds per wrk run (default 10, quick 2)
+    --duration S    seconds of wrk per HTTP workload and system (default 12,
+                    quick 2), split over the rounds; also the hot-swap run
+    --rounds N      interleaved runs per HTTP workload and system, median
+                    reported (default 3, quick 1)
     --out PATH      where to write the JSON (default bench/results.json)
 
 Suites in other files (bench/sockets.py, bench/jobs.py, bench/services.py,
@@ -279,21 +282,30 @@ def check_routes(urls: dict[str, str]) -> None:
                 raise RuntimeError(f"cweb and the baseline disagree on /b/{group}: the kernels are not the same")
 
 
-def run_http(w: HttpWorkload, urls: dict[str, str], duration: float, warmup: float, scripts: Path) -> list[dict]:
+def run_http(w: HttpWorkload, urls: dict[str, str], duration: float, warmup: float, scripts: Path,
+             rounds: int = 1) -> list[dict]:
+    """rounds wrk runs of duration/rounds seconds per system, interleaved
+    (cweb, baseline, nginx, cweb, ...) so that a noisy stretch of the machine
+    hits every system; the run with the median rate is reported."""
     script = wrk.post_script(scripts, w.post_bytes) if w.post_bytes else None
+    systems = {system: base for system, base in urls.items() if system != "nginx" or w.nginx}
+    each = duration / rounds
+    runs: dict[str, list[wrk.WrkResult]] = {system: [] for system in systems}
+    for i in range(rounds):
+        for system, base in systems.items():
+            url = base + w.path
+            if warmup and i == 0:
+                wrk.run_wrk(url, w.connections, warmup, script)
+            log(f"{w.name} on {system}: wrk -c {w.connections} for {each:g} s (round {i + 1} of {rounds})")
+            runs[system].append(wrk.run_wrk(url, w.connections, each, script))
     out = []
-    for system, base in urls.items():
-        if system == "nginx" and not w.nginx:
-            continue
-        url = base + w.path
-        if warmup:
-            wrk.run_wrk(url, w.connections, warmup, script)
-        log(f"{w.name} on {system}: wrk -c {w.connections} for {duration:g} s")
-        r = wrk.run_wrk(url, w.connections, duration, script)
+    for system, results in runs.items():
+        median = sorted(results, key=lambda r: r.requests_per_s)[len(results) // 2]
         out.append({
             "name": w.name, "group": w.group, "system": system, "metric": "req/s",
-            "value": r.requests_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-            "errors": r.errors, "connections": w.connections, "requests": r.requests,
+            "value": median.requests_per_s, "p50_ms": median.p50_ms, "p99_ms": median.p99_ms,
+            "errors": sum(r.errors for r in results), "connections": w.connections,
+            "requests": sum(r.requests for r in results), "rounds": [r.requests_per_s for r in results],
             "description": w.description,
         })
     return out
@@ -431,7 +443,8 @@ def markdown_table(results: dict) -> str:
     m = results["machine"]
     head = (f"Machine: {m['nproc']} × {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, {m['date']}; "
             f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}; "
-            f"{'quick mode, ' if results['quick'] else ''}{results['duration_s']:g} s per wrk run; "
+            f"{'quick mode, ' if results['quick'] else ''}HTTP workloads: median of {results['rounds']} interleaved "
+            f"wrk runs of {results['duration_s'] / results['rounds']:g} s; "
             f"compute loop {results['compute_iters']:,} iterations.")
     return "\n".join([head, "", *rows, "", *extra, *notes])
 
@@ -446,7 +459,10 @@ def dump_logs(tmp: Path) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="cweb benchmark suite")
     parser.add_argument("--only", default="", help=f"comma-separated groups: {','.join(GROUPS)}")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run (default 10, BENCH_QUICK=1: 2)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds of wrk per HTTP workload and system, and per hot-swap run (default 12, BENCH_QUICK=1: 2)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="HTTP workloads: interleaved runs per system, median reported (default 3, BENCH_QUICK=1: 1)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"), help="where to write the results JSON")
     args = parser.parse_args(argv)
     selected = [g.strip() for g in args.only.split(",") if g.strip()] or list(GROUPS)
@@ -464,7 +480,8 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    duration = args.duration or (2.0 if quick else 10.0)
+    duration = args.duration or (2.0 if quick else 12.0)
+    rounds = max(1, args.rounds or (1 if quick else 3))
     warmup = 0.0 if quick else 1.0
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     if shutil.which("wrk") is None:
@@ -473,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = ("BENCH_QUICK=1 " if quick else "") + " ".join(["bench/run.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     results: dict[str, Any] = {
-        "machine": machine_info(), "command": command.strip(), "quick": quick, "duration_s": duration,
+        "machine": machine_info(), "command": command.strip(), "quick": quick, "duration_s": duration, "rounds": rounds,
         "groups": args.groups, "workloads": [], "notes": [],
     }
     notes: list[str] = results["notes"]
@@ -530,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             check_routes(urls)
 
         for w in workloads:
-            results["workloads"] += run_http(w, urls, duration, warmup, tmp)
+            results["workloads"] += run_http(w, urls, duration, warmup, tmp, rounds)
 
         if "deploy" in args.groups:
             log("deploy timings: cold, cache hit, hot swap under load")
