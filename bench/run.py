@@ -41,6 +41,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -384,10 +385,20 @@ def add_ratios(workloads: list[dict]) -> None:
         conns = w.get("connections", 64)
         ceiling = by_key.get((f"trivial_c{conns}", "nginx")) or by_key.get(("trivial_c64", "nginx"))
         if ceiling and w["group"] in ("trivial", "sha256") and ceiling["value"]:
-            w["ratio_to_nginx"] = round(w["value"] / ceiling["value"], 3)
+            w["ratio_to_nginx"] = round(_ratio(w, ceiling), 3)
         base = by_key.get((w["name"], "baseline"))
         if w["system"] == "cweb" and base and base["value"]:
-            w["ratio_to_baseline"] = round(w["value"] / base["value"], 2)
+            w["ratio_to_baseline"] = round(_ratio(w, base), 2)
+
+
+def _ratio(w: dict, ref: dict) -> float:
+    """w's rate over ref's. For the same workload, the median of the ratios
+    round by round: the two runs of a round are seconds apart, so a slow
+    stretch of the machine divides out."""
+    ours, theirs = w.get("rounds"), ref.get("rounds")
+    if w["name"] == ref["name"] and ours and theirs and len(ours) == len(theirs) and all(theirs):
+        return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+    return w["value"] / ref["value"]
 
 
 def add_targets(workloads: list[dict]) -> None:
