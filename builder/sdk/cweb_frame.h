@@ -52,18 +52,26 @@ static inline int put_str(struct buf *b, const char *s, size_t n)
     return put_u8(b, 0);
 }
 
+/* Some bytes (> 0), or -1 at end of stream or on an error; retries EINTR. */
+static inline ssize_t read_some(int fd, void *dst, size_t n)
+{
+    for (;;) {
+        ssize_t r = read(fd, dst, n);
+        if (r > 0)
+            return r;
+        if (r < 0 && errno == EINTR)
+            continue;
+        return -1;
+    }
+}
+
 static inline int read_full(int fd, void *dst, size_t n)
 {
     char *p = dst;
     while (n) {
-        ssize_t r = read(fd, p, n);
-        if (r == 0)
+        ssize_t r = read_some(fd, p, n);
+        if (r < 0)
             return -1;
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
         p += r;
         n -= (size_t)r;
     }
@@ -85,14 +93,9 @@ static inline int rbuf_read(int fd, struct rbuf *b, void *dst, size_t n)
         if (b->start == b->end) {
             if (n >= b->cap)
                 return read_full(fd, out, n);
-            ssize_t r = read(fd, b->p, b->cap);
-            if (r == 0)
+            ssize_t r = read_some(fd, b->p, b->cap);
+            if (r < 0)
                 return -1;
-            if (r < 0) {
-                if (errno == EINTR)
-                    continue;
-                return -1;
-            }
             b->start = 0;
             b->end = (size_t)r;
         }
