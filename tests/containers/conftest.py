@@ -271,10 +271,5 @@ def stack(docker_engine, images, request: pytest.FixtureRequest) -> Iterator[Sta
             print(f"----- {name} logs -----\n{_logs(c)[-4000:]}")
 
 
-def openapi_paths(stack: Stack) -> dict:
-    with stack.client(auth=False) as c:
-        return c.get("/openapi.json").json().get("paths", {})
-
-
 def dumps(obj: object) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import EXAMPLES, ROOT, route_module, unique
-from tests.containers.conftest import Stack, dumps, openapi_paths, run
+from tests.containers.conftest import Stack, dumps, run
 
 # Session fixtures build the images (minutes when cold): the first test pays.
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
@@ -60,15 +60,9 @@ def test_deploy_route_hot_swap_and_rollback(stack: Stack) -> None:
     assert v1["module_hash"] != v2["module_hash"]
     assert "version two" == get_text(stack, path)
 
-    if "/modules/{name}/rollback" in openapi_paths(stack):
-        with stack.client() as c:
-            back = c.post(f"/modules/{name}/rollback", json={"module_hash": v1["module_hash"]})
-        assert 200 == back.status_code, back.text
-    else:
-        # No rollback endpoint yet: deploying the old source again is a cache hit on the old artifact.
-        back = stack.deploy(v1_source, "swap.c")
-        assert 200 == back.status_code, back.text
-        assert True is back.json()["cache_hit"]
+    with stack.client() as c:
+        back = c.post(f"/modules/{name}/rollback", json={"module_hash": v1["module_hash"]})
+    assert 200 == back.status_code, back.text
     with stack.client(auth=False) as c:
         assert v1["module_hash"] == c.get(f"/modules/{name}").json()["module_hash"]
     assert "version one" == get_text(stack, path)
@@ -103,7 +97,7 @@ static void use_libs(void) {
 
 
 def test_socket_echo_through_the_runtime(stack: Stack) -> None:
-    """A module's WebSocket answers through api -> runtime worker (when sockets exist)."""
+    """A module's WebSocket answers through api -> runtime worker."""
     from websockets.sync.client import connect
 
     name = unique("ws")
@@ -111,17 +105,13 @@ def test_socket_echo_through_the_runtime(stack: Stack) -> None:
     source = source.replace('"/websocket"', f'"/{name}"')
     r = stack.deploy(source, "websocket.c")
     assert 200 == r.status_code, r.text
-    if not r.json().get("websockets"):
-        pytest.skip("this api does not report module sockets yet")
     with connect(stack.url.replace("http://", "ws://") + f"/{name}", open_timeout=10, close_timeout=5) as ws:
         ws.send("through the containers")
         assert "You: through the containers" == ws.recv(timeout=10)
 
 
 def test_job_runs_in_the_runtime_and_records_its_hash(stack: Stack) -> None:
-    """POST /jobs -> the job runs on the module's exact hash -> result (when jobs exist)."""
-    if "/jobs" not in openapi_paths(stack):
-        pytest.skip("this api has no /jobs endpoints yet")
+    """POST /jobs -> the job runs on the module's exact hash -> result."""
     name = unique("jobs")
     source = (EXAMPLES / "job_sum.c").read_text().replace('.name = "job_sum"', f'.name = "{name}"')
     r = stack.deploy(source, "job_sum.c")

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, unique
+from tests.conftest import unique
 from tests.security.conftest import OK_BODY, REQUEST_TIMEOUT_S, SENTINEL_PATH, SecServer, module
 
 
@@ -341,10 +341,6 @@ static int peek(char *out, size_t len) {
 """
 
 
-@pytest.mark.skipif(
-    "seal_after_exec" not in (ROOT / "runtime" / "worker.py").read_text(),
-    reason="runtime/worker.py does not call runtime.limits.seal_after_exec() yet",
-)
 def test_module_cannot_read_other_workers_memory(healthy: SecServer) -> None:
     r = deploy(
         healthy,
