@@ -42,7 +42,7 @@ import uuid  # noqa: E402
 
 import httpx  # noqa: E402
 
-from bench.server import free_port, start_cweb  # noqa: E402
+from bench.server import free_port, start_cweb, stop_cweb  # noqa: E402
 
 CRASHES_PER_GENERATION = 4  # one below api.deploy.CRASH_LIMIT
 RECOVERY_LIMIT_S = 30.0
@@ -225,11 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 result = measure(f"http://127.0.0.1:{port}", args.crashes, key)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_cweb(proc)
     print(json.dumps(result, indent=2))
 
 

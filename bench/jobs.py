@@ -54,7 +54,7 @@ import httpx  # noqa: E402
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
 from bench import http as wrk  # noqa: E402
-from bench.server import free_port, start_cweb  # noqa: E402
+from bench.server import free_port, start_cweb, stop_cweb  # noqa: E402
 
 # Concurrent connections of the load generator (wrk).
 CLIENTS = 32
@@ -112,13 +112,8 @@ class LocalServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_cweb(self.proc)
         self.tmp.cleanup()
 
 

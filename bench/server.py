@@ -49,3 +49,15 @@ def start_cweb(data_dir: Path, *, port: int | None = None, env: dict | None = No
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"server did not become healthy within {timeout:g} s")
+
+
+def stop_cweb(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the server (it stops its runtime and workers), SIGKILL if it hangs."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -53,7 +53,7 @@ from websockets.frames import Frame, Opcode  # noqa: E402
 from websockets.http11 import Response  # noqa: E402
 from websockets.uri import parse_uri  # noqa: E402
 
-from bench.server import start_cweb  # noqa: E402
+from bench.server import start_cweb, stop_cweb  # noqa: E402
 
 ECHO_P50_FLOOR_MS = 1.0
 FANOUT_FLOOR_MS = 100.0
@@ -348,12 +348,7 @@ def run(cweb_url: str | None = None, quick: bool = False) -> dict:
             try:
                 m = measure(url, quick)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_cweb(proc)
     rows = workloads(m)
     print(table(rows), flush=True)
     return {"workloads": rows, "raw": m}

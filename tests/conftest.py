@@ -24,6 +24,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, sig: int | None = None) -> None:
+    """Signal a server we started (SIGTERM unless sig), SIGKILL it if it hangs."""
+    if sig is None:
+        proc.terminate()
+    else:
+        proc.send_signal(sig)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Server:
     """A running `python -m api` with its own data dir."""
 
@@ -68,15 +81,7 @@ class Server:
     def stop(self, sig: int | None = None) -> None:
         if self.proc is None:
             return
-        if sig is None:
-            self.proc.terminate()
-        else:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, sig)
         self.log.close()
         self.proc = None
 

@@ -26,7 +26,7 @@ import pytest
 from api.remote_builder import BuilderUnreachable, RemoteBuilder
 from builder.errors import CompileFailed, SourceRejected, SourceTooLarge
 from builder.local import LocalBuilder
-from tests.conftest import ROOT, Server, free_port, route_module, unique
+from tests.conftest import ROOT, Server, free_port, route_module, stop_process, unique
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -77,12 +77,7 @@ class BuilderService:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         self.proc = None
 
