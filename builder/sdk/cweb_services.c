@@ -522,17 +522,27 @@ int cweb_cache_set(struct cweb_context *ctx, const char *key, const void *data, 
     return 0;
 }
 
+/* Looks key up under the lock: 0 with the lock held (*ref is 0 when the key
+ * is absent), or -1 without it (no cache, a bad key, a failed lock). */
+static int cache_find(const char *key, size_t *klen, uint32_t *ref, uint32_t **link)
+{
+    *klen = key ? strlen(key) : 0;
+    if (!C.h || *klen == 0 || *klen > CACHE_KEY_MAX)
+        return -1;
+    uint64_t hash = fnv1a(key, *klen);
+    if (cache_lock() != 0)
+        return -1;
+    *ref = chain_find(key, *klen, hash, link);
+    return 0;
+}
+
 ssize_t cweb_cache_get(struct cweb_context *ctx, const char *key, void *buf, size_t cap)
 {
     (void)ctx;
-    size_t klen = key ? strlen(key) : 0;
-    if (!C.h || klen == 0 || klen > CACHE_KEY_MAX)
+    size_t klen;
+    uint32_t ref, *link;
+    if (cache_find(key, &klen, &ref, &link) != 0)
         return -1;
-    uint64_t hash = fnv1a(key, klen);
-    if (cache_lock() != 0)
-        return -1;
-    uint32_t *link;
-    uint32_t ref = chain_find(key, klen, hash, &link);
     if (!ref) {
         C.h->misses++;
         cache_unlock();
@@ -561,14 +571,10 @@ ssize_t cweb_cache_get(struct cweb_context *ctx, const char *key, void *buf, siz
 int cweb_cache_del(struct cweb_context *ctx, const char *key)
 {
     (void)ctx;
-    size_t klen = key ? strlen(key) : 0;
-    if (!C.h || klen == 0 || klen > CACHE_KEY_MAX)
+    size_t klen;
+    uint32_t ref, *link;
+    if (cache_find(key, &klen, &ref, &link) != 0)
         return -1;
-    uint64_t hash = fnv1a(key, klen);
-    if (cache_lock() != 0)
-        return -1;
-    uint32_t *link;
-    uint32_t ref = chain_find(key, klen, hash, &link);
     int expired = ref && blk(ref)->expires_ms && blk(ref)->expires_ms <= now_ms();
     if (ref)
         entry_remove(ref, link);
