@@ -143,6 +143,24 @@ export module_t config = {{
 """
 
 
+# A job that works in 20 ms steps, reporting progress, until it is canceled.
+SPIN_JOB = r"""
+/* spin: works in 20 ms steps until canceled (at most 60 s). */
+static int run_spin(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
+    (void)ctx; (void)p;
+    for (int i = 0; i < 3000; i++) {
+        if (job->is_canceled(job)) {
+            job->set_error(job, "canceled");
+            return -1;
+        }
+        job->progress(job, (double)i, 3000.0);
+        usleep(20 * 1000);
+    }
+    job->set_result(job, "{\"spun\": true}");
+    return 0;
+}
+"""
+
 HANDLER = "static int {fn}(struct cweb_context *ctx, http_request_t *req, http_response_t *res)"
 
 

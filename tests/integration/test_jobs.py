@@ -32,7 +32,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import ROOT, Server, unique
+from tests.conftest import ROOT, SPIN_JOB, Server, unique
 
 TERMINAL = ("done", "failed", "canceled")
 JOB_FIELDS = {"job_uuid", "module", "job", "state", "module_hash", "created_at", "updated_at", "result", "error"}
@@ -99,20 +99,7 @@ static int run_nap(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *
     return 0;
 }
 
-/* spin: works in 20 ms steps until canceled (at most 60 s). */
-static int run_spin(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
-    (void)ctx; (void)p;
-    for (int i = 0; i < 3000; i++) {
-        if (job->is_canceled(job)) {
-            job->set_error(job, "canceled");
-            return -1;
-        }
-        job->progress(job, (double)i, 3000.0);
-        usleep(20 * 1000);
-    }
-    job->set_result(job, "{\"spun\": true}");
-    return 0;
-}
+""" + SPIN_JOB + r"""
 
 static void cancel_spin(struct cweb_context *ctx, const char *job_uuid) {
     (void)ctx;

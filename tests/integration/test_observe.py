@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from websockets.sync.client import connect as ws_connect
 
 from api import schemas
-from tests.conftest import EXAMPLES, HANDLER, ROOT, Server, free_port, module, route_module, unique
+from tests.conftest import EXAMPLES, HANDLER, ROOT, SPIN_JOB, Server, free_port, module, route_module, unique
 
 CLI = ROOT / "cweb"
 
@@ -69,21 +69,7 @@ static int run_sum(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *
     job->set_result(job, out);
     return 0;
 }
-/* spin: works in 20 ms steps until canceled (at most 60 s). */
-static int run_spin(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
-    (void)ctx; (void)p;
-    for (int i = 0; i < 3000; i++) {
-        if (job->is_canceled(job)) {
-            job->set_error(job, "canceled");
-            return -1;
-        }
-        job->progress(job, (double)i, 3000.0);
-        usleep(20 * 1000);
-    }
-    job->set_result(job, "{\\"spun\\": true}");
-    return 0;
-}
-"""
+""" + SPIN_JOB
 
 
 def job_module(name: str) -> str:
