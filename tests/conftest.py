@@ -120,6 +120,16 @@ def make_server(tmp_path: Path) -> Iterator:
         s.stop()
 
 
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll predicate until it holds or timeout passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
 def unique(prefix: str = "m") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 

@@ -9,15 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 WAIT_MS = 15_000
 
 
@@ -34,7 +30,7 @@ def test_chat_message_from_one_page_shows_in_both(make_server: Any, tmp_path: Pa
     with sync_playwright() as pw:
         # A fresh profile per run: nothing carried over between tests.
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
         )
         try:
             context.set_default_timeout(WAIT_MS)

@@ -20,15 +20,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import Server, route_module, unique
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 # Generous for a cold page on a loaded 2-core machine; each wait still fails fast when it can.
 WAIT_MS = 30_000
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from builder import compile as compile_mod
-from tests.conftest import HANDLER, Server, module, route_module, unique
+from tests.conftest import HANDLER, Server, module, route_module, unique, wait_for
 
 
 def body_handler(fn: str, body: str, usleep_ms: int = 0) -> str:
@@ -61,15 +61,6 @@ def answer(server: Server, path: str) -> tuple[int, str]:
 def c_string(text: str) -> str:
     """A C string literal holding text (JSON escapes are valid C escapes for these)."""
     return json.dumps(text)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # ---------------------------------------------------------------------------

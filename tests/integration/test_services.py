@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLES, Server, unique
+from tests.conftest import EXAMPLES, Server, unique, wait_for
 
 # A module exposing every context service under /@NAME@/...; @TAG@ is what
 # GET /@NAME@/version answers (change it to make a new artifact).
@@ -375,15 +375,6 @@ def deployed(server: Server, source: str, filename: str = "module.c") -> dict:
     r = server.deploy(source, filename)
     assert 200 == r.status_code, r.text
     return r.json()
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 class Svc:
