@@ -8,6 +8,7 @@
     ├── PayloadTooLarge          413
     ├── Unauthorized             401
     ├── Unavailable              503 (quarantined, restarting)
+    ├── InsufficientStorage      507 (disk full: ENOSPC, EDQUOT, SQLITE_FULL)
     └── Upstream                 502/504 (worker crashed or timed out)
 
 builder.errors.BuildError subclasses carry their own status and code and are
@@ -15,6 +16,11 @@ mapped by the same table.
 """
 
 from __future__ import annotations
+
+import errno
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 
@@ -66,6 +72,46 @@ class Unauthorized(ApiError):
 class Unavailable(ApiError):
     status = 503
     code = "unavailable"
+
+
+class InsufficientStorage(ApiError):
+    status = 507
+    code = "insufficient_storage"
+
+
+# errno values that mean "no space left", whoever's quota ran out.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether exc says the disk (or the quota) is full: an OSError with
+    ENOSPC/EDQUOT, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
+
+
+@contextmanager
+def disk_full_is_507(what: str) -> Iterator[None]:
+    """Turn a disk-full failure inside the block into InsufficientStorage
+    (JSON 507) naming what could not be written; anything else passes through.
+
+        with disk_full_is_507("the job"):
+            await store.insert(...)
+    """
+    try:
+        yield
+    except ApiError:
+        raise
+    except (OSError, sqlite3.Error) as exc:
+        if is_disk_full(exc):
+            raise InsufficientStorage(
+                f"no space left to store {what}; free disk space on the server's data dir and retry",
+            ) from exc
+        raise
 
 
 class Upstream(ApiError):
