@@ -2,6 +2,7 @@
 
 Precedence (documented in README): a path without regex metacharacters is
 matched exactly by dictionary lookup and always wins; otherwise regex paths
+(POSIX extended syntax, matched by RE2 in linear time: api/route_regex.py)
 are tried in the order their modules were deployed, then in the order the
 module declares them, and the first full match wins.
 
@@ -11,11 +12,13 @@ a request sees either the old table or the new one, never a mixture.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from api.errors import Conflict, Invalid
+from api.route_regex import MAX_PATH, RoutePattern, RouteRegexError
 
 # Paths owned by the server; no module route or socket may live under them.
 RESERVED_PREFIXES = (
@@ -49,21 +52,31 @@ def is_literal(path: str) -> bool:
     return not (set(path) & _META)
 
 
-def _shadows_reserved(pattern: re.Pattern) -> str | None:
+def _shadows_reserved(pattern: RoutePattern) -> str | None:
     for prefix in RESERVED_PREFIXES:
         if pattern.fullmatch(prefix) or pattern.fullmatch(prefix + "/x"):
             return prefix
     return None
 
 
-def compile_path(path: str) -> re.Pattern | None:
-    """None for a literal path; the compiled regex otherwise (Invalid if bad)."""
+@functools.lru_cache(maxsize=4096)
+def _pattern(path: str) -> RoutePattern:
+    # Every deploy builds a whole new table: the patterns of the modules it
+    # did not touch are not compiled again.
+    return RoutePattern(path)
+
+
+def compile_path(path: str, what: str = "route") -> RoutePattern | None:
+    """None for a literal path; the compiled pattern otherwise (Invalid if bad)."""
     if is_literal(path):
         return None
     try:
-        return re.compile(path)
-    except re.error as exc:
-        raise Invalid(f"route path {path!r} is not a valid regular expression: {exc}", code="invalid_regex") from exc
+        return _pattern(path)
+    except RouteRegexError as exc:
+        raise Invalid(
+            f"{what} path {path!r} is not a POSIX extended regular expression cweb can match: {exc}",
+            code="invalid_regex", path=path,
+        ) from exc
 
 
 def check_path(path: Any, what: str) -> str:
@@ -73,7 +86,7 @@ def check_path(path: Any, what: str) -> str:
         raise Invalid(f"{what} path {path[:64]!r} is too long or has control characters", code="invalid_module")
     if is_reserved(path):
         raise Invalid(f"{what} path {path} is under a reserved prefix ({', '.join(RESERVED_PREFIXES)})", code="reserved_path")
-    pattern = compile_path(path)
+    pattern = compile_path(path, what)
     if pattern is not None:
         owner = _shadows_reserved(pattern)
         if owner:
@@ -146,9 +159,9 @@ class RouteTable:
     def __init__(self, versions: list[Any] = ()) -> None:
         # path -> {method: Entry}
         self.exact: dict[str, dict[str, Entry]] = {}
-        self.patterns: list[tuple[re.Pattern, dict[str, Entry]]] = []
+        self.patterns: list[tuple[RoutePattern, dict[str, Entry]]] = []
         self.sockets: dict[str, Entry] = {}
-        self.socket_patterns: list[tuple[re.Pattern, Entry]] = []
+        self.socket_patterns: list[tuple[RoutePattern, Entry]] = []
         by_pattern: dict[str, dict[str, Entry]] = {}
         for v in versions:
             for r in v.decl["routes"]:
@@ -159,19 +172,21 @@ class RouteTable:
                     methods = by_pattern.get(r["path"])
                     if methods is None:
                         methods = by_pattern[r["path"]] = {}
-                        self.patterns.append((re.compile(r["path"]), methods))
+                        self.patterns.append((_pattern(r["path"]), methods))
                     methods[r["method"]] = entry
             for w in v.decl["websockets"]:
                 entry = Entry(v, w["index"], w["path"], "GET")
                 if is_literal(w["path"]):
                     self.sockets[w["path"]] = entry
                 else:
-                    self.socket_patterns.append((re.compile(w["path"]), entry))
+                    self.socket_patterns.append((_pattern(w["path"]), entry))
 
     def match(self, method: str, path: str) -> tuple[Entry | None, tuple[str, ...]]:
         """The entry for method+path, else (None, methods allowed on path)."""
         methods = self.exact.get(path)
         if methods is None:
+            if len(path) > MAX_PATH:
+                return None, ()
             for pattern, candidate in self.patterns:
                 if pattern.fullmatch(path):
                     methods = candidate
@@ -187,6 +202,8 @@ class RouteTable:
         entry = self.sockets.get(path)
         if entry is not None:
             return entry
+        if len(path) > MAX_PATH:
+            return None
         for pattern, e in self.socket_patterns:
             if pattern.fullmatch(path):
                 return e

@@ -241,3 +241,109 @@ def test_other_method_on_same_path_is_not_a_conflict() -> None:
     """POST /p does not conflict with another module's GET /p."""
     other = version("other", ("GET", "/p"))
     check_conflicts(validate_declaration(desc("m", [route("/p", "POST")])), [other])
+
+
+# ------------------------------------------- POSIX extended syntax, via RE2
+
+ERE_MATCHES = [
+    # (pattern, path, matches) — what regcomp(REG_EXTENDED) plus a full match answers.
+    ("/r/[[:digit:]]+", "/r/123", True),
+    ("/r/[[:digit:]]+", "/r/12a", False),
+    ("/r/[[:alpha:]][[:alnum:]_]*", "/r/a1_b", True),
+    ("/r/[[:alpha:]][[:alnum:]_]*", "/r/1a", False),
+    ("/u/[^/]+/p", "/u/bob/p", True),
+    ("/u/[^/]+/p", "/u/a/b/p", False),
+    ("/b/[]x]", "/b/]", True),  # ']' first in a bracket is literal
+    ("/b/[^]x]", "/b/]", False),
+    ("/b/[\\d]", "/b/\\", True),  # a backslash in a bracket is literal in POSIX
+    ("/b/[\\d]", "/b/1", False),
+    ("/b/[a-c-]", "/b/-", True),
+    ("/b/[[.-.]]", "/b/-", True),
+    ("/n/a{2}", "/n/aa", True),
+    ("/n/a{2}", "/n/aaa", False),
+    ("/n/a{,2}", "/n/", True),  # glibc: {,m} is {0,m}
+    ("/n/a{1,}", "/n/aaaa", True),
+    ("/n/x{y", "/n/x{y", True),  # a '{' that opens no interval is literal
+    ("/e/a\\.b", "/e/a.b", True),
+    ("/e/a\\.b", "/e/axb", False),
+    ("/v/(one|two)", "/v/two", True),
+    ("/v/(one|two)", "/v/onetwo", False),
+    ("/w/\\w+", "/w/ab_1", True),
+    ("/d/\\d+", "/d/42", True),
+    ("/any/.*", "/any/a\nb", True),  # '.' matches a newline, as in POSIX
+    ("/r/(a+)+b", "/r/" + "a" * 30, False),
+    ("/r/(a+)+b", "/r/aaab", True),
+]
+
+
+@pytest.mark.parametrize("pattern, path, matches", ERE_MATCHES)
+def test_route_paths_are_posix_extended_regexes(pattern: str, path: str, matches: bool) -> None:
+    """Route paths match as regcomp(REG_EXTENDED) with a full match does."""
+    table = RouteTable([version("m", ("GET", validate_declaration(desc(routes=[route(pattern)]))["routes"][0]["path"]))])
+    assert (("m", 0) if matches else None) == served_by(table, "GET", path)
+
+
+REFUSED_SYNTAX = [
+    ("/x/(a)\\1", "backreference"),
+    ("/x/a**", "single quantifier"),
+    ("/x/a+?", "single quantifier"),
+    ("/x/(?i)abc", "Perl group"),
+    ("/x/(?P<id>[0-9]+)", "Perl group"),
+    ("/x/[[:digits:]]", "not a POSIX character class"),
+    ("/x/[[.ab.]]", "collating element"),
+    ("/x/\\<a", "GNU word"),
+    ("/x/\\n", "not defined in POSIX"),
+    ("/x/a{1001}", "larger than 1000"),
+    ("/x/a{3,2}", "maximum below its minimum"),
+    ("/x/[ab", "not closed"),
+    ("/x/.{400}.{400}", "instructions"),
+]
+
+
+@pytest.mark.parametrize("pattern, reason", REFUSED_SYNTAX)
+def test_syntax_re2_cannot_match_as_ere_is_refused_with_the_reason(pattern: str, reason: str) -> None:
+    """What RE2 cannot match as ERE means is refused at deploy time, naming
+    the route, the path and why, never matched differently."""
+    with pytest.raises(Invalid) as info:
+        validate_declaration(desc(routes=[route("/ok"), route(pattern)]))
+    assert "invalid_regex" == info.value.code
+    assert "route 1" in info.value.message and repr(pattern) in info.value.message
+    assert reason in info.value.message
+
+
+def test_pathological_pattern_matches_in_linear_time() -> None:
+    """Nested quantifiers cannot make a match backtrack: long non-matching
+    paths cost microseconds, not seconds."""
+    import time
+
+    table = RouteTable([version("m", ("GET", "/r/(a+)+b"), ("GET", "/s/(.*a){20}x"))])
+    worst = 0.0
+    for path in ("/r/" + "a" * 30, "/r/" + "a" * 4000, "/s/" + "a" * 4000):
+        t0 = time.perf_counter()
+        assert served_by(table, "GET", path) is None
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 0.05, f"a pattern match took {worst * 1000:.1f} ms"
+
+
+def test_paths_longer_than_the_pattern_limit_only_match_exact_routes() -> None:
+    """A path past MAX_PATH never reaches a pattern (bounded work per request)."""
+    from api.route_regex import MAX_PATH
+
+    long = "/a/" + "x" * MAX_PATH
+    table = RouteTable([version("m", ("GET", "/a/.*"), ("GET", long))])
+    assert ("m", 1) == served_by(table, "GET", long)
+    assert None is served_by(table, "GET", long + "y")
+    assert ("m", 0) == served_by(table, "GET", "/a/" + "x" * 100)
+
+
+def test_deploy_time_regex_checks_are_bounded() -> None:
+    """The largest path a module may declare compiles (or is refused) fast."""
+    import time
+
+    t0 = time.perf_counter()
+    for pattern in ("/" + "(a|b)*" * 170, "/" + "[[:alpha:]]{1000}", "/" + "((a{30}){30}){30}", "/" + "(.*a){20}" * 50):
+        try:
+            validate_declaration(desc(routes=[route(pattern[:1024])]))
+        except Invalid as exc:
+            assert "invalid_regex" == exc.code
+    assert time.perf_counter() - t0 < 1.0
