@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, cache_admin, observe, versions
+from api.cors import Cors
 from api.deploy import ModuleHost
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
@@ -276,4 +277,6 @@ def create_app(settings: Settings) -> Dispatcher:
     dispatcher = Dispatcher(None, app, settings.max_body_bytes, settings.request_timeout)  # type: ignore[arg-type]
     dispatcher.state = state  # type: ignore[attr-defined]
     dispatcher.guard = auth.make_guard(settings)
+    cors = Cors.from_settings(settings)
+    dispatcher.cors = cors if cors.enabled else None
     return dispatcher

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from api import routing
+from api.cors import ACAO, Cors
 from api.deploy import ModuleHost
 from api.errors import json_error
 from api.jobs.routes import submit_asgi
@@ -133,6 +134,12 @@ class Dispatcher:
         self.metrics: Any = None
         # Set by create_app: refuses control-plane requests that lack a valid key.
         self.guard: Callable[[dict], tuple[int, bytes] | None] | None = None
+        # Set by create_app: CORS on module routes (None: off).
+        self.cors: Cors | None = None
+
+    def cors_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """CORS headers for the server's own answers on module paths (errors)."""
+        return self.cors.for_request(headers) if self.cors is not None else []
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -194,18 +201,18 @@ class Dispatcher:
         version that is not active, or a worker already gone."""
         method, path = req.method, req.path
         entry, _allowed = self.host.table.match(method, path)
-        if entry is None or entry.version.state != "active":
+        if entry is None or entry.version.state != "active" or (method == "OPTIONS" and self.cors is not None):
             return False
         version = entry.version
         t0 = perf_counter()
 
         def answered(reply: bytes | None, exc: BaseException | None) -> None:
             if exc is None:
-                req.write(*self._answer(version, entry, reply, t0, rendered=True))
+                req.write(*self._answer(version, entry, reply, t0, req.headers, rendered=True))
             elif isinstance(exc, WorkerGone) and self._swapped(version, entry, method, path):
                 req.run()
             else:
-                req.write(*self._failure(exc, version, entry, t0))
+                req.write(*self._failure(exc, version, entry, t0, req.headers))
 
         frame = self._frame(method, path, req.query, req.headers, req.body, entry.index)
         return version.pool.submit(frame, self.timeout, answered)
@@ -218,11 +225,16 @@ class Dispatcher:
 
         body may be a list of chunks: they are joined straight into the frame."""
         entry, allowed = self.host.table.match(method, path)
+        cors = self.cors
+        if method == "OPTIONS" and cors is not None and (entry is None or cors.is_preflight(headers)):
+            # As the original: the server answers OPTIONS itself (a module's
+            # OPTIONS route still gets the requests that are not preflights).
+            return 200, [(b"content-length", b"0"), *cors.preflight(headers)], b""
         if entry is None:
             if allowed:
                 return json_reply(*json_error(405, "method_not_allowed", f"{method} is not allowed on {path}",
-                                              allowed=list(allowed)), [(b"allow", ", ".join(allowed).encode())])
-            return json_reply(*json_error(404, "not_found", f"no route for {path}"))
+                                              allowed=list(allowed)), [(b"allow", ", ".join(allowed).encode()), *self.cors_headers(headers)])
+            return json_reply(*json_error(404, "not_found", f"no route for {path}"), self.cors_headers(headers))
         t0 = perf_counter()
         # Two tries: a request that raced a hot swap (its version retired while
         # the body was read) is sent again to the version active now.
@@ -230,7 +242,7 @@ class Dispatcher:
             # Match again: a swap may have happened while the body was read.
             entry, _allowed = self.host.table.match(method, path)
             if entry is None:
-                return json_reply(*json_error(404, "not_found", f"no route for {path}"))
+                return json_reply(*json_error(404, "not_found", f"no route for {path}"), self.cors_headers(headers))
             version = entry.version
             if version.state == "restarting":
                 try:
@@ -243,18 +255,19 @@ class Dispatcher:
                     if version.state == "quarantined"
                     else f"module {version.name} is restarting"
                 )
-                return json_reply(*json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash))
+                return json_reply(*json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash),
+                                  self.cors_headers(headers))
             frame = self._frame(method, path, query, headers, body, entry.index)
             try:
                 reply = await version.pool.request(frame, self.timeout)
             except WorkerGone as exc:
                 if self._swapped(version, entry, method, path):
                     continue
-                return self._failure(exc, version, entry, t0)
+                return self._failure(exc, version, entry, t0, headers)
             except TimeoutError as exc:
-                return self._failure(exc, version, entry, t0)
-            return self._answer(version, entry, reply, t0)
-        return json_reply(*json_error(503, "unavailable", f"module for {path} is being replaced; retry"))
+                return self._failure(exc, version, entry, t0, headers)
+            return self._answer(version, entry, reply, t0, headers)
+        return json_reply(*json_error(503, "unavailable", f"module for {path} is being replaced; retry"), self.cors_headers(headers))
 
     @staticmethod
     def _frame(method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
@@ -269,42 +282,58 @@ class Dispatcher:
         on the way: the request goes to the version serving the route now."""
         return version.state in ("retiring", "stopping", "stopped") and self.host.table.match(method, path)[0] is not entry
 
-    def _answer(self, version: Any, entry: Any, reply: bytes, t0: float,
+    def _answer(self, version: Any, entry: Any, reply: bytes, t0: float, request_headers: list[tuple[bytes, bytes]],
                 rendered: bool = False) -> tuple[int, Any, bytes]:
         """The response for a worker's answer. Headers as (name, value) pairs,
         or with rendered=True as the HTTP header lines, ready to write."""
         status, block, body = protocol.split_http_response(reply)
         if self.metrics is not None:
             self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
-        headers, lines = self._module_headers(block)
+        headers, lines, per_request = self._module_headers(block)
+        if per_request:  # CORS that depends on the request's Origin
+            extra = self.cors.for_request(request_headers)  # type: ignore[union-attr]
+            if extra:
+                headers = [*headers, *extra]
+                lines += b"".join(b"%b: %b\r\n" % kv for kv in extra)
         if rendered:
             return status, b"content-length: %d\r\n%b" % (len(body), lines), body
         return status, [(b"content-length", str(len(body)).encode()), *headers], body
 
-    def _module_headers(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    def _module_headers(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bytes, bool]:
         """A module's response headers, cleaned: lower-case names, framing
         headers and ones that would break the response dropped, a default
-        Content-Type. Cached by the raw block (bounded)."""
+        Content-Type, the CORS headers when the module set none and they do
+        not depend on the request (else the flag says to add them per
+        request). Cached by the raw block (bounded)."""
         cached = self._heads.get(block)
         if cached is not None:
             return cached
         out = []
-        has_type = False
+        has_type = has_cors = False
         for k, v in protocol.decode_kv(block):
             lk = k.lower()
             if lk in _SKIP_HEADERS or _BAD_NAME.search(lk) or _BAD_VALUE.search(v):
                 continue
             if lk == b"content-type":
                 has_type = True
+            elif lk == ACAO:
+                has_cors = True
             out.append((lk, v))
         if not has_type:
             out.append(_DEFAULT_TYPE)
+        per_request = False
+        if self.cors is not None and not has_cors:
+            if self.cors.constant is not None:
+                out.extend(self.cors.constant)
+            else:
+                per_request = True
         if len(self._heads) >= _HEAD_CACHE_MAX:
             self._heads.clear()
-        cached = self._heads[block] = (out, b"".join(b"%b: %b\r\n" % kv for kv in out))
+        cached = self._heads[block] = (out, b"".join(b"%b: %b\r\n" % kv for kv in out), per_request)
         return cached
 
-    def _failure(self, exc: BaseException, version: Any, entry: Any, t0: float) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _failure(self, exc: BaseException, version: Any, entry: Any, t0: float,
+                 request_headers: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A request the module could not answer: counted, and named by module and hash."""
         if isinstance(exc, TimeoutError):
             status, code, message = 504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s"
@@ -312,7 +341,8 @@ class Dispatcher:
             status, code, message = 502, "worker_crashed", f"module {version.name} crashed while handling the request"
         if self.metrics is not None:
             self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
-        return json_reply(*json_error(status, code, message, module=version.name, module_hash=version.module_hash))
+        return json_reply(*json_error(status, code, message, module=version.name, module_hash=version.module_hash),
+                          self.cors_headers(request_headers))
 
     async def _read_body(self, headers: list, receive: Callable, send: Callable) -> bytes | None:
         for k, v in headers:

@@ -146,7 +146,8 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
             # The rest of the body is not worth reading: answer and close.
             self.keep_alive = False
             self.write(*json_reply(*json_error(413, "body_too_large",
-                                          f"request body exceeds the limit of {dispatcher.max_body} bytes")))
+                                          f"request body exceeds the limit of {dispatcher.max_body} bytes"),
+                                   dispatcher.cors_headers(self.headers)))
 
         def go(self) -> None:
             """The whole request is in and it is its turn."""

@@ -43,6 +43,12 @@ class Settings:
     tls_key: str = ""
     log_json: bool = False
     store_override: str = ""
+    # CORS on module routes (api/cors.py); defaults as c-web-modules.
+    cors_origins: str = "*"
+    cors_methods: str = "GET, POST, PUT, DELETE, OPTIONS"
+    cors_headers: str = "Content-Type, Authorization"
+    cors_max_age: int = 600
+    cors_credentials: bool = False
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -71,6 +77,11 @@ class Settings:
             tls_key=env.get("CWEB_TLS_KEY", ""),
             log_json=env.get("CWEB_LOG_JSON", "") == "1",
             store_override=env.get("CWEB_STORE_DIR", ""),
+            cors_origins=env.get("CWEB_CORS_ORIGINS", "*"),
+            cors_methods=env.get("CWEB_CORS_METHODS", "GET, POST, PUT, DELETE, OPTIONS"),
+            cors_headers=env.get("CWEB_CORS_HEADERS", "Content-Type, Authorization"),
+            cors_max_age=_int(env, "CWEB_CORS_MAX_AGE", 600),
+            cors_credentials=env.get("CWEB_CORS_CREDENTIALS", "") == "1",
         )
 
     @property
