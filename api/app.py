@@ -12,7 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
@@ -204,6 +205,17 @@ def create_app(settings: Settings) -> Dispatcher:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_parameter(request: Request, exc: RequestValidationError) -> Response:
+        # A query or path parameter out of its range or of the wrong type: a
+        # 400 in the house's shape, naming the parameter (never a 500, never
+        # FastAPI's own {"detail": [...]}).
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"error": "invalid_parameter", "message": "; ".join(problems)[:500]}, status_code=400)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -214,7 +226,7 @@ def create_app(settings: Settings) -> Dispatcher:
         return {"status": "ok", "modules": len(state.host.active), "builds": state.builder.mode}
 
     @app.post("/mgnt")
-    async def deploy(request: Request, check: int = 0) -> dict:
+    async def deploy(request: Request, check: int = Query(0, ge=0, le=1)) -> dict:
         """Build, validate and activate an uploaded C module (field `code`)."""
         t0 = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)

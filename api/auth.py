@@ -7,10 +7,16 @@ under a reserved prefix, before FastAPI sees it. What needs a key:
   OPTIONS (POST /mgnt, DELETE /modules/x, POST /modules/x/rollback,
   POST /jobs, POST /jobs/x/cancel, and any mutating endpoint added later:
   deny by default);
-- GET /artifacts/<hash>/source (uploaded source may hold secrets).
+- reads of what modules and their callers produced, private by default
+  when a key is set: module output (GET /modules/<name>/logs), build history
+  (/_cweb/builds: diagnostics quote source lines), workers (/_cweb/workers)
+  and anything else under /_cweb, and artifacts (/artifacts/<hash>: manifest,
+  deploy history, job runs; /artifacts/<hash>/source: uploaded source may
+  hold secrets).
 
-Everything else on the control plane (listings, docs, health, metrics) and
-every module route and socket stay public.
+Everything else on the control plane (the module listing, docs, health,
+metrics, the /ui page itself — its data needs the key) and every module
+route and socket stay public: see SECURITY.md for why.
 
 A key is read from `Authorization: Bearer KEY` or `X-API-Key: KEY`, never
 from the query string, compared in constant time against every configured
@@ -31,6 +37,8 @@ from api.settings import Settings
 
 # The methods that read and never change anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# First path segments whose reads need a key too (deny by default below them).
+PRIVATE_PREFIXES = frozenset({"_cweb", "artifacts"})
 # Query parameters that look like someone trying to pass a key in the URL.
 QUERY_KEY_NAMES = frozenset({"api_key", "apikey", "key", "token", "access_token", "x-api-key", "auth"})
 CHALLENGE = (b"www-authenticate", b'Bearer realm="cweb"')
@@ -65,7 +73,11 @@ def needs_key(method: str, path: str) -> bool:
     if method not in SAFE_METHODS:
         return True
     parts = [p for p in path.split("/") if p]
-    return len(parts) >= 3 and parts[0] == "artifacts" and parts[2].startswith("source")
+    if not parts:
+        return False
+    if parts[0] in PRIVATE_PREFIXES:
+        return True
+    return len(parts) >= 3 and parts[0] == "modules" and parts[2] == "logs"
 
 
 def _digest(value: bytes) -> bytes:

@@ -122,7 +122,7 @@ def _key(entry: dict) -> tuple:
 
 
 @router.get("/modules/{name}/logs", tags=["modules"])
-async def module_logs(request: Request, name: str, tail: int = Query(200, ge=0, le=10_000), follow: int = 0) -> Any:
+async def module_logs(request: Request, name: str, tail: int = Query(200, ge=0, le=10_000), follow: int = Query(0, ge=0, le=1)) -> Any:
     """What the module printed (stdout/stderr), per version, with timestamps.
 
     With follow=1 the answer is a newline-delimited JSON stream: the tail, then new lines."""

@@ -237,6 +237,18 @@ def document(base: dict) -> dict:
             op.setdefault("parameters", []).extend(p for p in extra["parameters"] if (p["name"], p["in"]) not in have)
         responses = op.setdefault("responses", {})
         responses.update(extra["responses"])
+    # FastAPI documents its own 422 for parameter validation; this server
+    # answers those 400 invalid_parameter (api/app.py).
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.get("responses") if isinstance(op, dict) else None
+            if not responses or "422" not in responses:
+                continue
+            schema = responses["422"].get("content", {}).get("application/json", {}).get("schema", {})
+            if schema.get("$ref", "").endswith("/HTTPValidationError"):
+                del responses["422"]
+                responses.setdefault("400", _error("A query or path parameter is out of range or of the wrong type",
+                                                   {"error": "invalid_parameter", "message": "query.tail: Input should be less than or equal to 10000"}))
     doc["x-cweb-control-plane"] = True
     return doc
 
@@ -254,7 +266,7 @@ def with_module_routes(base: dict, versions: Iterable[Any]) -> dict:
                 "tags": [LIVE_TAG],
                 "summary": f"{r['method']} {r['path']} — module {v.name}",
                 "description": f"Served by module `{v.name}` (author {v.decl.get('author') or 'unknown'}), "
-                f"artifact `{v.module_hash}`. The path is {'a regular expression matched in full' if _is_regex(r['path']) else 'matched exactly'}.",
+                f"artifact `{v.module_hash}`. The path is {'a POSIX extended regular expression matched in full' if _is_regex(r['path']) else 'matched exactly'}.",
                 "operationId": f"module_{v.name}_{r['index']}",
                 "responses": {"200": {"description": "What the module answers."}, "502": {"description": "The module crashed."},
                               "503": {"description": "The module is restarting or quarantined."},

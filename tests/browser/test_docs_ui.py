@@ -266,3 +266,32 @@ def test_status_page_follows_a_deploy_without_reload(server: Server, page: Page,
     expect(row).to_contain_text(info2["module_hash"][:12])
     assert time.monotonic() - t0 < 10
     assert [] == offline.attempted
+
+
+def test_status_page_asks_for_the_key_when_one_is_set(make_server, browser: Browser) -> None:
+    """With CWEB_API_KEY, the page's data needs the key: the page asks for it
+    once, then shows builds, workers and module output."""
+    key = "ui-" + unique("key")
+    s = make_server(env={"CWEB_API_KEY": key})
+    name = unique("uikey")
+    marker = unique("uikeyprint")
+    filename = name + ".c"
+    r = s.deploy(printing_route(name, marker), filename, headers={"X-API-Key": key})
+    assert 200 == r.status_code, r.text
+    assert 200 == httpx.get(f"{s.url}/{name}", timeout=30).status_code
+    assert 401 == httpx.get(f"{s.url}/_cweb/builds", timeout=30).status_code
+    context = browser.new_context(service_workers="block")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"{s.url}/ui")
+        expect(page.locator("#keyform")).to_be_visible()
+        page.fill("#apikey", key)
+        page.click("#keyform button")
+        expect(page.locator("#keyform")).to_be_hidden()
+        expect(page.locator("#builds tr", has_text=filename).locator(".state")).to_have_text("compiled")
+        expect(page.locator(f'#workers tr:has-text("{name}")').first).to_be_visible()
+        page.locator(f'#modules tr[data-module="{name}"]').click()
+        expect(page.locator("#module-logs")).to_contain_text(marker)
+    finally:
+        context.close()

@@ -27,10 +27,16 @@ PROTECTED = [
     ("DELETE", "/modules/counter"),
     ("POST", "/modules/counter/rollback"),
     ("GET", "/artifacts/abc123/source"),
+    ("GET", "/artifacts/abc123"),
+    ("GET", "/modules/counter/logs"),
+    ("GET", "/_cweb/builds"),
+    ("GET", "/_cweb/workers"),
+    ("GET", "/_cweb/anything-added-later"),
     ("POST", "/jobs"),
     ("POST", "/jobs/1b9d6bcd/cancel"),
 ]
-PUBLIC = [("GET", "/modules"), ("GET", "/modules/counter"), ("GET", "/healthz"), ("GET", "/jobs/1b9d6bcd"), ("GET", "/docs"), ("GET", "/artifacts/abc123")]
+PUBLIC = [("GET", "/modules"), ("GET", "/modules/counter"), ("GET", "/healthz"), ("GET", "/jobs/1b9d6bcd"), ("GET", "/docs"),
+          ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/ui"), ("GET", "/modules/counter/versions"), ("GET", "/modules/logs")]
 
 
 def test_no_guard_without_keys() -> None:
@@ -169,3 +175,34 @@ def test_the_key_is_never_logged(healthy: SecServer) -> None:
     healthy.deploy("int broken(", headers={"Authorization": "Bearer wrong-key-value"})
     logs = healthy.logs()
     assert API_KEY not in logs and OLD_KEY not in logs and "wrong-key-value" not in logs
+
+
+def test_private_reads_answer_with_the_key_and_public_ones_without(healthy: SecServer) -> None:
+    """Module output, builds, workers and artifacts need the key and answer
+    with it; module routes, docs, the schema, health and metrics need none."""
+    name = unique("private")
+    path = f"/{unique('priv')}"
+    r = healthy.deploy(route_module(name, path, "x"))
+    assert r.status_code == 200, r.text
+    module_hash = r.json()["module_hash"]
+    private = [f"/modules/{name}/logs", "/_cweb/builds", "/_cweb/workers", f"/artifacts/{module_hash}", f"/artifacts/{module_hash}/source"]
+    with healthy.client() as c:
+        for p in private:
+            refused = c.get(p)
+            assert (refused.status_code, refused.json()["error"]) == (401, "unauthorized"), p
+            assert name not in refused.text and module_hash not in refused.text
+            granted = c.get(p, headers={"X-API-Key": API_KEY})
+            assert granted.status_code == 200, (p, granted.text)
+        assert c.get(f"/artifacts/{module_hash}/source", headers={"X-API-Key": API_KEY}).text.count(name) == 1
+        for p in (path, "/docs", "/openapi.json", "/healthz", "/metrics", "/modules", "/ui"):
+            assert c.get(p).status_code == 200, p
+
+
+@pytest.mark.parametrize("query", ["tail=18446744073709551616", "tail=-1", "tail=x", "tail=10001", "follow=99999999999999999999999"])
+def test_out_of_range_query_numbers_are_400_json(healthy: SecServer, query: str) -> None:
+    """A number a parameter cannot take is a 400 naming it, never a 500."""
+    with healthy.client() as c:
+        r = c.get(f"/modules/nope/logs?{query}", headers={"X-API-Key": API_KEY})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "invalid_parameter"
+        assert query.split("=")[0] in r.json()["message"]
