@@ -129,9 +129,11 @@ def create_app(settings: Settings) -> Dispatcher:
         if settings.runtime_socket:
             state.agent = AgentClient(settings.runtime_socket, on_event)
         else:
-            state.agent = AgentClient(os.path.join(settings.run_dir, "agent.sock"), on_event)
+            # Embedded: the agent inherits its end of a socketpair; no path.
+            state.agent = AgentClient("", on_event)
             await state.agent.spawn_embedded(settings.store_dir, settings.run_dir, settings.data_dir, settings.workdir)
         await state.agent.connect()
+        await state.agent.describe()
         state.host = ModuleHost(settings, state.agent, state.registry)
         state.host.metrics = state.metrics
         state.agent.on_reconnect = state.host.reload_all
@@ -223,7 +225,8 @@ def create_app(settings: Settings) -> Dispatcher:
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "modules": len(state.host.active), "builds": state.builder.mode}
+        return {"status": "ok", "modules": len(state.host.active), "builds": state.builder.mode,
+                "workers": state.agent.sandbox}
 
     @app.post("/mgnt")
     async def deploy(request: Request, check: int = Query(0, ge=0, le=1)) -> dict:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,12 +104,12 @@ class ModuleHost:
 
     # ---- loading -----------------------------------------------------------
 
-    async def _load(self, module_hash: str) -> tuple[int, str, dict]:
+    async def _load(self, module_hash: str) -> tuple[int, dict]:
         try:
             r = await self.agent.call("load", hash=module_hash, max_response=self.settings.max_response_bytes)
         except RuntimeError_ as exc:
             raise _runtime_to_api(exc) from exc
-        return r["worker_id"], r["socket"], r["describe"]
+        return r["worker_id"], r["describe"]
 
     async def _replace_hung(self, worker_id: int) -> None:
         """A handler overran the request timeout and its grace: kill the worker
@@ -122,20 +124,30 @@ class ModuleHost:
         except RuntimeError_:
             pass
 
-    async def _start(self, worker_id: int, socket_path: str, decl: dict) -> tuple[WorkerPool, WorkerPool | None, EventsConn]:
-        """Run onload, then open the request pool, the job pool and the events channel."""
+    async def _start(self, worker_id: int, decl: dict) -> tuple[WorkerPool, WorkerPool | None, EventsConn]:
+        """Run onload, then open the request pool, the job pool and the events
+        channel: connections the agent makes for exactly this worker."""
         try:
             await self.agent.call("start", worker_id=worker_id)
         except RuntimeError_ as exc:
             raise _runtime_to_api(exc) from exc
-        pool = WorkerPool(socket_path, self.settings.worker_threads)
+
+        def connector(n: int) -> Awaitable[list[socket.socket]]:
+            return self.agent.connect_worker(worker_id, n)
+
+        pool = WorkerPool(connector, self.settings.worker_threads)
         pool.on_hung = lambda: asyncio.ensure_future(self._replace_hung(worker_id))
-        jobs_pool = WorkerPool(socket_path, self.settings.job_threads) if decl["jobs"] else None
-        events, *_ = await asyncio.gather(
-            open_events(socket_path, lambda frame: self._on_worker_frame(worker_id, frame)),
-            pool.open(),
-            *([jobs_pool.open()] if jobs_pool is not None else []),
-        )
+        jobs_pool = WorkerPool(connector, self.settings.job_threads) if decl["jobs"] else None
+        sizes = [1, pool.size, jobs_pool.size if jobs_pool is not None else 0]
+        try:
+            # One round trip to the agent for every connection of this worker.
+            socks = await connector(sum(sizes))
+        except RuntimeError_ as exc:
+            raise _runtime_to_api(exc) from exc
+        events = await open_events(socks[:1], lambda frame: self._on_worker_frame(worker_id, frame))
+        await pool.open(socks[1 : 1 + sizes[1]])
+        if jobs_pool is not None:
+            await jobs_pool.open(socks[1 + sizes[1] :])
         return pool, jobs_pool, events
 
     def _on_worker_frame(self, worker_id: int, frame: bytes) -> None:
@@ -163,12 +175,12 @@ class ModuleHost:
                 if v.module_hash == module_hash and v.state != "quarantined":
                     return v, None, True
             t0 = time.perf_counter()
-            worker_id, socket_path, desc = await self._load(module_hash)
+            worker_id, desc = await self._load(module_hash)
             t1 = time.perf_counter()
             try:
                 decl = routing.validate_declaration(desc)
                 routing.check_conflicts(decl, list(self.active.values()))
-                pool, jobs_pool, events = await self._start(worker_id, socket_path, decl)
+                pool, jobs_pool, events = await self._start(worker_id, decl)
             except BaseException:
                 await self._discard(worker_id)
                 raise
@@ -245,10 +257,10 @@ class ModuleHost:
             v = self.pinned.get(module_hash)
             if v is not None and v.state == "pinned":
                 return v
-            worker_id, socket_path, desc = await self._load(module_hash)
+            worker_id, desc = await self._load(module_hash)
             try:
                 decl = routing.validate_declaration(desc)
-                pool, jobs_pool, events = await self._start(worker_id, socket_path, decl)
+                pool, jobs_pool, events = await self._start(worker_id, decl)
             except BaseException:
                 await self._discard(worker_id)
                 raise
@@ -291,8 +303,8 @@ class ModuleHost:
             v.state = "restarting"
             v.ready.clear()
             try:
-                worker_id, socket_path, _ = await self._load(v.module_hash)
-                v.pool, v.jobs_pool, v.events = await self._start(worker_id, socket_path, v.decl)
+                worker_id, _ = await self._load(v.module_hash)
+                v.pool, v.jobs_pool, v.events = await self._start(worker_id, v.decl)
             except Unavailable:
                 # The agent went away again; the next reconnect reloads this module.
                 return
@@ -342,9 +354,9 @@ class ModuleHost:
         for name, module_hash, deployed_at in self.registry.active():
             art = self.registry.artifact(module_hash)
             try:
-                worker_id, socket_path, desc = await self._load(module_hash)
+                worker_id, desc = await self._load(module_hash)
                 decl = routing.validate_declaration(desc)
-                pool, jobs_pool, events = await self._start(worker_id, socket_path, decl)
+                pool, jobs_pool, events = await self._start(worker_id, decl)
             except Exception as exc:  # noqa: BLE001 - one bad module must not stop the server
                 log.error("could not restore module %s (%s): %s", name, module_hash[:12], exc)
                 continue
@@ -396,8 +408,8 @@ class ModuleHost:
         if self.active.get(v.name) is not v:
             return
         try:
-            worker_id, socket_path, _ = await self._load(v.module_hash)
-            pool, jobs_pool, events = await self._start(worker_id, socket_path, v.decl)
+            worker_id, _ = await self._load(v.module_hash)
+            pool, jobs_pool, events = await self._start(worker_id, v.decl)
         except Exception as exc:  # noqa: BLE001
             log.error("restart of module %s failed: %s", v.name, exc)
             v.state = "quarantined"

@@ -183,7 +183,7 @@ async def workers(request: Request) -> dict:
         v = by_worker.get(w["worker_id"])
         out.append({**w, "module": v.name if v else None, "version_state": v.state if v else None,
                     "restarts": len(v.crashes) if v else 0})
-    return {"workers": out}
+    return {"sandbox": reply.get("sandbox"), "workers": out}
 
 
 @router.get("/ui", include_in_schema=False)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import json
 import logging
 import math
 import os
+import socket
 import struct
 import sys
 from collections.abc import Awaitable, Callable
 
 from runtime import protocol
+from runtime.agent import read_secret
+from runtime.channel import Channel
 
 log = logging.getLogger("cweb.api")
 
@@ -59,70 +61,102 @@ class WorkerGone(Exception):
 
 
 class AgentClient:
-    """JSON-lines requests to the runtime agent, plus its event stream."""
+    """JSON-lines requests to the runtime agent, plus its event stream.
+
+    Embedded, the channel is a socketpair: the agent inherits one end, so
+    the channel has no name anything else could connect to. With
+    socket_path (compose), the connection opens with the agent's secret."""
 
     def __init__(self, socket_path: str, on_event: Callable[[dict], Awaitable[None] | None]) -> None:
         self.socket_path = socket_path
         self.on_event = on_event
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future] = {}
-        self.writer: asyncio.StreamWriter | None = None
-        self.reader_task: asyncio.Task | None = None
+        self.channel: Channel | None = None
+        self.embedded_sock: socket.socket | None = None
         self.process: asyncio.subprocess.Process | None = None
         self.spawn_args: tuple | None = None
         self.closing = False
+        # How the agent confines workers ("bubblewrap", "landlock", "none"), from its ping.
+        self.sandbox = "unknown"
         # Called after the agent came back (restarted): every worker it had is gone.
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
 
     async def spawn_embedded(self, store: str, run_dir: str, data_dir: str, workdir: str) -> None:
-        """Start `python -m runtime` as our child and wait until it listens."""
+        """Start `python -m runtime` as our child, on an inherited socketpair, and wait until it is up."""
         self.spawn_args = (store, run_dir, data_dir, workdir)
         project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = project_root
         for secret in ("CWEB_API_KEY",):
             env.pop(secret, None)
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime",
-            "--socket", self.socket_path, "--store", store, "--run-dir", run_dir,
-            "--data-dir", data_dir, "--workdir", workdir, "--parent-pid", str(os.getpid()),
-            stdout=asyncio.subprocess.PIPE, env=env,
-        )
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runtime",
+                "--control-fd", str(theirs.fileno()), "--store", store, "--run-dir", run_dir,
+                "--data-dir", data_dir, "--workdir", workdir, "--parent-pid", str(os.getpid()),
+                stdout=asyncio.subprocess.PIPE, env=env, pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 30)
         if b"ready" not in line:
+            ours.close()
             raise RuntimeError_("runtime_failed", "the runtime agent did not start")
+        self.embedded_sock = ours
 
     async def connect(self, attempts: int = 100) -> None:
+        if self.embedded_sock is not None:
+            sock, self.embedded_sock = self.embedded_sock, None
+            self._open(sock)
+            return
         for _ in range(attempts):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
-                reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=1 << 24)
+                await asyncio.get_running_loop().sock_connect(sock, self.socket_path)
+                secret = read_secret(self.socket_path)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
                 await asyncio.sleep(0.1)
         else:
             raise RuntimeError_("runtime_unreachable", f"cannot reach the runtime agent at {self.socket_path}")
-        self.writer = writer
-        self.reader_task = asyncio.create_task(self._read(reader))
+        self._open(sock)
+        await self.call("hello", timeout=10, secret=secret)
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
-            msg = json.loads(line)
-            if "event" in msg:
-                res = self.on_event(msg)
-                if asyncio.iscoroutine(res):
-                    asyncio.create_task(res)
-                continue
-            fut = self.pending.pop(msg.get("id"), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+    def _open(self, sock: socket.socket) -> None:
+        self.channel = Channel(sock, self._on_message, self._on_close, accept_fds=True)
+
+    async def describe(self) -> None:
+        """Learn how the agent confines workers (for /healthz)."""
+        self.sandbox = (await self.call("ping", timeout=30)).get("sandbox", "unknown")
+
+    def _on_message(self, msg: dict, fds: list[int]) -> None:
+        if "event" in msg:
+            for fd in fds:
+                os.close(fd)
+            res = self.on_event(msg)
+            if asyncio.iscoroutine(res):
+                asyncio.create_task(res)
+            return
+        fut = self.pending.pop(msg.get("id"), None)
+        if fut is not None and not fut.done():
+            fut.set_result((msg, fds))
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def _on_close(self) -> None:
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(RuntimeError_("runtime_unreachable", "the runtime agent went away"))
         self.pending.clear()
-        self.writer = None
+        self.channel = None
         if not self.closing:
-            asyncio.create_task(self._come_back())
+            asyncio.get_running_loop().create_task(self._come_back())
 
     async def _come_back(self) -> None:
         """The agent died or restarted: start it again (embedded) or wait for it (compose)."""
@@ -131,8 +165,6 @@ class AgentClient:
             try:
                 if self.spawn_args is not None:
                     if self.process is not None and self.process.returncode is None:
-                        # A child forked by the dying agent may hold its listening socket
-                        # for a moment: only a reaped agent is really gone.
                         try:
                             await asyncio.wait_for(self.process.wait(), 5)
                         except TimeoutError:
@@ -148,25 +180,42 @@ class AgentClient:
             log.info("runtime agent is back; reloading modules")
             await self.on_reconnect()
 
-    async def call(self, op: str, timeout: float = 60.0, **args: object) -> dict:
-        if self.writer is None:
+    async def call_fds(self, op: str, timeout: float = 60.0, **args: object) -> tuple[dict, list[int]]:
+        """One request; its answer and the descriptors that came with it (ours to close)."""
+        if self.channel is None:
             raise RuntimeError_("runtime_unreachable", "not connected to the runtime agent")
         req_id = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
         self.pending[req_id] = fut
-        self.writer.write(json.dumps({"id": req_id, "op": op, **args}).encode() + b"\n")
+        self.channel.send({"id": req_id, "op": op, **args})
         try:
-            msg = await asyncio.wait_for(fut, timeout)
+            msg, fds = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            # A late answer's descriptors are closed by _on_message.
+            raise
         finally:
             self.pending.pop(req_id, None)
         if not msg.get("ok"):
+            for fd in fds:
+                os.close(fd)
             raise RuntimeError_(msg.get("error", "runtime_error"), msg.get("message", "runtime error"))
+        return msg, fds
+
+    async def call(self, op: str, timeout: float = 60.0, **args: object) -> dict:
+        msg, fds = await self.call_fds(op, timeout, **args)
+        for fd in fds:
+            os.close(fd)
         return msg
+
+    async def connect_worker(self, worker_id: int, count: int) -> list[socket.socket]:
+        """count new data connections to a running worker, made by the agent."""
+        _, fds = await self.call_fds("connect", timeout=30, worker_id=worker_id, count=count)
+        return [socket.socket(fileno=fd) for fd in fds]
 
     async def close(self) -> None:
         self.closing = True
-        if self.writer is not None:
-            self.writer.close()
+        if self.channel is not None:
+            self.channel.close()
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             try:
@@ -297,16 +346,18 @@ class WorkerPool:
     """A fixed set of data connections to one worker process; up to depth
     requests in flight on each."""
 
-    def __init__(self, socket_path: str, size: int, depth: int = 8) -> None:
-        self.socket_path = socket_path
+    def __init__(self, connector: Callable[[int], Awaitable[list[socket.socket]]], size: int, depth: int = 8) -> None:
+        # Asks the agent for n new connections to the worker (socketpairs:
+        # there is no path a connection could be opened to).
+        self.connector = connector
         self.size = size
         self.depth = depth
         self.conns: list[WorkerConn] = []
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.inflight = 0
         self.drain_waiters: list[asyncio.Future] = []
-        # Requests waiting for room on a connection, oldest first.
-        self.backlog: collections.deque[tuple[bytes, float | None, Callable]] = collections.deque()
+        # Requests waiting for room on a connection, oldest first: (frame, deadline, callback).
+        self.backlog: collections.deque[tuple[bytes, float, Callable]] = collections.deque()
         self.sweeper: asyncio.TimerHandle | None = None
         self.dead = False
         # Called when a handler has not answered within timeout + HUNG_GRACE_S.
@@ -316,9 +367,11 @@ class WorkerPool:
     def _conn(self) -> WorkerConn:
         return WorkerConn(self._lost)
 
-    async def open(self) -> None:
+    async def open(self, socks: list[socket.socket] | None = None) -> None:
         self.loop = loop = asyncio.get_running_loop()
-        conns = await asyncio.gather(*(loop.create_unix_connection(self._conn, self.socket_path) for _ in range(self.size)))
+        if socks is None:
+            socks = await self.connector(self.size)
+        conns = await asyncio.gather(*(loop.create_unix_connection(self._conn, sock=sock) for sock in socks))
         self.conns.extend(conn for _, conn in conns)
 
     def submit(self, frame: bytes, timeout: float | None,
@@ -327,22 +380,31 @@ class WorkerPool:
         the backlog until one has room; callback gets (answer, None) or
         (None, WorkerGone / TimeoutError), synchronously from the read that
         settled it. False, and nothing queued, if the worker is gone."""
+        loop = self.loop
+        now = loop.time()
+        deadline = math.inf if timeout is None else now + timeout
         if conn is None:
             if self.dead:
                 return False
             conn = None if self.backlog or self._queued() else self._pick()
             if conn is None:
-                self.backlog.append((frame, timeout, callback))
+                # The deadline runs from now, not from when room is found: a
+                # request waiting on a worker that never frees up (dead, or all
+                # its connections lost) is answered by _sweep.
+                self.backlog.append((frame, deadline, callback))
+                if self.sweeper is None:
+                    self.sweeper = loop.call_later(SWEEP_S, self._sweep)
                 return True
+        self._send(frame, deadline, callback, conn, now)
+        return True
+
+    def _send(self, frame: bytes, deadline: float, callback: Callable, conn: WorkerConn, now: float) -> None:
         conn.sent += 1
-        loop = self.loop
-        now = loop.time()
-        call = Call(self, conn, conn.sent, now, math.inf if timeout is None else now + timeout, callback)
+        call = Call(self, conn, conn.sent, now, deadline, callback)
         conn.queue(frame, call)
         self.inflight += 1
         if self.sweeper is None:
-            self.sweeper = loop.call_later(SWEEP_S, self._sweep)
-        return True
+            self.sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     def _sweep(self) -> None:
         """Expire overdue calls: one check every SWEEP_S while any is in flight,
@@ -357,7 +419,17 @@ class WorkerPool:
                 if call.deadline > now:
                     break
                 call.expire()
-        if self.inflight and not self.dead:
+        if self.backlog and any(item[1] <= now for item in self.backlog):
+            keep: collections.deque = collections.deque()
+            expired = []
+            for item in self.backlog:
+                (expired if item[1] <= now else keep).append(item)
+            self.backlog = keep
+            for _frame, _deadline, callback in expired:
+                callback(None, TimeoutError())
+            if not self.inflight and not self.backlog:
+                self._finished_all()
+        if (self.inflight or self.backlog) and not self.dead:
             self.sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     async def drain(self) -> None:
@@ -390,7 +462,9 @@ class WorkerPool:
             return await fut
         conn = None if self._queued() else self._pick(True)
         if conn is None:
-            conn = await self._acquire(True)
+            # Bounded like any request: a worker whose connections are all
+            # lost may never have room again.
+            conn = await asyncio.wait_for(self._acquire(True), timeout)
         conn.sink = sink
         try:
             self.submit(frame, timeout, settled, conn)
@@ -408,11 +482,14 @@ class WorkerPool:
     def _finished(self) -> None:
         self.inflight -= 1
         self._room()
-        if self.inflight == 0 and self.drain_waiters and not self.backlog:
-            for fut in self.drain_waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            self.drain_waiters.clear()
+        if self.inflight == 0 and not self.backlog:
+            self._finished_all()
+
+    def _finished_all(self) -> None:
+        for fut in self.drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.drain_waiters.clear()
 
     def _room(self) -> None:
         """A connection may have room: send from the backlog, wake a waiter."""
@@ -420,7 +497,8 @@ class WorkerPool:
             conn = self._pick()
             if conn is None:
                 break
-            self.submit(*self.backlog.popleft(), conn)
+            frame, deadline, callback = self.backlog.popleft()
+            self._send(frame, deadline, callback, conn, self.loop.time())
         if self.waiters:
             self._wake()
 
@@ -495,9 +573,13 @@ class WorkerPool:
             asyncio.get_running_loop().create_task(self._replace())
 
     async def _replace(self) -> None:
+        if self.dead:
+            return
         try:
-            _, conn = await asyncio.get_running_loop().create_unix_connection(self._conn, self.socket_path)
-        except OSError:
+            (sock,) = await self.connector(1)
+            _, conn = await asyncio.get_running_loop().create_unix_connection(self._conn, sock=sock)
+        except (OSError, RuntimeError_, TimeoutError):
+            # The worker is going away; its exit (or the deadline) answers the backlog.
             return
         if self.dead:
             conn.abort()
@@ -560,6 +642,7 @@ class EventsConn(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_events(socket_path: str, on_frame: Callable[[bytes], None]) -> EventsConn:
-    _, conn = await asyncio.get_running_loop().create_unix_connection(lambda: EventsConn(on_frame), socket_path)
+async def open_events(socks: list[socket.socket], on_frame: Callable[[bytes], None]) -> EventsConn:
+    (sock,) = socks
+    _, conn = await asyncio.get_running_loop().create_unix_connection(lambda: EventsConn(on_frame), sock=sock)
     return conn

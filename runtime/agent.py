@@ -1,18 +1,34 @@
 """The runtime agent: starts, supervises and stops one worker per module hash.
 
-The api talks to it over a Unix socket with JSON lines. Requests carry an
+The api drives it with JSON lines (runtime/channel.py). Requests carry an
 `id` and get exactly one answer with the same `id`; unsolicited events
 (`exited`, `log`) carry an `event` key instead:
 
-    {"id": 1, "op": "load", "hash": H}      -> {"id": 1, "ok": true, "worker_id": 7, "socket": P, "describe": {...}}
-    {"id": 2, "op": "start", "worker_id": 7} -> {"id": 2, "ok": true}          (onload ran, socket listening)
-    {"id": 3, "op": "stop", "worker_id": 7}  -> {"id": 3, "ok": true}          (unload ran, process gone)
-    {"id": 4, "op": "kill", "worker_id": 7}  -> {"id": 4, "ok": true}
-    {"id": 5, "op": "logs", "hash": H, "tail": 100} -> {"id": 5, "ok": true, "lines": [...]}
+    {"id": 1, "op": "load", "hash": H}      -> {"id": 1, "ok": true, "worker_id": 7, "describe": {...}}
+    {"id": 2, "op": "start", "worker_id": 7} -> {"id": 2, "ok": true}          (onload ran)
+    {"id": 3, "op": "connect", "worker_id": 7, "count": 8}
+                                             -> {"id": 3, "ok": true, "fds": 8} + 8 descriptors
+    {"id": 4, "op": "stop", "worker_id": 7}  -> {"id": 4, "ok": true}          (unload ran, process gone)
+    {"id": 5, "op": "kill", "worker_id": 7}  -> {"id": 5, "ok": true}
+    {"id": 6, "op": "logs", "hash": H, "tail": 100} -> {"id": 6, "ok": true, "lines": [...]}
     {"event": "exited", "worker_id": 7, "hash": H, "returncode": -11, "expected": false}
 
-A spare worker is kept warm (interpreter up, imports done) so that a deploy
-only pays for loading the artifact, not for starting Python.
+Only the api can send these. Embedded (the api starts the agent), the
+channel is a socketpair the agent inherits (--control-fd): it has no name,
+so no other process can reach it. In the compose layout (--socket PATH, the
+api in another container) the first line of a connection must be
+{"op": "hello", "secret": S} with the secret the agent wrote to
+<run dir>/agent.secret (mode 0600) or was given in CWEB_RUNTIME_SECRET;
+anything else is dropped. Workers never see the run dir, so they can read
+neither the secret nor, embedded, anything at all.
+
+Data connections are socketpairs made here per `connect`: one end goes to
+the worker over its own inherited control socket, the other to the api. A
+worker listens nowhere, so no module can connect to another's worker, take
+over its path or announce itself as its events channel.
+
+A spare worker is kept warm (interpreter up, imports done, sandbox entered)
+so that a deploy only pays for loading the artifact, not for starting Python.
 """
 
 from __future__ import annotations
@@ -20,9 +36,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hmac
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -31,10 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import limits
+from runtime.channel import Channel, Lines, recv_blocking, send_blocking
 
 log = logging.getLogger("cweb.runtime")
 
 PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+# Descriptors one `connect` may ask for (one sendmsg carries at most 253).
+MAX_CONNECT = 200
+SECRET_FILE = "agent.secret"
 
 
 class AgentError(Exception):
@@ -47,13 +69,14 @@ class AgentError(Exception):
 @dataclass
 class WorkerProc:
     proc: asyncio.subprocess.Process
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    control: Channel
     worker_id: int = 0
     hash: str = ""
-    socket_path: str = ""
     state: str = "spare"
+    # Set by the agent only (a stop, a discard, a kill the api asked for as
+    # expected): nothing a worker sends can change it.
     expected_exit: bool = False
+    connections: int = 0
     replies: asyncio.Queue = field(default_factory=asyncio.Queue)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -77,7 +100,7 @@ class Agent:
         self.spare: WorkerProc | None = None
         self.spare_task: asyncio.Task | None = None
         self.next_id = 1
-        self.clients: set[asyncio.StreamWriter] = set()
+        self.clients: set[Channel] = set()
         self.logs: dict[str, collections.deque] = {}
         # Read once here, in the parent: the preexec hook only makes system calls.
         self.worker_limits = limits.WorkerLimits.from_env()
@@ -93,34 +116,50 @@ class Agent:
             "PYTHONDONTWRITEBYTECODE": "1",
             "CWEB_CONTROL_FD": str(child.fileno()),
         }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "runtime.worker",
-            pass_fds=(child.fileno(),),
-            env=env,
-            cwd=self.workdir,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=self.worker_limits.preexec,
-        )
-        child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
-        w = WorkerProc(proc=proc, reader=reader, writer=writer)
-        asyncio.create_task(self._read_control(w))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "runtime.worker",
+                pass_fds=(child.fileno(),),
+                env=env,
+                cwd=self.workdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                preexec_fn=self.worker_limits.preexec,
+            )
+        finally:
+            child.close()
+        box: list[WorkerProc] = []
+
+        def on_message(msg: dict, fds: list[int]) -> None:
+            for fd in fds:  # never asked for: a worker passes nothing to the agent
+                os.close(fd)
+            box[0].replies.put_nowait(msg)
+
+        def on_close() -> None:
+            # The worker closed its control socket or broke the protocol: it
+            # cannot be driven any more.
+            if box and not box[0].exited.is_set():
+                box[0].proc.kill()
+
+        w = WorkerProc(proc=proc, control=Channel(parent, on_message, on_close))
+        box.append(w)
         asyncio.create_task(self._read_output(w, proc.stdout, "stdout"))
         asyncio.create_task(self._read_output(w, proc.stderr, "stderr"))
         asyncio.create_task(self._wait_exit(w))
         return w
 
-    async def _read_control(self, w: WorkerProc) -> None:
-        while line := await w.reader.readline():
-            await w.replies.put(json.loads(line))
-
     async def _read_output(self, w: WorkerProc, stream: asyncio.StreamReader | None, name: str) -> None:
         assert stream is not None
-        while line := await stream.readline():
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line past the stream limit: drop what was buffered
+                continue
+            if not line:
+                return
             if not w.hash:
                 continue
             entry = {
@@ -135,16 +174,12 @@ class Agent:
     async def _wait_exit(self, w: WorkerProc) -> None:
         rc = await w.proc.wait()
         w.exited.set()
+        w.control.close()
         await w.replies.put({"op": "exited", "returncode": rc})
         if w is self.spare:
             self.spare = None
         if w.worker_id in self.workers:
             del self.workers[w.worker_id]
-            if w.socket_path:
-                try:
-                    os.unlink(w.socket_path)
-                except OSError:
-                    pass
             self.broadcast(
                 {
                     "event": "exited",
@@ -172,14 +207,17 @@ class Agent:
             w = await self.spawn()
         return w
 
-    async def _command(self, w: WorkerProc, msg: dict, timeout: float) -> dict:
-        w.writer.write(json.dumps(msg).encode() + b"\n")
+    async def _command(self, w: WorkerProc, msg: dict, timeout: float, fds: list[int] = ()) -> dict:  # type: ignore[assignment]
+        # Replies left over from before (a module may write junk on its
+        # control socket) must not answer this command.
+        while not w.replies.empty():
+            stale = w.replies.get_nowait()
+            if stale.get("op") == "exited":
+                w.replies.put_nowait(stale)
+                break
+        w.control.send(msg, fds)
         try:
-            await w.writer.drain()
             return await asyncio.wait_for(w.replies.get(), timeout)
-        except (ConnectionError, OSError):
-            await w.exited.wait()
-            return await w.replies.get()
         except TimeoutError as exc:
             w.proc.kill()
             raise AgentError("worker_timeout", f"worker did not answer {msg['op']} within {timeout:g}s") from exc
@@ -187,43 +225,54 @@ class Agent:
     # ---- operations -----------------------------------------------------
 
     async def op_load(self, req: dict) -> dict:
-        module_hash = req["hash"]
+        module_hash = str(req["hash"])
+        if len(module_hash) != 64 or any(c not in "0123456789abcdef" for c in module_hash):
+            raise AgentError("bad_hash", "not a module hash")
         path = os.path.join(self.store_dir, "artifacts", f"{module_hash}.so")
-        if not os.path.exists(path):
-            raise AgentError("artifact_missing", f"artifact {module_hash[:12]} is not in the store")
-        w = await self._take_worker()
         try:
-            return await self._load_into(w, module_hash, path, req)
+            artifact = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise AgentError("artifact_missing", f"artifact {module_hash[:12]} is not in the store") from exc
+        try:
+            w = await self._take_worker()
+        except BaseException:
+            os.close(artifact)
+            raise
+        try:
+            return await self._load_into(w, module_hash, artifact, req)
         except BaseException:
             self._ensure_spare()
             raise
 
-    async def _load_into(self, w: WorkerProc, module_hash: str, path: str, req: dict) -> dict:
+    async def _load_into(self, w: WorkerProc, module_hash: str, artifact: int, req: dict) -> dict:
         w.worker_id = self.next_id
         self.next_id += 1
         w.hash = module_hash
-        w.socket_path = os.path.join(self.run_dir, f"w{w.worker_id}.sock")
         w.state = "loading"
         self.workers[w.worker_id] = w
         w.expected_exit = True  # until it is running, an exit is a load failure, not a crash
+        # The artifact travels as a descriptor: the worker hashes and loads
+        # exactly what the agent opened, and never needs the store's path.
         reply = await self._command(
             w,
             {
                 "op": "load",
                 "hash": module_hash,
-                "path": path,
-                "socket": w.socket_path,
                 "data_dir": self.data_dir,
-                "max_response": req.get("max_response", 0),
+                "max_response": int(req.get("max_response", 0)),
             },
             limits.LOAD_TIMEOUT_S,
+            [artifact],
         )
-        if reply["op"] == "exited":
+        if reply.get("op") == "exited":
             raise AgentError("load_crashed", f"the module crashed while loading ({_signal_name(reply['returncode'])})")
-        if reply["op"] == "error":
+        if reply.get("op") == "error":
             await self._discard(w)
-            raise AgentError(reply["error"], reply["message"])
-        return {"worker_id": w.worker_id, "socket": w.socket_path, "describe": reply["describe"]}
+            raise AgentError(str(reply.get("error", "load_failed")), str(reply.get("message", "load failed")))
+        if reply.get("op") != "loaded" or not isinstance(reply.get("describe"), dict):
+            await self._discard(w)
+            raise AgentError("load_failed", "the worker answered the load out of protocol")
+        return {"worker_id": w.worker_id, "describe": reply["describe"]}
 
     async def op_start(self, req: dict) -> dict:
         try:
@@ -235,19 +284,43 @@ class Agent:
 
     async def _start(self, req: dict) -> dict:
         w = self._worker(req)
+        if w.state != "loading":
+            raise AgentError("bad_state", f"worker {w.worker_id} is {w.state}")
+        w.state = "starting"
         reply = await self._command(w, {"op": "start"}, limits.ONLOAD_TIMEOUT_S)
-        if reply["op"] == "exited":
+        if reply.get("op") == "exited":
             raise AgentError("onload_crashed", f"onload crashed ({_signal_name(reply['returncode'])})")
-        if reply["op"] == "error":
+        if reply.get("op") != "ready":
             await self._discard(w)
-            raise AgentError(reply["error"], reply["message"])
+            raise AgentError(str(reply.get("error", "onload_failed")), str(reply.get("message", "onload failed")))
         w.state = "running"
         w.expected_exit = False
         return {}
 
+    async def op_connect(self, req: dict) -> dict | tuple[dict, list[int]]:
+        """Socketpairs to a running worker: one end each to it and to the api."""
+        w = self._worker(req)
+        count = int(req.get("count", 1))
+        if not 1 <= count <= MAX_CONNECT:
+            raise AgentError("bad_count", f"count must be 1..{MAX_CONNECT}")
+        if w.state != "running" or w.exited.is_set():
+            raise AgentError("no_such_worker", f"worker {w.worker_id} is not running")
+        if w.connections + count > self.worker_limits.open_files // 2:
+            raise AgentError("too_many_connections", f"worker {w.worker_id} has {w.connections} connections")
+        ours, theirs = [], []
+        for _ in range(count):
+            a, b = socket.socketpair()
+            ours.append(a.detach())
+            theirs.append(b.detach())
+        # The channel owns and closes the worker's ends once sent.
+        w.control.send({"op": "attach"}, theirs)
+        w.connections += count
+        return {}, ours
+
     async def op_stop(self, req: dict) -> dict:
         w = self._worker(req)
         w.expected_exit = True
+        w.state = "stopping"
         try:
             await self._command(w, {"op": "stop"}, float(req.get("timeout", limits.STOP_TIMEOUT_S)))
         except AgentError:
@@ -276,7 +349,11 @@ class Agent:
         return {"lines": lines[-tail:] if tail else []}
 
     async def op_ping(self, req: dict) -> dict:
-        return {"workers": [{"worker_id": w.worker_id, "hash": w.hash, "state": w.state, "pid": w.proc.pid} for w in self.workers.values()]}
+        return {
+            "sandbox": self.worker_limits.sandbox,
+            "workers": [{"worker_id": w.worker_id, "hash": w.hash, "state": w.state, "pid": w.proc.pid}
+                        for w in self.workers.values()],
+        }
 
     def _worker(self, req: dict) -> WorkerProc:
         w = self.workers.get(int(req["worker_id"]))
@@ -293,36 +370,55 @@ class Agent:
     # ---- the api connection -----------------------------------------
 
     def broadcast(self, msg: dict) -> None:
-        data = json.dumps(msg).encode() + b"\n"
-        for writer in list(self.clients):
-            if writer.is_closing():
-                self.clients.discard(writer)
-            else:
-                writer.write(data)
+        for client in list(self.clients):
+            client.send(msg)
 
-    async def handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.clients.add(writer)
-        try:
-            while line := await reader.readline():
-                req = json.loads(line)
-                asyncio.create_task(self._answer(req, writer))
-        finally:
-            self.clients.discard(writer)
-            writer.close()
+    def attach_client(self, sock: socket.socket, secret: bytes | None, on_close=None) -> None:
+        """Serve the api on sock. With a secret, the first line must prove it."""
+        state = {"authed": secret is None}
+        box: list[Channel] = []
 
-    async def _answer(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        def on_message(msg: dict, fds: list[int]) -> None:
+            ch = box[0]
+            if not state["authed"]:
+                given = msg.get("secret")
+                if msg.get("op") == "hello" and isinstance(given, str) and hmac.compare_digest(given.encode(), secret):
+                    state["authed"] = True
+                    self.clients.add(ch)
+                    ch.send({"id": msg.get("id"), "ok": True})
+                else:
+                    log.warning("refused a connection to the agent socket: no valid hello")
+                    ch.close()
+                return
+            asyncio.create_task(self._answer(msg, ch))
+
+        def closed() -> None:
+            if box:
+                self.clients.discard(box[0])
+            if on_close is not None:
+                on_close()
+
+        ch = Channel(sock, on_message, closed)
+        box.append(ch)
+        if state["authed"]:
+            self.clients.add(ch)
+
+    async def _answer(self, req: dict, ch: Channel) -> None:
         handler = getattr(self, f"op_{req.get('op')}", None)
+        fds: list[int] = []
         try:
             if handler is None:
                 raise AgentError("bad_op", f"unknown op {req.get('op')!r}")
-            resp = {"id": req.get("id"), "ok": True, **(await handler(req))}
+            result = await handler(req)
+            if isinstance(result, tuple):
+                result, fds = result
+            resp = {"id": req.get("id"), "ok": True, **result}
         except AgentError as exc:
             resp = {"id": req.get("id"), "ok": False, "error": exc.code, "message": exc.message}
         except Exception as exc:  # noqa: BLE001 - the api must always get an answer
             log.exception("agent op failed")
             resp = {"id": req.get("id"), "ok": False, "error": "agent_error", "message": str(exc)}
-        if not writer.is_closing():
-            writer.write(json.dumps(resp).encode() + b"\n")
+        ch.send(resp, fds)
 
     async def shutdown(self) -> None:
         for w in list(self.workers.values()) + ([self.spare] if self.spare else []):
@@ -336,26 +432,70 @@ class Agent:
                 w.proc.kill()
 
 
+def _load_secret(run_dir: str) -> bytes:
+    """CWEB_RUNTIME_SECRET, else a fresh one written to <run dir>/agent.secret (0600)."""
+    given = os.environ.get("CWEB_RUNTIME_SECRET", "")
+    if given:
+        return given.encode()
+    value = secrets.token_hex(32)
+    path = os.path.join(run_dir, SECRET_FILE)
+    tmp = f"{path}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    os.replace(tmp, path)
+    return value.encode()
+
+
+def read_secret(socket_path: str) -> str:
+    """The api's side: the secret next to the agent's socket (or in the environment)."""
+    given = os.environ.get("CWEB_RUNTIME_SECRET", "")
+    if given:
+        return given
+    with open(os.path.join(os.path.dirname(socket_path), SECRET_FILE)) as f:
+        return f.read().strip()
+
+
 async def serve(args: argparse.Namespace) -> None:
     os.makedirs(args.run_dir, exist_ok=True)
     limits.make_undumpable()
     agent = Agent(args.store, args.run_dir, args.data_dir, args.workdir)
-    try:
-        os.unlink(args.socket)
-    except FileNotFoundError:
-        pass
-    server = await asyncio.start_unix_server(agent.handle_client, path=args.socket, limit=1 << 24)
-    agent._ensure_spare()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    listener: socket.socket | None = None
+    if args.control_fd >= 0:
+        # Embedded: the api is our parent and our only client; if it goes, so do we.
+        agent.attach_client(socket.socket(fileno=args.control_fd), None, on_close=stop.set)
+    else:
+        secret = _load_secret(args.run_dir)
+        try:
+            os.unlink(args.socket)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(args.socket)
+        listener.listen(16)
+        listener.setblocking(False)
+
+        def accept() -> None:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            agent.attach_client(conn, secret)
+
+        loop.add_reader(listener.fileno(), accept)
+    log.info("worker sandbox: %s", agent.worker_limits.sandbox)
+    agent._ensure_spare()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # Embedded mode: the api is our parent; if it dies, so do we.
     if args.parent_pid:
         asyncio.create_task(_watch_parent(args.parent_pid, stop))
     print("cweb-runtime ready", flush=True)
     await stop.wait()
-    server.close()
+    if listener is not None:
+        loop.remove_reader(listener.fileno())
+        listener.close()
     await agent.shutdown()
 
 
@@ -365,14 +505,39 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def check(socket_path: str) -> int:
+    """`--check`: 0 if the agent at socket_path answers a ping (container health)."""
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(3)
+        s.connect(socket_path)
+        parser = Lines()
+        send_blocking(s, {"id": 0, "op": "hello", "secret": read_secret(socket_path)})
+        send_blocking(s, {"id": 1, "op": "ping"})
+        while True:
+            msgs = recv_blocking(s, parser, accept_fds=False)
+            if msgs is None:
+                return 1
+            for msg, _ in msgs:
+                if msg.get("id") == 1:
+                    print(json.dumps({"sandbox": msg.get("sandbox"), "workers": len(msg.get("workers", []))}))
+                    return 0 if msg.get("ok") else 1
+    except (OSError, ValueError):
+        return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m runtime", description="cweb runtime agent")
     p.add_argument("--socket", default=os.environ.get("CWEB_RUNTIME_SOCKET", "/run/cweb/agent.sock"))
+    p.add_argument("--control-fd", type=int, default=-1, help="inherited socket to the api (embedded)")
     p.add_argument("--store", default=os.environ.get("CWEB_STORE_DIR", "./data/store"))
     p.add_argument("--run-dir", default=os.environ.get("CWEB_RUN_DIR", "/run/cweb"))
     p.add_argument("--data-dir", default=os.environ.get("CWEB_DATA_DIR", "./data"))
     p.add_argument("--workdir", default=os.environ.get("CWEB_WORKDIR", os.getcwd()))
     p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--check", action="store_true", help="ping the agent at --socket and exit")
     args = p.parse_args(argv)
+    if args.check:
+        sys.exit(check(args.socket))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(serve(args))

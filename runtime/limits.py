@@ -264,6 +264,7 @@ class WorkerLimits:
             hard = resource.getrlimit(which)[1]
             self._rlimits.append((which, value if hard == resource.RLIM_INFINITY else min(value, hard)))
         self._root = os.geteuid() == 0
+        self.sandbox = "none"
         self._drop_caps = [c for c in range(LAST_CAPABILITY + 1) if c not in KEPT_CAPABILITIES]
         program = None if self.allow_fork else seccomp_program()
         if program is None:

@@ -1,23 +1,27 @@
 """One worker process: hosts exactly one module artifact.
 
-Started by the agent (spawned, never forked from the api) and driven over a
-socket (fd number in CWEB_CONTROL_FD) with JSON lines:
+Started by the agent (spawned, never forked from the api) and driven over
+an inherited socket (fd number in CWEB_CONTROL_FD) with JSON lines
+(runtime/channel.py), descriptors passed alongside:
 
-    agent -> worker   {"op": "load", "hash", "path", "socket", "data_dir", ...}
+    agent -> worker   {"op": "load", "hash", "data_dir", ..., "fds": 1}   + the artifact
     worker -> agent   {"op": "loaded", "describe": {...}} | {"op": "error", ...}
-    agent -> worker   {"op": "start"}     runs onload, then accepts connections
+    agent -> worker   {"op": "start"}     runs onload
     worker -> agent   {"op": "ready"}
+    agent -> worker   {"op": "attach", "fds": n}   + n data connections (no answer)
     agent -> worker   {"op": "stop"}      runs unload, exits 0
 
-Each accepted connection gets a thread that calls cweb_abi_serve(fd): the
-request loop is C, entered once per connection through ctypes, which drops
-the GIL for the whole call.
+The worker listens nowhere: its data connections are socketpairs the agent
+made. Each gets a thread that calls cweb_abi_serve(fd): the request loop is
+C, entered once per connection through ctypes, which drops the GIL for the
+whole call.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +30,7 @@ import sys
 import threading
 
 from runtime import abi, limits
+from runtime.channel import ChannelError, Lines, recv_blocking, send_blocking
 
 
 class WorkerError(Exception):
@@ -37,17 +42,30 @@ class WorkerError(Exception):
         self.message = message
 
 
-def load_artifact(path: str, expected_hash: str) -> ctypes.CDLL:
-    """Re-verify the artifact's hash, then dlopen it privately."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def load_artifact(fd: int, expected_hash: str) -> ctypes.CDLL:
+    """Re-verify the artifact's hash, then dlopen exactly the bytes hashed.
+
+    fd is the artifact the agent opened. Its bytes are copied into a sealed
+    memfd first: what is loaded cannot change after the check, whoever can
+    write the store."""
     with os.fdopen(fd, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    if digest != expected_hash:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != expected_hash:
         raise WorkerError("artifact_corrupt", f"artifact {expected_hash[:12]} does not match its hash")
+    mem = os.memfd_create("cweb-module", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        lib = ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
-    except OSError as exc:
-        raise WorkerError("load_failed", f"cannot load module: {exc}") from exc
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.write(mem, view[written:])
+        fcntl.fcntl(mem, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+        try:
+            lib = ctypes.CDLL(f"/proc/self/fd/{mem}", mode=os.RTLD_NOW | os.RTLD_LOCAL)
+        except OSError as exc:
+            raise WorkerError("load_failed", f"cannot load module: {exc}") from exc
+    finally:
+        # The mapping keeps the code; the descriptor is no longer needed.
+        os.close(mem)
     abi.bind(lib)
     version = lib.cweb_abi_version()
     if version != abi.ABI_VERSION:
@@ -73,61 +91,68 @@ def describe(lib: ctypes.CDLL) -> dict:
 class Worker:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
-        self.rfile = control.makefile("r", encoding="utf-8")
+        self.parser = Lines()
         self.lib: ctypes.CDLL | None = None
-        self.listener: socket.socket | None = None
+        self.started = False
         self.conns: set[socket.socket] = set()
         self.lock = threading.Lock()
 
     def send(self, msg: dict) -> None:
-        self.control.sendall(json.dumps(msg).encode() + b"\n")
+        send_blocking(self.control, msg)
 
     def run(self) -> None:
-        for line in self.rfile:
-            msg = json.loads(line)
-            op = msg.get("op")
+        while True:
             try:
-                if op == "load":
-                    self.load(msg)
-                elif op == "start":
-                    self.start()
-                elif op == "stop":
-                    self.stop()
-                    # Threads may still sit in C; skip interpreter teardown.
-                    os._exit(0)
-            except WorkerError as exc:
-                self.send({"op": "error", "error": exc.code, "message": exc.message})
-        # The agent went away: nobody can drive us any more.
-        os._exit(0)
+                batch = recv_blocking(self.control, self.parser, accept_fds=True)
+            except (ChannelError, OSError):
+                batch = None
+            if batch is None:
+                # The agent went away: nobody can drive us any more.
+                os._exit(0)
+            for msg, fds in batch:
+                self.handle(msg, fds)
 
-    def load(self, msg: dict) -> None:
-        self.lib = load_artifact(msg["path"], msg["hash"])
+    def handle(self, msg: dict, fds: list[int]) -> None:
+        op = msg.get("op")
+        try:
+            if op == "load":
+                self.load(msg, fds)
+            elif op == "start":
+                self.start()
+            elif op == "attach":
+                self.attach(fds)
+            elif op == "stop":
+                self.stop()
+                # Threads may still sit in C; skip interpreter teardown.
+                os._exit(0)
+            else:
+                for fd in fds:
+                    os.close(fd)
+        except WorkerError as exc:
+            self.send({"op": "error", "error": exc.code, "message": exc.message})
+
+    def load(self, msg: dict, fds: list[int]) -> None:
+        if len(fds) != 1 or self.lib is not None:
+            for fd in fds:
+                os.close(fd)
+            raise WorkerError("load_failed", "a load needs exactly one artifact, once")
+        self.lib = load_artifact(fds[0], msg["hash"])
         self.lib.cweb_abi_init(msg.get("data_dir", "").encode(), int(msg.get("max_response", 0)))
-        self.socket_path = msg["socket"]
         self.send({"op": "loaded", "describe": describe(self.lib)})
 
     def start(self) -> None:
         assert self.lib is not None
         # A crash here kills the process; the agent reports it as an onload failure.
         self.lib.cweb_abi_onload()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            os.unlink(self.socket_path)
-        except FileNotFoundError:
-            pass
-        listener.bind(self.socket_path)
-        listener.listen(256)
-        self.listener = listener
-        threading.Thread(target=self.accept_loop, daemon=True).start()
+        self.started = True
         self.send({"op": "ready"})
 
-    def accept_loop(self) -> None:
-        assert self.listener is not None
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
+    def attach(self, fds: list[int]) -> None:
+        for fd in fds:
+            conn = socket.socket(fileno=fd)
+            if not self.started:
+                conn.close()
+                continue
             with self.lock:
                 self.conns.add(conn)
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
@@ -142,12 +167,6 @@ class Worker:
             conn.close()
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            try:
-                os.unlink(self.socket_path)
-            except OSError:
-                pass
         if self.lib is not None:
             self.lib.cweb_abi_unload()
         sys.stdout.flush()

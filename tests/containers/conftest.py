@@ -121,10 +121,8 @@ def _logs(container) -> str:  # type: ignore[no-untyped-def]
         return f"(no logs: {exc})"
 
 
-AGENT_PING = (
-    "import json,socket; s=socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect('/run/cweb/agent.sock'); "
-    "s.sendall(b'{\"id\":1,\"op\":\"ping\"}\\n'); assert json.loads(s.makefile().readline())['ok']"
-)
+# The agent answers only a client that proves the secret it wrote next to its socket.
+AGENT_PING = "from runtime.agent import main; main(['--check', '--socket', '/run/cweb/agent.sock'])"
 BUILDER_HEALTH = (
     "import sys,urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=2).status != 200)"
 )
