@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> Dispatcher:
         cache_admin.prepare(settings.data_dir)
         state.started_at = time.time()
         state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
+        await state.registry.open()
         state.builder = RemoteBuilder(settings.builder_url, store_dir=settings.store_dir if os.path.isdir(os.path.join(settings.store_dir, "artifacts")) else None) if settings.builder_url else LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
         if not state.builder.sandboxed:
             if settings.unsafe_builds:
@@ -163,7 +164,7 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.jobs.stop()
         await state.job_store.close()
         await state.agent.close()
-        state.registry.close()
+        await state.registry.close()
 
     state.metrics = Metrics()
     state.logs = observe.LogHub()
@@ -294,4 +295,5 @@ def create_app(settings: Settings) -> Dispatcher:
     dispatcher.guard = auth.make_guard(settings)
     cors = Cors.from_settings(settings)
     dispatcher.cors = cors if cors.enabled else None
+    dispatcher.max_form_fields = settings.max_form_fields
     return dispatcher

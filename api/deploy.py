@@ -189,8 +189,16 @@ class ModuleHost:
                               jobs_pool=jobs_pool, events=events)
             version.phases = {"load_ms": round((t1 - t0) * 1000, 2), "start_ms": round((t2 - t1) * 1000, 2)}
             version.ready.set()
-            self.registry.record_artifact(module_hash, decl, source_sha256, build_key)
-            version.deployed_at = self.registry.activate(decl["name"], module_hash, action)
+            try:
+                await self.registry.record_artifact(module_hash, decl, source_sha256, build_key)
+                version.deployed_at = await self.registry.activate(decl["name"], module_hash, action)
+            except BaseException:
+                # Not recorded (a full disk: 507): not served either, and the
+                # previous version keeps serving.
+                version.state = "stopped"
+                self._close_handles(version)
+                await self._discard(worker_id)
+                raise
             previous = self.active.get(decl["name"])
             self.by_worker[worker_id] = version
             self.active[decl["name"]] = version
@@ -264,7 +272,7 @@ class ModuleHost:
             except BaseException:
                 await self._discard(worker_id)
                 raise
-            art = self.registry.artifact(module_hash) or {}
+            art = await self.registry.artifact(module_hash) or {}
             v = Version(decl["name"], module_hash, decl, worker_id, pool, art.get("source_sha256", ""), art.get("build_key", ""),
                         jobs_pool=jobs_pool, events=events, state="pinned")
             v.ready.set()
@@ -333,10 +341,11 @@ class ModuleHost:
 
     async def remove(self, name: str) -> None:
         async with self.lock:
-            v = self.active.pop(name, None)
-            if v is None:
+            if name not in self.active:
                 raise NotFound(f"no module named {name!r}", code="module_not_found")
-            self.registry.remove(name)
+            # Recorded first: a registry that cannot write (507, 503) leaves the module serving.
+            await self.registry.remove(name)
+            v = self.active.pop(name)
             self._rebuild()
             self.sockets.close_module(name)
             self._retire(v)
@@ -351,8 +360,8 @@ class ModuleHost:
 
     async def restore(self) -> None:
         """Bring back every module that was active, from the store, no compile."""
-        for name, module_hash, deployed_at in self.registry.active():
-            art = self.registry.artifact(module_hash)
+        for name, module_hash, deployed_at in await self.registry.active():
+            art = await self.registry.artifact(module_hash)
             try:
                 worker_id, desc = await self._load(module_hash)
                 decl = routing.validate_declaration(desc)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 from api import routing
 from api.cors import ACAO, Cors
 from api.deploy import ModuleHost
-from api.errors import json_error
+from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body, json_error
 from api.jobs.routes import submit_asgi
 from api.runtime_client import WorkerGone
 from runtime import protocol
@@ -56,21 +56,44 @@ async def send_json(send: Callable, status: int, body: bytes, extra: list | None
     await send({"type": "http.response.body", "body": body})
 
 
-def _form_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]] | None:
-    """Parsed urlencoded or multipart form fields, for req->data."""
-    ctype = b""
+# Form bodies up to this size are parsed on the event loop (well under a
+# millisecond); larger ones in a thread, so percent-decoding megabytes never
+# holds the loop (8 MB of %XX takes ~1 s in Python).
+INLINE_FORM_BYTES = 64 << 10
+# Large forms parsed at once; more wait their turn (a flood costs threads no more).
+FORM_THREADS = 2
+_URLENCODED = b"application/x-www-form-urlencoded"
+_MULTIPART = b"multipart/form-data"
+
+
+def form_type(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The Content-Type of a url-encoded or multipart body, else None."""
     for k, v in headers:
         if k == b"content-type":
-            ctype = v
-            break
-    if ctype.startswith(b"application/x-www-form-urlencoded"):
-        return [(k.encode(), v.encode()) for k, v in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
-    if ctype.startswith(b"multipart/form-data"):
-        return _multipart_fields(ctype, body)
+            return v if v.startswith(_URLENCODED) or v.startswith(_MULTIPART) else None
     return None
 
 
-def _multipart_fields(ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
+def form_fields(ctype: bytes, body: bytes, max_fields: int) -> list[tuple[bytes, bytes]]:
+    """Parsed urlencoded or multipart form fields, for req->data.
+
+    The field count is checked before any parsing (one C-speed count), so a
+    body of two million fields costs microseconds to refuse: PayloadTooLarge
+    (413 too_many_form_fields). A malformed multipart body is BadRequest."""
+    if ctype.startswith(_URLENCODED):
+        if body.count(b"&") >= max_fields:
+            raise _too_many(max_fields)
+        # latin-1 both ways: the module gets the decoded bytes exactly.
+        return [(k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=max_fields, encoding="latin-1")]
+    return _multipart_fields(ctype, body, max_fields)
+
+
+def _too_many(max_fields: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the form has more than {max_fields} fields (CWEB_MAX_FORM_FIELDS)", code="too_many_form_fields")
+
+
+def _multipart_fields(ctype: bytes, body: bytes, max_fields: int) -> list[tuple[bytes, bytes]]:
     import multipart
     from multipart.multipart import parse_options_header
 
@@ -78,13 +101,16 @@ def _multipart_fields(ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
     boundary = params.get(b"boundary")
     if not boundary:
         return []
+    # Every part starts with a delimiter line: the count bounds the parts.
+    if body.count(b"--" + boundary) > max_fields + 1:
+        raise _too_many(max_fields)
     fields: list[tuple[bytes, bytes]] = []
     current: dict[str, Any] = {}
 
     def on_part_begin() -> None:
         current.clear()
         current["headers"] = {}
-        current["data"] = bytearray()
+        current["data"] = []
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         current["hname"] = current.get("hname", b"") + data[start:end]
@@ -96,14 +122,14 @@ def _multipart_fields(ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
         current["headers"][current.pop("hname", b"").lower()] = current.pop("hvalue", b"")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        current["data"] += data[start:end]
+        current["data"].append(data[start:end])
 
     def on_part_end() -> None:
         disp = current["headers"].get(b"content-disposition", b"")
         _, p = parse_options_header(disp)
         name = p.get(b"name")
         if name is not None:
-            fields.append((name, bytes(current["data"])))
+            fields.append((name, b"".join(current["data"])))
 
     parser = multipart.MultipartParser(
         boundary,
@@ -116,8 +142,11 @@ def _multipart_fields(ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
             "on_part_end": on_part_end,
         },
     )
-    parser.write(body)
-    parser.finalize()
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the client's malformed body
+        raise BadRequest(f"malformed multipart body: {exc}", code="malformed_form") from None
     return fields
 
 
@@ -136,6 +165,8 @@ class Dispatcher:
         self.guard: Callable[[dict], tuple[int, bytes] | None] | None = None
         # Set by create_app: CORS on module routes (None: off).
         self.cors: Cors | None = None
+        self.max_form_fields = 1000
+        self._form_slots: asyncio.Semaphore | None = None
 
     def cors_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """CORS headers for the server's own answers on module paths (errors)."""
@@ -203,6 +234,18 @@ class Dispatcher:
         entry, _allowed = self.host.table.match(method, path)
         if entry is None or entry.version.state != "active" or (method == "OPTIONS" and self.cors is not None):
             return False
+        body = req.body
+        data = None
+        if body:
+            ctype = form_type(req.headers)
+            if ctype is not None:
+                if req.size > INLINE_FORM_BYTES:
+                    return False  # parsed in a thread by serve()
+                try:
+                    data = form_fields(ctype, body if type(body) is bytes else b"".join(body), self.max_form_fields)
+                except ApiError as exc:
+                    req.write(*json_reply(*error_body(exc), self.cors_headers(req.headers)))
+                    return True
         version = entry.version
         t0 = perf_counter()
 
@@ -214,7 +257,7 @@ class Dispatcher:
             else:
                 req.write(*self._failure(exc, version, entry, t0, req.headers))
 
-        frame = self._frame(method, path, req.query, req.headers, req.body, entry.index)
+        frame = protocol.encode_http(_METHOD_CODES.get(method, 0), entry.index, path.encode(), req.query, body, req.headers, data)
         return version.pool.submit(frame, self.timeout, answered)
 
     async def serve(
@@ -235,6 +278,14 @@ class Dispatcher:
                 return json_reply(*json_error(405, "method_not_allowed", f"{method} is not allowed on {path}",
                                               allowed=list(allowed)), [(b"allow", ", ".join(allowed).encode()), *self.cors_headers(headers)])
             return json_reply(*json_error(404, "not_found", f"no route for {path}"), self.cors_headers(headers))
+        data = None
+        if body:
+            ctype = form_type(headers)
+            if ctype is not None:
+                try:
+                    data = await self._form(ctype, body if isinstance(body, bytes) else b"".join(body))
+                except ApiError as exc:
+                    return json_reply(*error_body(exc), self.cors_headers(headers))
         t0 = perf_counter()
         # Two tries: a request that raced a hot swap (its version retired while
         # the body was read) is sent again to the version active now.
@@ -257,7 +308,7 @@ class Dispatcher:
                 )
                 return json_reply(*json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash),
                                   self.cors_headers(headers))
-            frame = self._frame(method, path, query, headers, body, entry.index)
+            frame = protocol.encode_http(_METHOD_CODES.get(method, 0), entry.index, path.encode(), query, body, headers, data)
             try:
                 reply = await version.pool.request(frame, self.timeout)
             except WorkerGone as exc:
@@ -269,13 +320,15 @@ class Dispatcher:
             return self._answer(version, entry, reply, t0, headers)
         return json_reply(*json_error(503, "unavailable", f"module for {path} is being replaced; retry"), self.cors_headers(headers))
 
-    @staticmethod
-    def _frame(method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
-               body: bytes | list[bytes], index: int) -> bytes:
-        data = None
-        if body:
-            data = _form_fields(headers, body if isinstance(body, bytes) else b"".join(body))
-        return protocol.encode_http(_METHOD_CODES.get(method, 0), index, path.encode(), query, body, headers, data)
+    async def _form(self, ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
+        """A form's fields: small ones at once, large ones in a thread (at
+        most FORM_THREADS at a time) so the loop keeps serving meanwhile."""
+        if len(body) <= INLINE_FORM_BYTES:
+            return form_fields(ctype, body, self.max_form_fields)
+        if self._form_slots is None:
+            self._form_slots = asyncio.Semaphore(FORM_THREADS)
+        async with self._form_slots:
+            return await asyncio.to_thread(form_fields, ctype, body, self.max_form_fields)
 
     def _swapped(self, version: Any, entry: Any, method: str, path: str) -> bool:
         """A worker gone because its version was retired while the request was

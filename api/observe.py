@@ -127,7 +127,7 @@ async def module_logs(request: Request, name: str, tail: int = Query(200, ge=0, 
 
     With follow=1 the answer is a newline-delimited JSON stream: the tail, then new lines."""
     st = _state(request)
-    hashes = [v["module_hash"] for v in st.registry.versions(name)]
+    hashes = [v["module_hash"] for v in await st.registry.versions(name)]
     if not hashes:
         st.host.get(name)  # raises the 404
     for h in hashes:

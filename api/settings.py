@@ -33,6 +33,7 @@ class Settings:
     max_source_bytes: int = 1 << 20
     max_body_bytes: int = 8 << 20
     max_response_bytes: int = 16 << 20
+    max_form_fields: int = 1000
     worker_threads: int = 8
     job_threads: int = 4
     ws_max_message: int = 1 << 20
@@ -67,6 +68,7 @@ class Settings:
             max_source_bytes=_int(env, "CWEB_MAX_SOURCE_BYTES", 1 << 20),
             max_body_bytes=_int(env, "CWEB_MAX_BODY_BYTES", 8 << 20),
             max_response_bytes=_int(env, "CWEB_MAX_RESPONSE_BYTES", 16 << 20),
+            max_form_fields=_int(env, "CWEB_MAX_FORM_FIELDS", 1000),
             worker_threads=_int(env, "CWEB_WORKER_THREADS", 8),
             job_threads=_int(env, "CWEB_JOB_THREADS", 4),
             ws_max_message=_int(env, "CWEB_WS_MAX_MESSAGE", 1 << 20),

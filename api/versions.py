@@ -52,7 +52,7 @@ def _source(state: Any, source_sha256: str) -> bytes | None:
     return store.source(source_sha256) if store is not None else None
 
 
-def _versions(state: Any, name: str) -> list[dict]:
+async def _versions(state: Any, name: str) -> list[dict]:
     active = state.host.active.get(name)
     active_hash = active.module_hash if active is not None else None
     return [
@@ -63,14 +63,14 @@ def _versions(state: Any, name: str) -> list[dict]:
             "last_deployed_at": v["last_deployed_at"],
             "active": v["module_hash"] == active_hash,
         }
-        for v in state.registry.versions(name)
+        for v in await state.registry.versions(name)
     ]
 
 
 @router.get("/modules/{name}/versions")
 async def module_versions(name: str, request: Request) -> dict:
     """Every artifact deployed under name, most recently deployed first."""
-    versions = _versions(_state(request), name)
+    versions = await _versions(_state(request), name)
     if not versions:
         raise NotFound(f"no module named {name!r} was ever deployed", code="module_not_found")
     return {"name": name, "versions": versions}
@@ -96,12 +96,12 @@ async def rollback(name: str, request: Request) -> dict:
     t0 = time.perf_counter()
     state = _state(request)
     module_hash = await _rollback_target(request)
-    known = {v["module_hash"] for v in state.registry.versions(name)}
+    known = {v["module_hash"] for v in await state.registry.versions(name)}
     if not known:
         raise NotFound(f"no module named {name!r} was ever deployed", code="module_not_found")
     if module_hash not in known:
         raise NotFound(f"{module_hash[:12]} was never deployed as {name!r}; see GET /modules/{name}/versions", code="version_not_found")
-    art = state.registry.artifact(module_hash)
+    art = await state.registry.artifact(module_hash)
     if art is None:
         raise NotFound(f"artifact {module_hash[:12]} has no record", code="artifact_not_found")
     if art["name"] != name:
@@ -124,7 +124,7 @@ async def artifact(module_hash: str, request: Request) -> dict:
     """The artifact's manifest and where it came from and went."""
     state = _state(request)
     _check_hash(module_hash)
-    record = state.registry.artifact(module_hash)
+    record = await state.registry.artifact(module_hash)
     manifest = await _manifest(state, module_hash)
     if record is None and manifest is None:
         raise NotFound(f"no artifact {module_hash[:12]}", code="artifact_not_found")
@@ -148,7 +148,7 @@ async def artifact(module_hash: str, request: Request) -> dict:
         "websockets": [{"path": w["path"]} for w in decl.get("websockets", [])],
         "jobs": [{"name": j["name"]} for j in decl.get("jobs", [])],
         "first_deployed_at": record.get("first_seen"),
-        "deploys": state.registry.deploys_of(module_hash),
+        "deploys": await state.registry.deploys_of(module_hash),
         "manifest": manifest,
     }
     job_store = getattr(state, "job_store", None)
@@ -171,7 +171,7 @@ async def artifact_source(module_hash: str, request: Request) -> Response:
     """The C source the artifact was built from."""
     state = _state(request)
     _check_hash(module_hash)
-    record = state.registry.artifact(module_hash) or {}
+    record = await state.registry.artifact(module_hash) or {}
     source_sha = record.get("source_sha256") or (await _manifest(state, module_hash) or {}).get("source_sha256")
     data = _source(state, source_sha) if source_sha else None
     if data is None:
