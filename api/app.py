@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, cache_admin, observe, versions
 from api.cors import Cors
-from api.deploy import ModuleHost
+from api.deploy import ModuleHost, declaration_warnings
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.jobs import routes as job_routes
@@ -36,7 +36,7 @@ from api.runtime_client import AgentClient
 from api.settings import Settings
 from builder import compile as compile_mod
 from builder.errors import BuildError
-from builder.local import LocalBuilder, sdk_tarball
+from builder.local import LocalBuilder, display_name, sdk_tarball
 
 log = logging.getLogger("cweb.api")
 
@@ -256,6 +256,7 @@ def create_app(settings: Settings) -> Dispatcher:
         return {
             **summary,
             **base,
+            "warnings": base["warnings"] + declaration_warnings(version.decl, display_name(filename)),
             "noop": noop,
             "previous_hash": previous.module_hash if previous else None,
             "phases": {} if noop else version.phases,

@@ -69,6 +69,13 @@ class Version:
         }
 
 
+def declaration_warnings(decl: dict, source_name: str = "") -> list[dict]:
+    """The declaration's warnings (skipped slots, api/routing.py) shaped as
+    compiler diagnostics, to follow the build's in the deploy answer."""
+    return [{"file": source_name, "line": 0, "column": 0, "severity": "warning", "message": m}
+            for m in decl.get("warnings", [])]
+
+
 _AGENT_ERRORS = {
     "missing_config": "the module defines no `module_t config` symbol",
 }

@@ -109,9 +109,16 @@ def validate_declaration(desc: dict) -> dict:
         count = desc.get(field, 0)
         if count < 0 or count > desc.get(limit_key, 0):
             raise Invalid(f".{field} = {count}, but a module may declare 0..{desc.get(limit_key)} {what}", code="invalid_module")
+    # c-web-modules skips a slot below .size that declares no path or no
+    # method (or job name, or socket path): so does cweb, with a warning.
+    warnings: list[str] = []
     routes = []
     seen: set[tuple[str, str]] = set()
     for i, r in enumerate(desc.get("routes", [])):
+        if r.get("path") is None or r.get("method") is None:
+            warnings.append(f"route {i} declares no {'path' if r.get('path') is None else 'method'} and is skipped "
+                            f"(.size = {desc.get('size')}, but only the routes with a path and a method are served)")
+            continue
         method = (r.get("method") or "").upper()
         if method not in METHODS:
             raise Invalid(f"route {i} has method {r.get('method')!r}; use one of {', '.join(METHODS)}", code="invalid_module")
@@ -125,6 +132,9 @@ def validate_declaration(desc: dict) -> dict:
     sockets = []
     seen_ws: set[str] = set()
     for i, w in enumerate(desc.get("websockets", [])):
+        if w.get("path") is None:
+            warnings.append(f"websocket {i} declares no path and is skipped (.ws_size = {desc.get('ws_size')})")
+            continue
         path = check_path(w.get("path"), f"websocket {i}")
         if path in seen_ws:
             raise Invalid(f"websocket {path} is declared twice", code="duplicate_route")
@@ -134,6 +144,9 @@ def validate_declaration(desc: dict) -> dict:
     seen_jobs: set[str] = set()
     for i, j in enumerate(desc.get("jobs", [])):
         jname = j.get("name")
+        if jname is None:
+            warnings.append(f"job {i} declares no name and is skipped (.job_size = {desc.get('job_size')})")
+            continue
         if not jname or not isinstance(jname, str):
             raise Invalid(f"job {i} has no name", code="invalid_module")
         if not j.get("has_run"):
@@ -142,7 +155,8 @@ def validate_declaration(desc: dict) -> dict:
             raise Invalid(f"job {jname!r} is declared twice", code="duplicate_job")
         seen_jobs.add(jname)
         jobs.append({"name": jname, "index": i})
-    return {"name": name, "author": desc.get("author", ""), "routes": routes, "websockets": sockets, "jobs": jobs}
+    return {"name": name, "author": desc.get("author", ""), "routes": routes, "websockets": sockets, "jobs": jobs,
+            "warnings": warnings}
 
 
 @dataclass(frozen=True)

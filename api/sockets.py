@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,19 @@ class Conn:
     writable: asyncio.Event | None = None
     # A direct send that suspended after all; the sender finishes it first.
     resume: asyncio.Task | None = None
+    # WS_OPEN's data: the path, then NUL and ws->session when there is one.
+    open_data: bytes = b""
+
+
+def _open_data(path: str, query_string: bytes) -> bytes:
+    """c-web-modules sets ws->session to "<id>|<since_event_id or 0>" when
+    the handshake's query has an id, and leaves it NULL otherwise."""
+    data = path.encode()
+    params = urllib.parse.parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    if "id" in params:
+        since = params.get("since_event_id", ["0"])[0]
+        data += b"\0" + f"{params['id'][0]}|{since}".encode("utf-8", "replace")
+    return data
 
 
 def _writable_flag(send: Callable) -> asyncio.Event | None:
@@ -110,10 +124,11 @@ class SocketHub:
         await send({"type": "websocket.accept"})
         # Unbounded here: from_worker enforces the limit, knowing whether the client drains.
         conn = Conn(next(self.ids), path, entry.version.name, send, asyncio.Queue(), writable=_writable_flag(send))
+        conn.open_data = _open_data(path, scope.get("query_string", b""))
         self.conns[conn.conn_id] = conn
         conn.sender = asyncio.create_task(self._sender(conn))
         try:
-            await self._event(conn, protocol.F_WS_OPEN, path.encode())
+            await self._event(conn, protocol.F_WS_OPEN, conn.open_data)
             # Read until the client is gone. Once the api has closed the
             # connection (module removed, slow client, ws->close) messages
             # are dropped while uvicorn completes the closing handshake.
@@ -277,7 +292,7 @@ class SocketHub:
                 version = entry.version
                 if kind != protocol.F_WS_OPEN and conn.worker_id != version.worker_id:
                     conn.worker_id = version.worker_id
-                    open_frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.path.encode())
+                    open_frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.open_data)
                     outcome = await self._deliver(conn, version, open_frame)
                     if outcome == RETRY:
                         continue
@@ -313,7 +328,7 @@ class SocketHub:
                 if version.state != "active":
                     return
                 conn.worker_id = version.worker_id
-                frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.path.encode())
+                frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.open_data)
                 if not await self._request(version, frame):
                     conn.worker_id = 0
 

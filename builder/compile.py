@@ -24,7 +24,9 @@ SDK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk")
 
 # The fixed compile flags; paths are the in-sandbox ones.
 CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-fdiagnostics-color=never", "-fmax-errors=50"]
-LDFLAGS = ["-shared", "-Wl,-z,defs", "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"]
+# --wrap: the glue sees the module's free/realloc of the response buffer it
+# handed out (builder/sdk/cweb_glue.c, "Response buffers").
+LDFLAGS = ["-shared", "-Wl,-z,defs", "-Wl,--wrap=free,--wrap=realloc", "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"]
 SANDBOX_SDK = "/sdk"
 SANDBOX_GLUE = "/glue/glue.o"
 SANDBOX_BUILD = "/build"

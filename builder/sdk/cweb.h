@@ -1,9 +1,12 @@
 /*
  * cweb.h - the cweb module SDK.
  *
- * Source-compatible with modules written for c-web-modules: the same type
- * names, fields and functions. Layouts are cweb's own; a module is always
- * compiled against this header, never linked against another host's.
+ * Source-compatible with modules written for c-web-modules (its headers at
+ * commit a4a06d9): the same type names, fields, enum values and functions,
+ * except where docs/SDK.md lists a difference. Layouts are cweb's own; a
+ * module is always compiled against this header, never linked against
+ * another host's. The original's individual headers (<http.h>, <map.h>,
+ * <scheduler.h>, ...) are shipped too and all lead here.
  *
  * Reference: docs/SDK.md in the cweb repository (also served as /sdk).
  */
@@ -20,6 +23,9 @@
 #include <pthread.h>
 #include <regex.h>
 #include <sys/types.h>
+#ifndef __cplusplus
+#include <stdatomic.h>   /* c-web-modules' scheduler.h brings it in */
+#endif
 #include <jansson.h>
 #include <sqlite3.h>
 #include <openssl/crypto.h>
@@ -48,6 +54,23 @@ extern "C" {
 
 #define export __attribute__((visibility("default")))
 
+/* A c-web-modules function that cannot exist in cweb: calling it is a
+ * compile error that names it and says why (docs/SDK.md, "Symbols"). */
+#define CWEB_UNAVAILABLE(why) __attribute__((error("not available in cweb: " why)))
+/* Compiles and works, but not as it did in c-web-modules: the build (and
+ * so the deploy answer's warnings) says how. */
+#define CWEB_DIFFERS(why) __attribute__((deprecated("in cweb " why)))
+
+/* c-web-modules' cweb_config.h. The limits a module sees are cweb's; the
+ * server-side ones describe cweb's defaults and are informational. */
+#define ROUTER_MAX_MODULES 100
+#define SO_PATH_MAX_LEN 256
+#define DEFAULT_MAX_BODY_BYTES (8 * 1024 * 1024)   /* CWEB_MAX_BODY_BYTES */
+#define REQUEST_BUFFER_SIZE (DEFAULT_MAX_BODY_BYTES + (16 * 1024))
+#define DEFAULT_PORT 8080                         /* CWEB_PORT */
+#define DEFAULT_DEV_THREAD_POOL_SIZE 8            /* CWEB_WORKER_THREADS */
+#define DEFAULT_PROD_THREAD_POOL_MULTIPLIER 1
+
 /* ---- key/value stores (query params, headers, form data) ---- */
 
 typedef struct http_kv_pair {
@@ -69,9 +92,54 @@ int http_kv_insert(http_kv_store_t *store, const char *key, char *value);
 char *http_kv_get(const http_kv_store_t *store, const char *key);
 size_t http_kv_size(const http_kv_store_t *store);
 
-/* Older c-web-modules spelling: copies value, so literals are fine. */
-int map_insert(http_kv_store_t *store, const char *key, const char *value);
-char *map_get(const http_kv_store_t *store, const char *key);
+/* ---- struct map: c-web-modules' string-keyed hash map (map.h) ---- */
+
+typedef enum map_error {
+    MAP_OK = 0,
+    MAP_ERR = 1,
+    MAP_FULL = 2,
+    MAP_KEY_NOT_FOUND = 3,
+} map_error_t;
+
+typedef enum map_entry_state {
+    MAP_ENTRY_EMPTY = 0,
+    MAP_ENTRY_OCCUPIED = 1,
+    MAP_ENTRY_TOMBSTONE = 2,
+} map_entry_state_t;
+
+struct map_entry {
+    char *key;                  /* a copy, owned by the map */
+    void *value;                /* the caller's pointer, never freed by the map */
+    uint64_t hash;
+    map_entry_state_t state;
+};
+
+struct map {
+    struct map_entry *entries;
+    size_t size;
+    size_t capacity;
+    size_t tombstones;
+};
+
+struct map *map_create(size_t initial_capacity);
+void map_destroy(struct map *map);
+map_error_t map_insert(struct map *map, const char *key, void *value);
+void *map_get(const struct map *map, const char *key);
+map_error_t map_remove(struct map *map, const char *key);
+size_t map_size(const struct map *map);
+
+/*
+ * An older c-web-modules revision named the header store's insert/get
+ * map_insert/map_get (insert copying the value). Both spellings compile:
+ * on a struct map the calls are the ones above, on an http_kv_store_t
+ * these. (Taking &map_insert gives the struct map one.)
+ */
+int cweb_kv_map_insert(http_kv_store_t *store, const char *key, const char *value);
+char *cweb_kv_map_get(const http_kv_store_t *store, const char *key);
+#ifndef __cplusplus
+#define map_insert(m, k, v) _Generic((m), struct map *: map_insert, default: cweb_kv_map_insert)((m), (k), (v))
+#define map_get(m, k) _Generic((m), struct map *: map_get, const struct map *: map_get, default: cweb_kv_map_get)((m), (k))
+#endif
 
 /* ---- HTTP ---- */
 
@@ -87,24 +155,19 @@ typedef enum http_method {
     HTTP_PUT,
     HTTP_DELETE,
     HTTP_OPTIONS,
-    HTTP_PATCH,
+    HTTP_PATCH,                 /* cweb additions */
     HTTP_HEAD,
 } http_method_t;
 extern const char *http_methods[];
 
-/* Symbolic statuses; the host maps each to its numeric code. */
+/* Symbolic statuses; the host maps each to its numeric code. The first
+ * fifteen have c-web-modules' values (HTTP_000_UNKNOWN answers 400 there and
+ * here); cweb's additions come after them. */
 typedef enum http_error {
     HTTP_000_UNKNOWN,
     HTTP_101_SWITCHING_PROTOCOLS,
     HTTP_200_OK,
-    HTTP_201_CREATED,
-    HTTP_202_ACCEPTED,
-    HTTP_204_NO_CONTENT,
-    HTTP_301_MOVED_PERMANENTLY,
     HTTP_302_FOUND,
-    HTTP_303_SEE_OTHER,
-    HTTP_304_NOT_MODIFIED,
-    HTTP_307_TEMPORARY_REDIRECT,
     HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
     HTTP_403_FORBIDDEN,
@@ -113,11 +176,20 @@ typedef enum http_error {
     HTTP_409_CONFLICT,
     HTTP_413_PAYLOAD_TOO_LARGE,
     HTTP_414_URI_TOO_LONG,
+    HTTP_426_UPGRADE_REQUIRED,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_501_NOT_IMPLEMENTED,
+    /* cweb additions */
+    HTTP_201_CREATED,
+    HTTP_202_ACCEPTED,
+    HTTP_204_NO_CONTENT,
+    HTTP_301_MOVED_PERMANENTLY,
+    HTTP_303_SEE_OTHER,
+    HTTP_304_NOT_MODIFIED,
+    HTTP_307_TEMPORARY_REDIRECT,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_429_TOO_MANY_REQUESTS,
-    HTTP_500_INTERNAL_SERVER_ERROR,
-    HTTP_501_NOT_IMPLEMENTED,
     HTTP_502_BAD_GATEWAY,
     HTTP_503_SERVICE_UNAVAILABLE,
     HTTP_504_GATEWAY_TIMEOUT,
@@ -139,6 +211,7 @@ typedef struct http_request {
     http_kv_store_t *headers;   /* lower-case names; lookups ignore case */
     http_kv_store_t *data;      /* urlencoded or multipart form fields */
     int websocket;
+    int transfer_encoding_chunked;  /* always 0: the server has decoded a chunked body */
     const char *query;          /* raw query string, "" when none */
     const char *method_name;    /* "GET", "POST", ... */
 } http_request_t;
@@ -160,6 +233,19 @@ typedef struct http_response {
  */
 char *http_response_alloc(http_response_t *res, size_t len);
 
+/* c-web-modules' parser entry points. The server parses requests before a
+ * module sees them; what a module can still use works on the parsed request. */
+int http_parse(const char *request, size_t request_len, http_request_t *req)
+    CWEB_UNAVAILABLE("http_parse: the server parses the request before the module sees it; use the http_request_t the handler receives");
+/* req->data is already filled from a urlencoded or multipart body: returns 0. */
+int http_parse_data(http_request_t *req);
+/* 1 when the request asks for a WebSocket upgrade (Upgrade: websocket and
+ * Connection: upgrade), else 0. Module routes never receive one: cweb
+ * answers upgrades on the paths a module declares in .websockets. */
+int http_is_websocket_upgrade(http_request_t *req);
+int http_decode_chunked_body(const char *body, size_t body_len, char **out, size_t *out_len)
+    CWEB_UNAVAILABLE("http_decode_chunked_body: the server has already decoded a chunked body; req->body is the decoded body");
+
 /* ---- WebSockets ---- */
 
 typedef struct websocket {
@@ -180,6 +266,11 @@ typedef struct websocket {
 typedef struct cweb_uuid {
     char str[UUID_STR_LEN];
 } cweb_uuid_t;
+void uuid_clear(cweb_uuid_t *uuid);
+/* 0 and a copy when str is a canonical 8-4-4-4-12 hex UUID, else -1. */
+int uuid_from_string(cweb_uuid_t *uuid, const char *str);
+int uuid_is_valid(const cweb_uuid_t *uuid);
+int uuid_equal(const cweb_uuid_t *a, const cweb_uuid_t *b);
 const char *uuid_c_str(const cweb_uuid_t *uuid);
 #ifndef CWEB_NO_UUID_T
 typedef cweb_uuid_t uuid_t;     /* c-web-modules' name for the same type */
@@ -187,16 +278,64 @@ typedef cweb_uuid_t uuid_t;     /* c-web-modules' name for the same type */
 
 /* ---- Context services ---- */
 
-/* Pointer sharing inside one module's worker process. */
-struct container;
-int container_set(struct container *c, const char *name, void *value);
-void *container_get(struct container *c, const char *name);
-int container_remove(struct container *c, const char *name);
+/*
+ * ctx->cache: c-web-modules' container, a pointer store. There every module
+ * shares one; in cweb each module has its own worker process, so it holds
+ * this module's pointers only (cweb_cache_* shares bytes between modules).
+ */
+struct container {
+    struct map *data;
+    pthread_mutex_t mutex;
+};
+int container_init(struct container *container, size_t initial_capacity);
+void container_shutdown(struct container *container);
+map_error_t container_set(struct container *container, const char *name, void *value)
+    CWEB_DIFFERS("ctx->cache is per module: each module runs in its own process, so other modules never see these pointers (share bytes with cweb_cache_set)");
+void *container_get(struct container *container, const char *name)
+    CWEB_DIFFERS("ctx->cache is per module: each module runs in its own process, so this finds only pointers this module stored (share bytes with cweb_cache_get)");
+map_error_t container_remove(struct container *container, const char *name);
 
+/*
+ * ctx->scheduler: c-web-modules' scheduler. One thread per scheduler runs
+ * the queued work one item at a time, in the order it was added, ASYNC and
+ * SYNC alike (the original ignores the state argument, and so does cweb).
+ * ctx->scheduler is this module's; a module may also run its own with
+ * scheduler_init.
+ */
 typedef void (*work_t)(void *);
 typedef enum { ASYNC, SYNC } worker_state_t;
-struct scheduler;
-int scheduler_add(struct scheduler *s, work_t work, void *data, worker_state_t state);
+
+struct work {
+    work_t work;
+    void *data;
+    struct work *next;
+};
+
+struct scheduler {
+    struct work *head;
+    struct work *tail;
+    size_t size;
+    size_t capacity;            /* 0: unbounded (ctx->scheduler: 1024) */
+    pthread_mutex_t mutex;
+    pthread_cond_t work_available;
+#ifndef __cplusplus
+    atomic_int running;
+    atomic_int accepting;
+    atomic_int draining;
+#else
+    int running, accepting, draining;
+#endif
+    pthread_t thread;
+};
+
+int scheduler_init(struct scheduler *scheduler, size_t capacity);
+void scheduler_shutdown(struct scheduler *scheduler);
+/* 0, or -1 when the queue is full or the scheduler stopped accepting. */
+int scheduler_add(struct scheduler *scheduler, work_t work, void *data, worker_state_t state);
+void scheduler_request_stop(struct scheduler *scheduler, int drain);
+int scheduler_pending_count(struct scheduler *scheduler);
+void scheduler_cancel(struct scheduler *scheduler)
+    CWEB_UNAVAILABLE("scheduler_cancel: it kills the scheduler thread with pthread_cancel, which can leave the worker's locks held; use scheduler_request_stop(s, 0) and scheduler_shutdown");
 
 struct sqldb {
     sqlite3 *db;
@@ -228,10 +367,14 @@ struct crypto {
 
 struct symbols {
     void *user_data;
-    void *(*resolv)(void *user_data, const char *module, const char *symbol);
+    void *(*resolv)(void *user_data, const char *module, const char *symbol)
+        CWEB_DIFFERS("each module runs in its own process: ctx->symbols->resolv cannot reach another module's symbols and always returns NULL");
 };
 
 struct job_system;
+
+typedef int (*jobs_create_fn_t)(void *user_data, const char *job_name, const char *payload_json,
+                                cweb_uuid_t *job_uuid_out);
 
 typedef struct cweb_context {
     struct container *cache;
@@ -305,6 +448,10 @@ typedef struct route_info {
     const char *method;
     entry_t handler;
     int flags;
+    /* c-web-modules' router compiles path into these; cweb matches routes
+     * in the server and leaves them zero. */
+    regex_t regex;
+    int regex_compiled;
 } route_info_t;
 
 typedef struct module {
@@ -327,6 +474,8 @@ typedef struct module {
  * no answer within 10 s, or called from onload (the channel to the server
  * opens only after onload returns). Blocks the calling thread meanwhile. */
 int jobs_create(const char *job_name, const char *payload_json, cweb_uuid_t *job_uuid_out);
+void jobs_bind(jobs_create_fn_t fn, void *user_data)
+    CWEB_UNAVAILABLE("jobs_bind: the server binds jobs_create to its job system; a module only calls jobs_create");
 
 #ifdef __cplusplus
 }

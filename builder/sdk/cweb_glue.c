@@ -95,7 +95,7 @@ size_t http_kv_size(const http_kv_store_t *store)
     return store ? store->size : 0;
 }
 
-int map_insert(http_kv_store_t *store, const char *key, const char *value)
+int cweb_kv_map_insert(http_kv_store_t *store, const char *key, const char *value)
 {
     char *v = strdup(value ? value : "");
     if (!v)
@@ -107,7 +107,7 @@ int map_insert(http_kv_store_t *store, const char *key, const char *value)
     return 0;
 }
 
-char *map_get(const http_kv_store_t *store, const char *key)
+char *cweb_kv_map_get(const http_kv_store_t *store, const char *key)
 {
     return http_kv_get(store, key);
 }
@@ -117,54 +117,85 @@ char *map_get(const http_kv_store_t *store, const char *key)
 
 const char *http_methods[] = {"GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD", NULL};
 
-static const int status_codes[HTTP_STATUS_COUNT_] = {
-    [HTTP_000_UNKNOWN] = 500,
-    [HTTP_101_SWITCHING_PROTOCOLS] = 101,
-    [HTTP_200_OK] = 200,
-    [HTTP_201_CREATED] = 201,
-    [HTTP_202_ACCEPTED] = 202,
-    [HTTP_204_NO_CONTENT] = 204,
-    [HTTP_301_MOVED_PERMANENTLY] = 301,
-    [HTTP_302_FOUND] = 302,
-    [HTTP_303_SEE_OTHER] = 303,
-    [HTTP_304_NOT_MODIFIED] = 304,
-    [HTTP_307_TEMPORARY_REDIRECT] = 307,
-    [HTTP_400_BAD_REQUEST] = 400,
-    [HTTP_401_UNAUTHORIZED] = 401,
-    [HTTP_403_FORBIDDEN] = 403,
-    [HTTP_404_NOT_FOUND] = 404,
-    [HTTP_405_METHOD_NOT_ALLOWED] = 405,
-    [HTTP_409_CONFLICT] = 409,
-    [HTTP_413_PAYLOAD_TOO_LARGE] = 413,
-    [HTTP_414_URI_TOO_LONG] = 414,
-    [HTTP_415_UNSUPPORTED_MEDIA_TYPE] = 415,
-    [HTTP_422_UNPROCESSABLE_ENTITY] = 422,
-    [HTTP_429_TOO_MANY_REQUESTS] = 429,
-    [HTTP_500_INTERNAL_SERVER_ERROR] = 500,
-    [HTTP_501_NOT_IMPLEMENTED] = 501,
-    [HTTP_502_BAD_GATEWAY] = 502,
-    [HTTP_503_SERVICE_UNAVAILABLE] = 503,
-    [HTTP_504_GATEWAY_TIMEOUT] = 504,
-};
-
-const char *http_errors[] = {
-    "500 Internal Server Error", "101 Switching Protocols", "200 OK", "201 Created",
-    "202 Accepted", "204 No Content", "301 Moved Permanently", "302 Found",
-    "303 See Other", "304 Not Modified", "307 Temporary Redirect", "400 Bad Request",
-    "401 Unauthorized", "403 Forbidden", "404 Not Found", "405 Method Not Allowed",
-    "409 Conflict", "413 Payload Too Large", "414 URI Too Long",
-    "415 Unsupported Media Type", "422 Unprocessable Entity", "429 Too Many Requests",
-    "500 Internal Server Error", "501 Not Implemented", "502 Bad Gateway",
-    "503 Service Unavailable", "504 Gateway Timeout", NULL,
+/* The status line text of every http_error_t, c-web-modules' table; the
+ * code sent is its leading number. HTTP_000_UNKNOWN answers 400, as there. */
+const char *http_errors[HTTP_STATUS_COUNT_ + 1] = {
+    [HTTP_000_UNKNOWN] = "400 Bad Request",
+    [HTTP_101_SWITCHING_PROTOCOLS] = "101 Switching Protocols",
+    [HTTP_200_OK] = "200 OK",
+    [HTTP_302_FOUND] = "302 Found",
+    [HTTP_400_BAD_REQUEST] = "400 Bad Request",
+    [HTTP_401_UNAUTHORIZED] = "401 Unauthorized",
+    [HTTP_403_FORBIDDEN] = "403 Forbidden",
+    [HTTP_404_NOT_FOUND] = "404 Not Found",
+    [HTTP_405_METHOD_NOT_ALLOWED] = "405 Method Not Allowed",
+    [HTTP_409_CONFLICT] = "409 Conflict",
+    [HTTP_413_PAYLOAD_TOO_LARGE] = "413 Payload Too Large",
+    [HTTP_414_URI_TOO_LONG] = "414 URI Too Long",
+    [HTTP_426_UPGRADE_REQUIRED] = "426 Upgrade Required",
+    [HTTP_500_INTERNAL_SERVER_ERROR] = "500 Internal Server Error",
+    [HTTP_501_NOT_IMPLEMENTED] = "501 Not Implemented",
+    [HTTP_201_CREATED] = "201 Created",
+    [HTTP_202_ACCEPTED] = "202 Accepted",
+    [HTTP_204_NO_CONTENT] = "204 No Content",
+    [HTTP_301_MOVED_PERMANENTLY] = "301 Moved Permanently",
+    [HTTP_303_SEE_OTHER] = "303 See Other",
+    [HTTP_304_NOT_MODIFIED] = "304 Not Modified",
+    [HTTP_307_TEMPORARY_REDIRECT] = "307 Temporary Redirect",
+    [HTTP_415_UNSUPPORTED_MEDIA_TYPE] = "415 Unsupported Media Type",
+    [HTTP_422_UNPROCESSABLE_ENTITY] = "422 Unprocessable Entity",
+    [HTTP_429_TOO_MANY_REQUESTS] = "429 Too Many Requests",
+    [HTTP_502_BAD_GATEWAY] = "502 Bad Gateway",
+    [HTTP_503_SERVICE_UNAVAILABLE] = "503 Service Unavailable",
+    [HTTP_504_GATEWAY_TIMEOUT] = "504 Gateway Timeout",
+    [HTTP_STATUS_COUNT_] = NULL,
 };
 
 static int numeric_status(const http_response_t *res)
 {
     if (res->status_code >= 100 && res->status_code <= 599)
         return res->status_code;
-    if ((int)res->status >= 0 && res->status < HTTP_STATUS_COUNT_)
-        return status_codes[res->status];
+    if ((int)res->status >= 0 && res->status < HTTP_STATUS_COUNT_) {
+        int code = http_errors[res->status] ? atoi(http_errors[res->status]) : 0;
+        if (code >= 100 && code <= 599)
+            return code;
+    }
     return 500;
+}
+
+/* The server fills req->data before the handler runs. */
+int http_parse_data(http_request_t *req)
+{
+    return req ? 0 : -1;
+}
+
+/* Whether the comma-separated header value lists token (any case). */
+static int header_has_token(const char *value, const char *token)
+{
+    size_t n = strlen(token);
+    for (const char *p = value; p && *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        const char *last = end;
+        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        if ((size_t)(last - p) == n && strncasecmp(p, token, n) == 0)
+            return 1;
+        p = end;
+    }
+    return 0;
+}
+
+int http_is_websocket_upgrade(http_request_t *req)
+{
+    if (!req || !req->headers)
+        return 0;
+    const char *upgrade = http_kv_get(req->headers, "upgrade");
+    const char *connection = http_kv_get(req->headers, "connection");
+    return upgrade && connection && strcasecmp(upgrade, "websocket") == 0 && header_has_token(connection, "upgrade");
 }
 
 /* ------------------------------------------------------------------ */
@@ -180,11 +211,6 @@ static struct {
     .events_lock = PTHREAD_MUTEX_INITIALIZER,
     .events_fd = -1,
 };
-
-const char *uuid_c_str(const cweb_uuid_t *uuid)
-{
-    return uuid ? uuid->str : "";
-}
 
 /* ------------------------------------------------------------------ */
 /* entry ABI: version, describe, lifecycle                             */
@@ -334,8 +360,39 @@ struct conn {
     int fd;
     struct buf in, out, qbuf;
     http_kv_store_t params, headers, data, resp_headers;
-    char *body;   /* HTTP_RESPONSE_SIZE + 1 */
+    char *body;   /* HTTP_RESPONSE_SIZE + 1, NULL after the module freed it */
 };
+
+/*
+ * Response buffers. A handler may replace res->body the way c-web-modules'
+ * own code does: free(res->body); res->body = malloc(n). So the glue must
+ * know whether the buffer it handed out was freed: the build links every
+ * artifact with --wrap=free,--wrap=realloc, which routes the module's (and
+ * the glue's) free/realloc through these two. While a handler runs,
+ * t_body is the connection's buffer; freeing or reallocating it clears
+ * t_body, and the connection then allocates a fresh one for its next
+ * request. Whatever else res->body points to after the handler is the
+ * module's allocation and is freed once sent.
+ */
+static __thread char *t_body;
+
+void __real_free(void *p);
+void *__real_realloc(void *p, size_t n);
+
+void __wrap_free(void *p)
+{
+    if (p && p == t_body)
+        t_body = NULL;
+    __real_free(p);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+    void *q = __real_realloc(p, n);
+    if (p && p == t_body && (q || n == 0))
+        t_body = NULL;
+    return q;
+}
 
 char *http_response_alloc(http_response_t *res, size_t len)
 {
@@ -398,17 +455,25 @@ static int handle_http(struct conn *c, struct reader *r)
     if (&config == NULL || route >= config.size || route >= MAX_ROUTES || !config.routes[route].handler)
         return send_error_response(c, 500, "route not found in module");
 
+    if (!c->body && !(c->body = malloc(HTTP_RESPONSE_SIZE + 1)))
+        return send_error_response(c, 500, "out of memory");
     kv_clear(&c->resp_headers, 1);
     c->body[0] = '\0';
     res.body = c->body;
     res.headers = &c->resp_headers;
     res.status = HTTP_200_OK;
 
+    t_body = c->body;
     config.routes[route].handler(&cweb_g_ctx, &req, &res);
+    if (!t_body)
+        c->body = NULL;     /* the module freed it: the pointer may be reused */
+    t_body = NULL;
     cweb_services_after_handler();
 
+    /* Ours: the connection's buffer, still alive; anything else is the module's. */
+    int ours = c->body && res.body == c->body;
     size_t blen;
-    if (res.body == c->body) {
+    if (ours) {
         blen = res.content_length > 0 ? (size_t)res.content_length : strnlen(c->body, HTTP_RESPONSE_SIZE);
         if (blen > HTTP_RESPONSE_SIZE)
             blen = HTTP_RESPONSE_SIZE;
@@ -436,18 +501,14 @@ static int handle_http(struct conn *c, struct reader *r)
         put_u32(&c->out, (uint32_t)blen);
         /* The trailing NUL of the body string travels in the body part. */
         static const char nul = 0;
-        if (res.body && res.body != c->body) {
-            uint32_t total = (uint32_t)(c->out.len + blen + 1);
-            struct iovec iov[4] = {
-                {&total, 4}, {c->out.p, c->out.len}, {res.body, blen}, {(void *)&nul, 1},
-            };
-            rc = write_all_iov(c->fd, iov, 4);
-        } else {
-            c->body[blen] = '\0';
-            rc = send_frame(c->fd, &c->out, c->body, blen + 1);
-        }
+        const char *payload = ours ? c->body : res.body ? res.body : "";
+        uint32_t total = (uint32_t)(c->out.len + blen + 1);
+        struct iovec iov[4] = {
+            {&total, 4}, {c->out.p, c->out.len}, {(void *)payload, blen}, {(void *)&nul, 1},
+        };
+        rc = write_all_iov(c->fd, iov, 4);
     }
-    if (res.body && res.body != c->body)
+    if (!ours)
         free(res.body);
     kv_clear(&c->resp_headers, 1);
     return rc;

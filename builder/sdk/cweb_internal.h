@@ -11,11 +11,17 @@
 /* The one context every handler, socket callback and job receives. */
 extern cweb_context_t cweb_g_ctx;
 
+/* ctx->cache and ctx->scheduler (cweb_map.c, cweb_scheduler.c). */
+extern struct container cweb_g_container;
+extern struct scheduler cweb_g_scheduler;
+void cweb_scheduler_setup(void);
+
 /* Called once from cweb_abi_init with the server's data directory. */
 void cweb_services_init(const char *data_dir);
-/* Runs SYNC work that scheduler_add() queued during the handler just returned. */
+/* Called after every handler and callback returns (a hook; nothing to do today). */
 void cweb_services_after_handler(void);
-/* Called before the module's unload: runs deferred work still queued. */
+/* Called before the module's unload: runs deferred work still queued
+ * (cweb_scheduler.c). */
 void cweb_services_retire(void);
 
 /* The module's declaration (weak: absent when the module forgot it). */

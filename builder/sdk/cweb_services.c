@@ -1,7 +1,8 @@
 /*
  * cweb_services.c - the context services a module reaches through
- * struct cweb_context: the in-process container, deferred work, the
- * cross-module cache, the shared module database, crypto and symbols.
+ * struct cweb_context: the cross-module cache, the shared module database,
+ * crypto and symbols (the container: cweb_map.c; deferred work:
+ * cweb_scheduler.c).
  * Linked into every artifact together with cweb_glue.c.
  *
  * Every module runs in its own worker process, so a service that is shared
@@ -49,63 +50,6 @@ static int data_path(char *out, size_t cap, const char *name)
 {
     int n = snprintf(out, cap, "%s/%s", g_data_dir[0] ? g_data_dir : ".", name);
     return n > 0 && (size_t)n < cap ? 0 : -1;
-}
-
-/* ================================================================== */
-/* container: pointer sharing inside one module's process              */
-/* (c-web-modules' container; pointers cannot cross processes, so this */
-/* is NOT shared between modules - cweb_cache_* is)                    */
-
-struct container {
-    pthread_mutex_t lock;
-    http_kv_store_t items;
-};
-static struct container g_container = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-int container_set(struct container *c, const char *name, void *value)
-{
-    if (!c || !name)
-        return -1;
-    pthread_mutex_lock(&c->lock);
-    int rc = 0;
-    for (size_t i = 0; i < c->items.size; i++) {
-        if (strcmp(c->items.entries[i].key, name) == 0) {
-            c->items.entries[i].value = value;
-            goto out;
-        }
-    }
-    rc = http_kv_insert(&c->items, name, value);
-out:
-    pthread_mutex_unlock(&c->lock);
-    return rc;
-}
-
-void *container_get(struct container *c, const char *name)
-{
-    if (!c || !name)
-        return NULL;
-    pthread_mutex_lock(&c->lock);
-    void *v = http_kv_get(&c->items, name);
-    pthread_mutex_unlock(&c->lock);
-    return v;
-}
-
-int container_remove(struct container *c, const char *name)
-{
-    if (!c || !name)
-        return -1;
-    int rc = -1;
-    pthread_mutex_lock(&c->lock);
-    for (size_t i = 0; i < c->items.size; i++) {
-        if (strcmp(c->items.entries[i].key, name) == 0) {
-            free(c->items.entries[i].key);
-            c->items.entries[i] = c->items.entries[--c->items.size];
-            rc = 0;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&c->lock);
-    return rc;
 }
 
 /* ================================================================== */
@@ -583,339 +527,13 @@ int cweb_cache_del(struct cweb_context *ctx, const char *key)
 }
 
 /* ================================================================== */
-/* scheduler: deferred work on this module's worker                    */
-/*
- * SYNC work runs on the thread that added it, after the route handler
- * returns (cweb_services_after_handler). ASYNC work goes to a bounded queue
- * served by a small pool of threads started on first use. Timed work
- * (cweb_schedule_after) sits in a bounded min-heap watched by one timer
- * thread, which hands due work to the pool. At retire, timed work runs at
- * once, the queue drains, leftover SYNC work runs, and from then on every
- * scheduling call is refused.
- */
-
-#define SCHED_THREADS 4
-#define SCHED_QUEUE_MAX 1024
-#define SCHED_TIMERS_MAX 4096
-#define SCHED_SYNC_MAX 1024      /* pending SYNC items per thread */
-
-struct scheduler {
-    int unused;
-};
-static struct scheduler g_scheduler;
-
-struct task {
-    work_t fn;
-    void *data;
-};
-
-struct timer {
-    uint64_t due_ns;
-    uint64_t seq;
-    work_t fn;
-    void *data;
-};
-
-struct sync_item {
-    work_t fn;
-    void *data;
-    pthread_t owner;
-    struct sync_item *next;
-};
-
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t work_cv;     /* pool threads wait for tasks */
-    pthread_cond_t idle_cv;     /* retire waits for the queue to drain */
-    pthread_cond_t timer_cv;    /* the timer thread waits for the next due time */
-    struct task queue[SCHED_QUEUE_MAX];
-    size_t qhead, qlen;
-    int running;
-    int pool_threads;
-    struct timer heap[SCHED_TIMERS_MAX];
-    size_t nheap;
-    uint64_t seq;
-    int timer_thread;
-    int retiring;               /* timed work refused; ASYNC/SYNC still run */
-    int closed;                 /* everything refused */
-    struct sync_item *sync_head, *sync_tail;
-} S = {
-    .lock = PTHREAD_MUTEX_INITIALIZER,
-    .work_cv = PTHREAD_COND_INITIALIZER,
-    .idle_cv = PTHREAD_COND_INITIALIZER,
-};
-
-static __thread int t_sync_pending;
+/* clocks                                                             */
 
 static uint64_t mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* Runs the SYNC work the calling thread added, in the order it was added. */
-static void run_sync_of(int all)
-{
-    pthread_t self = pthread_self();
-    struct sync_item *mine = NULL, **tail = &mine;
-    pthread_mutex_lock(&S.lock);
-    struct sync_item **link = &S.sync_head;
-    S.sync_tail = NULL;
-    while (*link) {
-        struct sync_item *it = *link;
-        if (all || pthread_equal(it->owner, self)) {
-            *link = it->next;
-            it->next = NULL;
-            *tail = it;
-            tail = &it->next;
-        } else {
-            S.sync_tail = it;
-            link = &it->next;
-        }
-    }
-    t_sync_pending = 0;
-    pthread_mutex_unlock(&S.lock);
-    while (mine) {
-        struct sync_item *it = mine;
-        mine = it->next;
-        it->fn(it->data);
-        free(it);
-    }
-}
-
-void cweb_services_after_handler(void)
-{
-    /* Nearly always nothing to do: no lock on that path. */
-    while (t_sync_pending)
-        run_sync_of(0);
-}
-
-/* Runs one task with S.lock released (called and returning with it held),
- * counted as running so that retire can wait for the scheduler to go idle. */
-static void run_task_locked(work_t fn, void *data)
-{
-    S.running++;
-    pthread_mutex_unlock(&S.lock);
-    fn(data);
-    cweb_services_after_handler();
-    pthread_mutex_lock(&S.lock);
-    S.running--;
-    if (S.qlen == 0 && S.running == 0)
-        pthread_cond_broadcast(&S.idle_cv);
-}
-
-static void *pool_main(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&S.lock);
-    for (;;) {
-        while (S.qlen == 0)
-            pthread_cond_wait(&S.work_cv, &S.lock);
-        struct task t = S.queue[S.qhead];
-        S.qhead = (S.qhead + 1) % SCHED_QUEUE_MAX;
-        S.qlen--;
-        run_task_locked(t.fn, t.data);
-    }
-    return NULL;
-}
-
-static int start_thread(void *(*fn)(void *))
-{
-    pthread_t t;
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &a, fn, NULL);
-    pthread_attr_destroy(&a);
-    return rc;
-}
-
-/* With S.lock held: queue a task for the pool. -1 when full or no thread. */
-static int enqueue_locked(work_t fn, void *data)
-{
-    while (S.pool_threads < SCHED_THREADS) {
-        if (start_thread(pool_main) != 0)
-            break;
-        S.pool_threads++;
-    }
-    if (S.pool_threads == 0 || S.qlen == SCHED_QUEUE_MAX) {
-        errno = S.pool_threads ? EAGAIN : ENOMEM;
-        return -1;
-    }
-    S.queue[(S.qhead + S.qlen) % SCHED_QUEUE_MAX] = (struct task){fn, data};
-    S.qlen++;
-    pthread_cond_signal(&S.work_cv);
-    return 0;
-}
-
-int scheduler_add(struct scheduler *s, work_t work, void *data, worker_state_t state)
-{
-    (void)s;
-    if (!work) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (state == ASYNC) {
-        pthread_mutex_lock(&S.lock);
-        int rc = S.closed ? (errno = ECANCELED, -1) : enqueue_locked(work, data);
-        pthread_mutex_unlock(&S.lock);
-        return rc;
-    }
-    if (t_sync_pending >= SCHED_SYNC_MAX) {
-        errno = EAGAIN;
-        return -1;
-    }
-    struct sync_item *it = malloc(sizeof(*it));
-    if (!it)
-        return -1;
-    *it = (struct sync_item){work, data, pthread_self(), NULL};
-    pthread_mutex_lock(&S.lock);
-    if (S.closed) {
-        pthread_mutex_unlock(&S.lock);
-        free(it);
-        errno = ECANCELED;
-        return -1;
-    }
-    if (S.sync_tail)
-        S.sync_tail->next = it;
-    else
-        S.sync_head = it;
-    S.sync_tail = it;
-    t_sync_pending++;
-    pthread_mutex_unlock(&S.lock);
-    return 0;
-}
-
-static int timer_before(const struct timer *a, const struct timer *b)
-{
-    return a->due_ns < b->due_ns || (a->due_ns == b->due_ns && a->seq < b->seq);
-}
-
-static void heap_push(struct timer t)
-{
-    size_t i = S.nheap++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!timer_before(&t, &S.heap[p]))
-            break;
-        S.heap[i] = S.heap[p];
-        i = p;
-    }
-    S.heap[i] = t;
-}
-
-static struct timer heap_pop(void)
-{
-    struct timer top = S.heap[0];
-    struct timer last = S.heap[--S.nheap];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= S.nheap)
-            break;
-        if (c + 1 < S.nheap && timer_before(&S.heap[c + 1], &S.heap[c]))
-            c++;
-        if (!timer_before(&S.heap[c], &last))
-            break;
-        S.heap[i] = S.heap[c];
-        i = c;
-    }
-    if (S.nheap)
-        S.heap[i] = last;
-    return top;
-}
-
-static void *timer_main(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&S.lock);
-    for (;;) {
-        if (S.nheap == 0 || S.retiring) {
-            pthread_cond_wait(&S.timer_cv, &S.lock);
-            continue;
-        }
-        uint64_t now = mono_ns();
-        if (S.heap[0].due_ns > now) {
-            uint64_t due = S.heap[0].due_ns;
-            struct timespec ts = {(time_t)(due / 1000000000ull), (long)(due % 1000000000ull)};
-            pthread_cond_timedwait(&S.timer_cv, &S.lock, &ts);
-            continue;
-        }
-        struct timer t = heap_pop();
-        if (enqueue_locked(t.fn, t.data) != 0) {
-            /* The pool is saturated: run it here rather than drop it. */
-            run_task_locked(t.fn, t.data);
-        }
-    }
-    return NULL;
-}
-
-int cweb_schedule_after(struct cweb_context *ctx, unsigned delay_ms, work_t fn, void *data)
-{
-    (void)ctx;
-    if (!fn) {
-        errno = EINVAL;
-        return -1;
-    }
-    pthread_mutex_lock(&S.lock);
-    int rc = -1;
-    if (S.retiring || S.closed) {
-        errno = ECANCELED;
-        goto out;
-    }
-    if (S.nheap == SCHED_TIMERS_MAX) {
-        errno = EAGAIN;
-        goto out;
-    }
-    if (!S.timer_thread) {
-        if (start_thread(timer_main) != 0) {
-            errno = ENOMEM;
-            goto out;
-        }
-        S.timer_thread = 1;
-    }
-    struct timer t = {mono_ns() + (uint64_t)delay_ms * 1000000ull, S.seq++, fn, data};
-    heap_push(t);
-    if (S.heap[0].seq == t.seq)
-        pthread_cond_signal(&S.timer_cv);
-    rc = 0;
-out:
-    pthread_mutex_unlock(&S.lock);
-    return rc;
-}
-
-static void scheduler_init(void)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&S.timer_cv, &a);
-    pthread_condattr_destroy(&a);
-}
-
-void cweb_services_retire(void)
-{
-    pthread_mutex_lock(&S.lock);
-    S.retiring = 1;
-    /* Timed work runs now, in due order, on this thread. */
-    while (S.nheap) {
-        struct timer t = heap_pop();
-        pthread_mutex_unlock(&S.lock);
-        t.fn(t.data);
-        cweb_services_after_handler();
-        pthread_mutex_lock(&S.lock);
-    }
-    while (S.qlen || S.running)
-        pthread_cond_wait(&S.idle_cv, &S.lock);
-    /* SYNC work some thread added outside a handler (onload, ...). */
-    while (S.sync_head) {
-        pthread_mutex_unlock(&S.lock);
-        run_sync_of(1);
-        pthread_mutex_lock(&S.lock);
-    }
-    S.closed = 1;
-    pthread_mutex_unlock(&S.lock);
 }
 
 /* ================================================================== */
@@ -1170,13 +788,17 @@ static void *no_symbol(void *user_data, const char *module, const char *symbol)
     (void)user_data; (void)module; (void)symbol;
     return NULL;
 }
+/* The field is marked for modules' builds, not for this initialiser. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 static struct symbols g_symbols = {.user_data = NULL, .resolv = no_symbol};
+#pragma GCC diagnostic pop
 
 /* ================================================================== */
 
 cweb_context_t cweb_g_ctx = {
-    .cache = &g_container,
-    .scheduler = &g_scheduler,
+    .cache = &cweb_g_container,
+    .scheduler = &cweb_g_scheduler,
     .database = &g_sqldb,
     .crypto = &g_crypto,
     .symbols = &g_symbols,
@@ -1185,7 +807,7 @@ cweb_context_t cweb_g_ctx = {
 void cweb_services_init(const char *data_dir)
 {
     snprintf(g_data_dir, sizeof(g_data_dir), "%s", data_dir && data_dir[0] ? data_dir : ".");
-    scheduler_init();
+    cweb_scheduler_setup();
     cache_attach();
     db_open();
     crypto_init();

@@ -212,7 +212,20 @@ static void ws_forget(uint64_t id)
     if (n)
         *pp = n->next;
     pthread_mutex_unlock(&ws_lock);
+    if (n)
+        free(n->ws.session);
     free(n);
+}
+
+/* WS_OPEN carries the path, then NUL and the session (the handshake's
+ * "?id=<id>&since_event_id=<n>" as "<id>|<n>") when there is one. The
+ * session is set before on_open and kept until after on_close. */
+static void ws_set_session(websocket_t *ws, const char *data, size_t len)
+{
+    const char *nul = memchr(data, '\0', len);
+    if (!nul || ws->session)
+        return;
+    ws->session = strndup(nul + 1, len - (size_t)(nul + 1 - data));
 }
 
 int cweb_ws_frame(int fd, uint8_t type, struct reader *r, struct buf *out)
@@ -232,6 +245,8 @@ int cweb_ws_frame(int fd, uint8_t type, struct reader *r, struct buf *out)
     switch (type) {
     case CWEB_F_WS_OPEN:
         ws = ws_open(id);
+        if (ws)
+            ws_set_session(ws, data, len);
         if (ws && info->on_open)
             info->on_open(&cweb_g_ctx, ws);
         break;

@@ -146,7 +146,22 @@ def test_valid_declaration_is_normalised() -> None:
         "routes": [{"method": "GET", "path": "/a", "index": 0}, {"method": "POST", "path": "/b/[0-9]+", "index": 1}],
         "websockets": [],
         "jobs": [],
+        "warnings": [],
     } == decl
+
+
+def test_slots_without_path_method_or_name_are_skipped_with_a_warning() -> None:
+    """As c-web-modules: a .size above the routes filled in serves the ones
+    that have a path and a method (keeping their indexes), and says so."""
+    d = desc("hello", [{"path": None, "method": None, "has_handler": False}, route("/a"),
+                       {"path": "/b", "method": None, "has_handler": True}])
+    d["websockets"] = [{"path": None}]
+    d["jobs"] = [{"name": None, "has_run": False}]
+    decl = validate_declaration(d)
+    assert [{"method": "GET", "path": "/a", "index": 1}] == decl["routes"]
+    assert [] == decl["websockets"] and [] == decl["jobs"]
+    assert ["route 0 declares no path", "route 2 declares no method", "websocket 0 declares no path", "job 0 declares no name"] == [
+        w.split(" and ")[0] for w in decl["warnings"]]
 
 
 REJECTED = [
@@ -160,8 +175,7 @@ REJECTED = [
     ("job_size above max", desc(job_size=33), "invalid_module"),
     ("NULL handler", desc(routes=[route("/a", has_handler=False)]), "invalid_module"),
     ("bad method", desc(routes=[route("/a", "FETCH")]), "invalid_module"),
-    ("no method", desc(routes=[{"path": "/a", "method": None, "has_handler": True}]), "invalid_module"),
-    ("no path", desc(routes=[{"path": None, "method": "GET", "has_handler": True}]), "invalid_module"),
+    ("empty method", desc(routes=[{"path": "/a", "method": "", "has_handler": True}]), "invalid_module"),
     ("relative path", desc(routes=[route("a")]), "invalid_module"),
     ("duplicate route", desc(routes=[route("/a"), route("/a")]), "duplicate_route"),
     ("duplicate route, method case", desc(routes=[route("/a", "GET"), route("/a", "get")]), "duplicate_route"),
