@@ -33,6 +33,9 @@ BODY_TIMEOUT_S = 120.0
 # Responses larger than this go out as head + body (no copy into one buffer).
 _JOIN_LIMIT = 64 << 10
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Module answers carry c-web-modules' reason phrases (its http_errors[]) where
+# Python's differ ("Request Entity Too Large", "Request-URI Too Long").
+MODULE_REASONS = {413: b"Payload Too Large", 414: b"URI Too Long"}
 
 
 class _NoEvent:
@@ -90,7 +93,8 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
             prefixes_for[0] = default_headers
         prefix = prefixes.get(status)
         if prefix is None:
-            prefix = prefixes[status] = STATUS_LINE[status] + b"".join(b"%b: %b\r\n" % kv for kv in default_headers)
+            line = b"HTTP/1.1 %d %b\r\n" % (status, MODULE_REASONS[status]) if status in MODULE_REASONS else STATUS_LINE[status]
+            prefix = prefixes[status] = line + b"".join(b"%b: %b\r\n" % kv for kv in default_headers)
         return prefix
 
     class ModuleRequest:

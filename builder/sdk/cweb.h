@@ -131,14 +131,16 @@ size_t map_size(const struct map *map);
 /*
  * An older c-web-modules revision named the header store's insert/get
  * map_insert/map_get (insert copying the value). Both spellings compile:
- * on a struct map the calls are the ones above, on an http_kv_store_t
- * these. (Taking &map_insert gives the struct map one.)
+ * on a struct map (or a void pointer, NULL included) the calls are the ones
+ * above, on an http_kv_store_t these. (&map_insert is the struct map one.)
  */
 int cweb_kv_map_insert(http_kv_store_t *store, const char *key, const char *value);
 char *cweb_kv_map_get(const http_kv_store_t *store, const char *key);
 #ifndef __cplusplus
-#define map_insert(m, k, v) _Generic((m), struct map *: map_insert, default: cweb_kv_map_insert)((m), (k), (v))
-#define map_get(m, k) _Generic((m), struct map *: map_get, const struct map *: map_get, default: cweb_kv_map_get)((m), (k))
+#define map_insert(m, k, v) \
+    _Generic((m), struct map *: map_insert, void *: map_insert, default: cweb_kv_map_insert)((m), (k), (v))
+#define map_get(m, k) \
+    _Generic((m), struct map *: map_get, const struct map *: map_get, void *: map_get, default: cweb_kv_map_get)((m), (k))
 #endif
 
 /* ---- HTTP ---- */

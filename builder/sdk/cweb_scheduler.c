@@ -43,8 +43,9 @@ static void *sched_main(void *arg)
     for (;;) {
         while (!s->head && atomic_load(&s->running))
             pthread_cond_wait(&s->work_available, &s->mutex);
-        /* Stopped: with drain, only once the queue is empty. */
-        if (!atomic_load(&s->running) && (!atomic_load(&s->draining) || !s->head))
+        /* Stopped, drain or not: as in c-web-modules, the thread leaves
+         * only once what was queued before the stop has run. */
+        if (!s->head)
             break;
         struct work *w = s->head;
         s->head = w->next;
@@ -174,8 +175,8 @@ int scheduler_pending_count(struct scheduler *s)
     return n;
 }
 
-/* Stops without draining: the running item finishes, queued work is freed
- * without running. ctx->scheduler is the server's to stop. */
+/* Stops accepting, lets the queued work run (as c-web-modules' thread
+ * does), and joins the thread. ctx->scheduler is the server's to stop. */
 void scheduler_shutdown(struct scheduler *s)
 {
     if (!s || s == &cweb_g_scheduler)
