@@ -2,7 +2,7 @@
  * deferred.c - work that runs after the response has been sent.
  *
  *   POST /deferred/now          the body is recorded by ASYNC work, on the
- *                               module's worker pool, after the route returned
+ *                               module's scheduler thread, after the route returned
  *   POST /deferred/later?ms=N   the body is recorded N ms from now
  *                               (cweb_schedule_after; default 1000 ms)
  *   GET  /deferred/log          what has been recorded so far, oldest first
@@ -10,8 +10,8 @@
  * Each recorded body is also written to the cross-module cache under
  * "deferred:last", so other modules can see the latest one.
  *
- * A SYNC task prints a line to the module log once the response is on its
- * way. When this version is retired (a redeploy or DELETE /modules/deferred)
+ * A SYNC task prints a line to the module log after the recording (SYNC
+ * work joins the same queue as ASYNC work, in order, as in c-web-modules). When this version is retired (a redeploy or DELETE /modules/deferred)
  * the work still queued, timed work included, runs before unload(), which
  * prints how much was recorded: nothing scheduled is lost by a hot swap.
  */

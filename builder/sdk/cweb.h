@@ -334,6 +334,7 @@ int scheduler_init(struct scheduler *scheduler, size_t capacity);
 void scheduler_shutdown(struct scheduler *scheduler);
 /* 0, or -1 when the queue is full or the scheduler stopped accepting. */
 int scheduler_add(struct scheduler *scheduler, work_t work, void *data, worker_state_t state);
+/* Stops accepting; what is queued still runs, drain or not (as there). */
 void scheduler_request_stop(struct scheduler *scheduler, int drain);
 int scheduler_pending_count(struct scheduler *scheduler);
 void scheduler_cancel(struct scheduler *scheduler)
