@@ -796,12 +796,20 @@ static struct symbols g_symbols = {.user_data = NULL, .resolv = no_symbol};
 
 /* ================================================================== */
 
+/* ctx->jobs: the original's job system lives in the server; modules only
+ * test it for NULL before calling jobs_create, so it is a token here. */
+struct job_system {
+    int unused;
+};
+static struct job_system g_jobs;
+
 cweb_context_t cweb_g_ctx = {
     .cache = &cweb_g_container,
     .scheduler = &cweb_g_scheduler,
     .database = &g_sqldb,
     .crypto = &g_crypto,
     .symbols = &g_symbols,
+    .jobs = &g_jobs,
 };
 
 void cweb_services_init(const char *data_dir)

@@ -92,8 +92,8 @@ export module_t config = {{
 
 def test_every_header_of_the_original_is_shipped_and_resolves_to_the_sdk(srv: Server) -> None:
     """/sdk.tar.gz holds every header name of the original's include/, and a
-    module including all of them (in the original's order of use) builds and
-    serves, using what they declare."""
+    module including all of them builds and serves, using what they declare;
+    every member of ctx is non-NULL."""
     with tarfile.open(fileobj=io.BytesIO(get(srv, "/sdk.tar.gz").content)) as tar:
         shipped = {n.removeprefix("cweb-sdk/") for n in tar.getnames()}
     assert set(ORIGINAL_HEADERS) <= shipped
@@ -104,19 +104,19 @@ def test_every_header_of_the_original_is_shipped_and_resolves_to_the_sdk(srv: Se
 static atomic_int calls;
 static int ran_deferred;
 static int handle(struct cweb_context *ctx, http_request_t *req, http_response_t *res) {
-    (void)ctx; (void)req;
     {
         defer { ran_deferred++; }
     }
-    snprintf(res->body, HTTP_RESPONSE_SIZE, "calls=%d deferred=%d MAP_OK=%d UUID_STR_LEN=%d chunked=%d ws=%d",
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "calls=%d deferred=%d MAP_OK=%d UUID_STR_LEN=%d chunked=%d ws=%d ctx=%d%d%d%d%d%d",
              atomic_fetch_add(&calls, 1) + 1, ran_deferred, MAP_OK, UUID_STR_LEN,
-             req->transfer_encoding_chunked, http_is_websocket_upgrade(req));
+             req->transfer_encoding_chunked, http_is_websocket_upgrade(req),
+             !!ctx->cache, !!ctx->scheduler, !!ctx->database, !!ctx->crypto, !!ctx->symbols, !!ctx->jobs);
     res->status = HTTP_200_OK;
     return 0;
 }
 """
     deployed(srv, one_route(name, code, includes=includes))
-    assert "calls=1 deferred=1 MAP_OK=0 UUID_STR_LEN=37 chunked=0 ws=0" == get(srv, f"/{name}").text
+    assert "calls=1 deferred=1 MAP_OK=0 UUID_STR_LEN=37 chunked=0 ws=0 ctx=111111" == get(srv, f"/{name}").text
     assert "calls=2 deferred=2" in get(srv, f"/{name}").text
 
 
