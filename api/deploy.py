@@ -135,7 +135,7 @@ class ModuleHost:
         """Run onload, then open the request pool, the job pool and the events
         channel: connections the agent makes for exactly this worker."""
         try:
-            await self.agent.call("start", worker_id=worker_id)
+            await self.agent.call("start", worker_id=worker_id, name=decl["name"])
         except RuntimeError_ as exc:
             raise _runtime_to_api(exc) from exc
 

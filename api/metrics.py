@@ -32,14 +32,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from api import cache_admin
+
 if TYPE_CHECKING:
     from api.deploy import ModuleHost
     from api.jobs.service import JobService
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400)
-# The cross-module cache file in the data dir (api/cache_admin.py).
-CACHE_FILE = "cache.shm"
 
 
 class _ScrapeTime(Collector):
@@ -155,7 +155,7 @@ class Metrics:
 
 
 def _disk_sizes(store_dir: str, data_dir: str) -> dict[str, float]:
-    """Artifact count and bytes in the store, and the cache file's size.
+    """Artifact count and bytes in the store, and the cache's size.
 
     Zero for what this process cannot see (the store of a remote builder)."""
     artifacts = size = 0
@@ -168,10 +168,5 @@ def _disk_sizes(store_dir: str, data_dir: str) -> dict[str, float]:
                         size += entry.stat(follow_symlinks=False).st_size
         except OSError:
             pass
-    cache = 0
-    if data_dir:
-        try:
-            cache = os.stat(os.path.join(data_dir, CACHE_FILE)).st_size
-        except OSError:
-            pass
-    return {"artifacts": artifacts, "store_bytes": size, "cache_bytes": cache}
+    # The cache is memory of the runtime agent; its size is the configured one.
+    return {"artifacts": artifacts, "store_bytes": size, "cache_bytes": cache_admin.capacity()}

@@ -4,8 +4,8 @@
  *   GET /greeting   the value under the cache key "greeting", or 404
  *
  * This module runs in a different worker process from cache_writer; the
- * read goes straight to the shared-memory cache, with no call back into the
- * server. cweb_cache_get() returns the value's full length and copies at
+ * read is one round trip to the cache held by the cweb runtime (no memory
+ * is shared between the two modules). cweb_cache_get() returns the value's full length and copies at
  * most cap bytes, so a value larger than the buffer is detected and fetched
  * again into a big enough one.
  */

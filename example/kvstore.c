@@ -1,14 +1,14 @@
 /*
- * kvstore.c - a small key/value store in the database shared by modules.
+ * kvstore.c - a small key/value store in the module's own database.
  *
  *   GET    /kv             every key with its value, as a JSON object
  *   GET    /kv/KEY         the value of KEY, or 404
  *   POST   /kv/KEY         the request body becomes the value of KEY
  *   DELETE /kv/KEY         removes KEY
  *
- * KEY is 1-128 letters, digits, '_', '-' or '.'. The table lives in
- * <data-dir>/modules.db, which every module of the server opens (WAL, with a
- * busy timeout), so another module can read or write table kvstore too.
+ * KEY is 1-128 letters, digits, '_', '-' or '.'. The table lives in this
+ * module's database, a file of its own that no other module can open (and
+ * that every later version of module "kvstore" finds again).
  * ctx->database->db is this worker's connection; all its threads share it,
  * and each statement below is one autocommit transaction.
  */
@@ -40,7 +40,7 @@ static int get_value(struct cweb_context *ctx, http_request_t *req, http_respons
 {
     struct sqldb *db = ctx->database;
     sqlite3_stmt *st = NULL;
-    if (db->prepare(db->db, "SELECT v FROM kvstore WHERE k = ?", -1, &st, NULL) != SQLITE_OK) {
+    if (db->prepare(db, "SELECT v FROM kvstore WHERE k = ?", -1, &st, NULL) != SQLITE_OK) {
         db_failed(ctx, res);
         return 0;
     }
@@ -72,7 +72,7 @@ static int put_value(struct cweb_context *ctx, http_request_t *req, http_respons
 {
     struct sqldb *db = ctx->database;
     sqlite3_stmt *st = NULL;
-    if (db->prepare(db->db,
+    if (db->prepare(db,
                     "INSERT INTO kvstore (k, v, updated_at) VALUES (?, ?, strftime('%s','now')) "
                     "ON CONFLICT(k) DO UPDATE SET v = excluded.v, updated_at = excluded.updated_at",
                     -1, &st, NULL) != SQLITE_OK) {
@@ -93,7 +93,7 @@ static int delete_value(struct cweb_context *ctx, http_request_t *req, http_resp
 {
     struct sqldb *db = ctx->database;
     sqlite3_stmt *st = NULL;
-    if (db->prepare(db->db, "DELETE FROM kvstore WHERE k = ?", -1, &st, NULL) != SQLITE_OK) {
+    if (db->prepare(db, "DELETE FROM kvstore WHERE k = ?", -1, &st, NULL) != SQLITE_OK) {
         db_failed(ctx, res);
         return 0;
     }
@@ -101,7 +101,7 @@ static int delete_value(struct cweb_context *ctx, http_request_t *req, http_resp
     int rc = db->step(st);
     /* changes() counts what this connection's last statement did; other threads
      * share the connection, so read it right after the step. */
-    int deleted = db->changes(db->db);
+    int deleted = db->changes(db);
     db->finalize(st);
     if (rc != SQLITE_DONE)
         db_failed(ctx, res);
@@ -125,7 +125,7 @@ static int list_values(struct cweb_context *ctx, http_request_t *req, http_respo
 {
     (void)req;
     json_t *all = json_object();
-    if (ctx->database->exec("SELECT k, v FROM kvstore ORDER BY k", add_row, all) != SQLITE_OK) {
+    if (ctx->database->exec(ctx->database, "SELECT k, v FROM kvstore ORDER BY k", add_row, all) != SQLITE_OK) {
         json_decref(all);
         db_failed(ctx, res);
         return 0;
@@ -146,7 +146,7 @@ static int list_values(struct cweb_context *ctx, http_request_t *req, http_respo
 
 static void create_table(struct cweb_context *ctx)
 {
-    ctx->database->exec("CREATE TABLE IF NOT EXISTS kvstore ("
+    ctx->database->exec(ctx->database, "CREATE TABLE IF NOT EXISTS kvstore ("
                         " k TEXT PRIMARY KEY, v TEXT NOT NULL, updated_at INTEGER NOT NULL)",
                         NULL, NULL);
 }

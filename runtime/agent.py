@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import limits
+from runtime import limits, services
 from runtime.channel import Channel, Lines, recv_blocking, send_blocking
 
 log = logging.getLogger("cweb.runtime")
@@ -104,24 +104,28 @@ class Agent:
         self.logs: dict[str, collections.deque] = {}
         # Read once here, in the parent: the preexec hook only makes system calls.
         self.worker_limits = limits.WorkerLimits.from_env()
+        self.services = services.Broker(data_dir)
 
     # ---- worker processes -------------------------------------------
 
     async def spawn(self) -> WorkerProc:
         parent, child = socket.socketpair()
+        # The worker's channel to the services broker (cache, signing).
+        svc, svc_child = services.Broker.channel()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "PYTHONPATH": PROJECT_ROOT,
             "PYTHONDONTWRITEBYTECODE": "1",
             "CWEB_CONTROL_FD": str(child.fileno()),
+            "CWEB_SERVICES_FD": str(svc_child.fileno()),
         }
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "runtime.worker",
-                pass_fds=(child.fileno(),),
+                pass_fds=(child.fileno(), svc_child.fileno()),
                 env=env,
                 cwd=self.workdir,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -131,6 +135,8 @@ class Agent:
             )
         finally:
             child.close()
+            svc_child.close()
+        self.services.attach(svc, f"pid {proc.pid}")
         box: list[WorkerProc] = []
 
         def on_message(msg: dict, fds: list[int]) -> None:
@@ -287,7 +293,10 @@ class Agent:
         if w.state != "loading":
             raise AgentError("bad_state", f"worker {w.worker_id} is {w.state}")
         w.state = "starting"
-        reply = await self._command(w, {"op": "start"}, limits.ONLOAD_TIMEOUT_S)
+        msg = {"op": "start"}
+        if req.get("name"):
+            msg["module_dir"] = self._module_dir(str(req["name"]))
+        reply = await self._command(w, msg, limits.ONLOAD_TIMEOUT_S)
         if reply.get("op") == "exited":
             raise AgentError("onload_crashed", f"onload crashed ({_signal_name(reply['returncode'])})")
         if reply.get("op") != "ready":
@@ -354,6 +363,15 @@ class Agent:
             "workers": [{"worker_id": w.worker_id, "hash": w.hash, "state": w.state, "pid": w.proc.pid}
                         for w in self.workers.values()],
         }
+
+    def _module_dir(self, name: str) -> str:
+        """<data_dir>/modules-data/<name>/: the module's own files (its
+        database), kept across its versions and never shared with another."""
+        if not services.valid_module_name(name):
+            raise AgentError("bad_name", f"module name {name[:40]!r} cannot name a directory")
+        path = os.path.join(os.path.abspath(self.data_dir), "modules-data", name)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
 
     def _worker(self, req: dict) -> WorkerProc:
         w = self.workers.get(int(req["worker_id"]))

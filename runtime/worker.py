@@ -118,7 +118,7 @@ class Worker:
             if op == "load":
                 self.load(msg, fds)
             elif op == "start":
-                self.start()
+                self.start(msg)
             elif op == "attach":
                 self.attach(fds)
             elif op == "stop":
@@ -140,8 +140,14 @@ class Worker:
         self.lib.cweb_abi_init(msg.get("data_dir", "").encode(), int(msg.get("max_response", 0)))
         self.send({"op": "loaded", "describe": describe(self.lib)})
 
-    def start(self) -> None:
+    def start(self, msg: dict) -> None:
         assert self.lib is not None
+        # The module's own directory (its database), before onload can use it.
+        set_dir = getattr(self.lib, "cweb_abi_module_dir", None)
+        if set_dir is not None and msg.get("module_dir"):
+            set_dir.argtypes = [ctypes.c_char_p]
+            set_dir.restype = ctypes.c_int
+            set_dir(msg["module_dir"].encode())
         # A crash here kills the process; the agent reports it as an onload failure.
         self.lib.cweb_abi_onload()
         self.started = True

@@ -340,10 +340,12 @@ int scheduler_pending_count(struct scheduler *scheduler);
 void scheduler_cancel(struct scheduler *scheduler)
     CWEB_UNAVAILABLE("scheduler_cancel: it kills the scheduler thread with pthread_cancel, which can leave the worker's locks held; use scheduler_request_stop(s, 0) and scheduler_shutdown");
 
+/* The module's own SQLite database (docs/SDK-services.md): c-web-modules'
+ * struct sqldb, members and signatures as its include/db.h. */
 struct sqldb {
     sqlite3 *db;
-    int (*exec)(const char *, int (*)(void *, int, char **, char **), void *);
-    int (*prepare)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **);
+    int (*exec)(struct sqldb *, const char *, int (*)(void *, int, char **, char **), void *);
+    int (*prepare)(struct sqldb *, const char *, int, sqlite3_stmt **, const char **);
     int (*step)(sqlite3_stmt *);
     int (*finalize)(sqlite3_stmt *);
     int (*bind_text)(sqlite3_stmt *, int, const char *, int, void (*)(void *));
@@ -352,21 +354,40 @@ struct sqldb {
     int (*column_int)(sqlite3_stmt *, int);
     int (*column_count)(sqlite3_stmt *);
     int (*reset)(sqlite3_stmt *);
-    int (*changes)(sqlite3 *);
-    int (*last_insert_rowid)(sqlite3 *);
+    int (*changes)(struct sqldb *);
+    int (*last_insert_rowid)(struct sqldb *);
     void (*free)(void *);
 };
+/* Opens filename (relative names: inside the module's own directory). */
+int sqldb_init(struct sqldb *db, const char *filename);
+void sqldb_shutdown(struct sqldb *db);
+
+/* Signed tokens with the server's key pair, as c-web-modules' include/crypto.h.
+ * The private key never enters the worker: signing happens in the runtime. */
+typedef enum crypto_status {
+    CRYPTO_FAILURE,
+    CRYPTO_LOADED
+} crypto_status_t;
+
+struct crypto;
 
 struct crypto_ops {
-    int (*sign_token)(const char *token, char *signed_token, unsigned int signed_token_len);
-    int (*verify_token)(const char *signed_token, char *token, size_t token_len);
+    /* Writes the base64 signature of token; returns its length, or -1. */
+    int (*sign_token)(struct crypto *crypto, const char *token, char *signed_token, unsigned int signed_token_len);
+    /* 0 when signed_token is a signature of token's first token_len bytes, else -1. */
+    int (*verify_token)(struct crypto *crypto, const char *signed_token, const char *token, size_t token_len);
 };
 
 struct crypto {
-    void *ctx;
-    int status;
-    struct crypto_ops *ops;
+    SSL_CTX *ctx;               /* holds the certificate only, never the key */
+    const char *certificate;    /* informational: not readable from a worker */
+    const char *private_key;    /* always "": the key stays in the runtime */
+    crypto_status_t status;
+    struct crypto_ops ops;
 };
+
+int crypto_init(struct crypto *crypto, const char *certificate, const char *private_key);
+void crypto_shutdown(struct crypto *crypto);
 
 struct symbols {
     void *user_data;
@@ -388,7 +409,8 @@ typedef struct cweb_context {
     struct job_system *jobs;
 } cweb_context_t;
 
-/* Cross-module cache: bytes in, bytes out, shared by every module of a server. */
+/* Cross-module cache: bytes in, bytes out, shared by every module of a server.
+ * Each call is a round trip to the runtime, bounded by one second. */
 int cweb_cache_set(struct cweb_context *ctx, const char *key, const void *data, size_t len, int ttl_seconds);
 ssize_t cweb_cache_get(struct cweb_context *ctx, const char *key, void *buf, size_t cap);
 int cweb_cache_del(struct cweb_context *ctx, const char *key);

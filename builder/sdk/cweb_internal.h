@@ -18,6 +18,13 @@ void cweb_scheduler_setup(void);
 
 /* Called once from cweb_abi_init with the server's data directory. */
 void cweb_services_init(const char *data_dir);
+/* The services broker channel (cweb_broker.c): connects, learns the limits
+ * and whether signing is available. */
+void cweb_broker_init(void);
+extern struct crypto cweb_g_crypto;
+/* The module's database (cweb_sqldb.c), opened once the runtime names the
+ * module's directory (cweb_abi_module_dir). */
+extern struct sqldb cweb_g_sqldb;
 /* Called after every handler and callback returns (a hook; nothing to do today). */
 void cweb_services_after_handler(void);
 /* Called before the module's unload: runs deferred work still queued
