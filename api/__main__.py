@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     if tls:
         settings.tls_cert, settings.tls_key = tls
         log.info("TLS on: HTTPS and WSS with certificate %s", tls[0])
+        # The embedded runtime agent signs module tokens with this key pair.
+        os.environ["CWEB_TLS_CERT"], os.environ["CWEB_TLS_KEY"] = (os.path.abspath(p) for p in tls)
     if settings.api_keys:
         log.info("API key required on deploy, module management and job control (%d key(s) configured)", len(settings.api_keys))
     _not_dumpable()

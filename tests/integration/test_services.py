@@ -9,6 +9,7 @@ restart, or the fixed names of the example modules.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -695,6 +696,115 @@ def test_signing_key_pair_is_generated_once_outside_every_worker(make_server) ->
     server.start()
     assert verifies(svc, signature, "survives")
     assert not (server.data_dir / "server.key.bin").exists()
+
+
+# Written as a module for c-web-modules' HEAD would be (include/db.h,
+# include/crypto.h): struct sqldb * first, ops embedded in struct crypto.
+HEAD_USAGE = r"""#include <cweb.h>
+
+static int run(struct cweb_context *ctx, http_request_t *req, http_response_t *res)
+{
+    (void)req;
+    struct sqldb *db = ctx->database;
+    struct crypto *crypto = ctx->crypto;
+    json_t *o = json_object();
+    json_object_set_new(o, "create", json_integer(db->exec(db, "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT)", NULL, NULL)));
+    sqlite3_stmt *stmt = NULL;
+    db->prepare(db, "INSERT INTO users (name) VALUES (?)", -1, &stmt, NULL);
+    db->bind_text(stmt, 1, "ada", -1, SQLITE_TRANSIENT);
+    json_object_set_new(o, "insert", json_integer(db->step(stmt)));
+    db->finalize(stmt);
+    json_object_set_new(o, "changes", json_integer(db->changes(db)));
+    int rowid = db->last_insert_rowid(db);
+    json_object_set_new(o, "rowid", json_integer(rowid));
+    db->prepare(db, "SELECT id, name FROM users WHERE id = ?", -1, &stmt, NULL);
+    db->bind_int(stmt, 1, rowid);
+    if (db->step(stmt) == SQLITE_ROW) {
+        json_object_set_new(o, "columns", json_integer(db->column_count(stmt)));
+        json_object_set_new(o, "id", json_integer(db->column_int(stmt, 0)));
+        json_object_set_new(o, "name", json_string(db->column_text(stmt, 1)));
+    }
+    db->reset(stmt);
+    db->finalize(stmt);
+
+    json_object_set_new(o, "loaded", json_boolean(crypto->status == CRYPTO_LOADED));
+    json_object_set_new(o, "ctx", json_boolean(crypto->ctx != NULL));
+    char sig[1024];
+    const char *token = "user=ada;exp=4102444800";
+    int n = crypto->ops.sign_token(crypto, token, sig, sizeof(sig));
+    json_object_set_new(o, "sign", json_integer(n));
+    json_object_set_new(o, "signature", json_string(n > 0 ? sig : ""));
+    json_object_set_new(o, "verify", json_integer(crypto->ops.verify_token(crypto, sig, token, strlen(token))));
+    json_object_set_new(o, "verify_prefix", json_integer(crypto->ops.verify_token(crypto, sig, token, 8)));
+    json_object_set_new(o, "tampered", json_integer(crypto->ops.verify_token(crypto, sig, "user=bob;exp=4102444800", strlen(token))));
+    char small[8];
+    json_object_set_new(o, "small_buffer", json_integer(crypto->ops.sign_token(crypto, token, small, sizeof(small))));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "%s", s);
+    free(s);
+    res->status = HTTP_200_OK;
+    return 0;
+}
+
+export module_t config = {
+    .name = "@NAME@", .author = "tests",
+    .routes = { {"/@NAME@/run", "GET", run, NONE} }, .size = 1,
+};
+"""
+
+
+def test_sqldb_and_crypto_as_c_web_modules_head_declares_them(server: Server) -> None:
+    name = unique("head")
+    d = deployed(server, HEAD_USAGE.replace("@NAME@", name))
+    assert [] == d["diagnostics"], d["diagnostics"]
+    with server.client() as c:
+        first = c.get(f"/{name}/run").json()
+        second = c.get(f"/{name}/run").json()
+    assert {"create": 0, "insert": 101, "changes": 1, "rowid": 1, "columns": 2, "id": 1, "name": "ada"}.items() <= first.items()
+    assert 2 == second["rowid"]
+    assert (True, True) == (first["loaded"], first["ctx"])
+    assert first["sign"] == len(first["signature"]) > 0
+    assert (0, -1, -1, -1) == (first["verify"], first["verify_prefix"], first["tampered"], first["small_buffer"])
+
+
+def test_tokens_are_signed_with_the_tls_key_pair_when_the_server_has_one(make_server, tmp_path) -> None:
+    """server.crt + server.key in the working directory: signatures verify
+    with the certificate's public key, as in c-web-modules."""
+    import ssl
+
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    ca = trustme.CA()
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    cert = ca.issue_cert("127.0.0.1")
+    (workdir / "server.crt").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(workdir / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    s = Server(tmp_path / "data", env={"CWEB_WORKDIR": str(workdir)})
+    s.scheme, s.verify = "https", ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    s.start()
+    try:
+        name = unique("tls")
+        deployed(s, HEAD_USAGE.replace("@NAME@", name))
+        with s.client() as c:
+            out = c.get(f"/{name}/run").json()
+    finally:
+        s.stop()
+    assert 0 == out["verify"]
+    sig = base64.b64decode(out["signature"])
+    public = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes()).public_key()
+    token = b"user=ada;exp=4102444800"
+    if isinstance(public, rsa.RSAPublicKey):
+        public.verify(sig, token, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(sig, token, ec.ECDSA(hashes.SHA256()))
+    assert not (tmp_path / "data" / "signing").exists()
 
 
 def test_symbols_of_other_modules_resolve_to_null(pair: tuple[Svc, Svc]) -> None:
