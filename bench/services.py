@@ -1,4 +1,4 @@
-"""Benchmark of the module services: cache latency from C, shared-database
+"""Benchmark of the module services: cache latency from C, database
 writes from two modules, and rollback end to end.
 
     .venv/bin/python -m bench.services            # starts its own server
@@ -7,16 +7,22 @@ writes from two modules, and rollback end to end.
 Cache numbers are measured inside C (clock_gettime around every single
 cweb_cache_get/set, in a route that loops N times and reports percentiles),
 first in one worker, then in two workers (two modules) at the same time.
+The same loop is also run against the cache cweb had before the services
+broker (one shared-memory file every worker mapped, SHM_COMMIT), built from
+that commit's SDK into a small program: one process, then two at once.
 Database numbers are autocommit INSERTs through ctx->database from two
-modules at once, several request threads each. Rollback is the wall time of
-POST /modules/{name}/rollback plus the first request answered by the old
-version. Prints a table; not part of the test suite.
+modules at once, several request threads each (each into its own file).
+Rollback is the wall time of POST /modules/{name}/rollback plus the first
+request answered by the old version. Prints a table; not part of the test
+suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +37,11 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import Server, unique  # noqa: E402
 from tests.integration.test_services import service_module  # noqa: E402
 
-CACHE_OPS = 1_000_000
+# Each call is a round trip to the runtime now: fewer of them keep the run short.
+CACHE_OPS = 20_000
+# The shared-memory cache cweb used before the services broker.
+SHM_COMMIT = "e97c336"
+SHM_OPS = 1_000_000
 CACHE_VALUE_BYTES = 64
 CACHE_KEYS = 10_000
 DB_THREADS_PER_MODULE = 4
@@ -67,26 +77,123 @@ def concurrently(fns: list) -> list:
 
 
 def bench_cache(url: str, a: str, b: str) -> list[tuple[str, str]]:
-    rows = []
-    with httpx.Client(base_url=url, timeout=120) as c:
+    with httpx.Client(base_url=url, timeout=300) as c:
         cache_bench(c, a, "warm")
         one = cache_bench(c, a, "one")
-    rows.append(("cache get p50 / p99, 1 worker", f"{one['get_p50_ns'] / 1000:.2f} / {one['get_p99_ns'] / 1000:.2f} µs"))
-    rows.append(("cache set p50 / p99, 1 worker", f"{one['set_p50_ns'] / 1000:.2f} / {one['set_p99_ns'] / 1000:.2f} µs"))
 
     def run(name: str, prefix: str):
         def go() -> dict:
-            with httpx.Client(base_url=url, timeout=120) as c:
+            with httpx.Client(base_url=url, timeout=300) as c:
                 return cache_bench(c, name, prefix)
         return go
 
     both = concurrently([run(a, "two-a"), run(b, "two-b")])
-    for label, key in (("get", "get"), ("set", "set")):
-        p50 = max(r[f"{key}_p50_ns"] for r in both) / 1000
-        p99 = max(r[f"{key}_p99_ns"] for r in both) / 1000
-        rows.append((f"cache {label} p50 / p99, 2 workers at once", f"{p50:.2f} / {p99:.2f} µs (worst worker)"))
-        ops = sum(CACHE_OPS / (r[f"{key}_total_ns"] / 1e9) for r in both)
-        rows.append((f"cache {label} throughput, 2 workers", f"{ops / 1e6:.2f} M ops/s"))
+    return cache_rows("after: services broker", one, both, CACHE_OPS)
+
+
+SHM_HARNESS = r"""
+#include "cweb.h"
+#include "cweb_internal.h"
+#include <time.h>
+
+/* The old container needs these from the glue; the bench never calls them. */
+int http_kv_insert(http_kv_store_t *s, const char *k, char *v) { (void)s; (void)k; (void)v; return -1; }
+char *http_kv_get(const http_kv_store_t *s, const char *k) { (void)s; (void)k; return NULL; }
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static uint64_t ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = argv[1], *prefix = argv[2];
+    long n = atol(argv[3]), size = atol(argv[4]), keys = atol(argv[5]);
+    cweb_services_init(dir);
+    uint64_t *set_ns = malloc(sizeof(uint64_t) * (size_t)n), *get_ns = malloc(sizeof(uint64_t) * (size_t)n);
+    char *buf = calloc(1, (size_t)size + 1), key[256];
+    long misses = 0;
+    uint64_t t0 = ns();
+    for (long i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "%s%ld", prefix, i % keys);
+        uint64_t a = ns();
+        cweb_cache_set(NULL, key, buf, (size_t)size, 0);
+        set_ns[i] = ns() - a;
+    }
+    uint64_t t1 = ns();
+    for (long i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "%s%ld", prefix, i % keys);
+        uint64_t a = ns();
+        if (cweb_cache_get(NULL, key, buf, (size_t)size) < 0)
+            misses++;
+        get_ns[i] = ns() - a;
+    }
+    uint64_t t2 = ns();
+    qsort(set_ns, (size_t)n, sizeof(uint64_t), cmp_u64);
+    qsort(get_ns, (size_t)n, sizeof(uint64_t), cmp_u64);
+    printf("{\"set_p50_ns\":%llu,\"set_p99_ns\":%llu,\"get_p50_ns\":%llu,\"get_p99_ns\":%llu,"
+           "\"set_total_ns\":%llu,\"get_total_ns\":%llu,\"misses\":%ld}\n",
+           (unsigned long long)set_ns[n / 2], (unsigned long long)set_ns[n * 99 / 100],
+           (unsigned long long)get_ns[n / 2], (unsigned long long)get_ns[n * 99 / 100],
+           (unsigned long long)(t1 - t0), (unsigned long long)(t2 - t1), misses);
+    return 0;
+}
+"""
+
+
+def build_shm_harness(folder: Path) -> Path:
+    """The pre-broker SDK's cache (SHM_COMMIT) compiled into a program."""
+    for name in ("cweb.h", "cweb_internal.h", "cweb_frame.h", "cweb_services.c"):
+        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{SHM_COMMIT}:builder/sdk/{name}"], check=True, capture_output=True).stdout
+        (folder / name).write_bytes(blob)
+    (folder / "harness.c").write_text(SHM_HARNESS)
+    exe = folder / "shm-bench"
+    subprocess.run(
+        ["gcc", "-std=gnu11", "-O2", "-I", str(folder), "-o", str(exe), str(folder / "harness.c"), str(folder / "cweb_services.c"),
+         "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"],
+        check=True,
+    )
+    return exe
+
+
+def bench_cache_shm() -> list[tuple[str, str]]:
+    with tempfile.TemporaryDirectory(prefix="cweb-shm-bench-") as tmp:
+        folder = Path(tmp)
+        exe = build_shm_harness(folder)
+        data = folder / "data"
+        data.mkdir()
+
+        def run(prefix: str, n: int = SHM_OPS):
+            def go() -> dict:
+                out = subprocess.run([str(exe), str(data), prefix, str(n), str(CACHE_VALUE_BYTES), str(CACHE_KEYS)], check=True, capture_output=True, text=True).stdout
+                return json.loads(out)
+            return go
+
+        run("warm", 10_000)()
+        one = run("one")()
+        both = concurrently([run("two-a"), run("two-b")])
+    return cache_rows("before: shared memory", one, both, SHM_OPS)
+
+
+def cache_rows(label: str, one: dict, both: list[dict], ops: int) -> list[tuple[str, str]]:
+    rows = []
+    for op in ("get", "set"):
+        rows.append((f"{label}: cache {op} p50 / p99, 1 worker", f"{one[f'{op}_p50_ns'] / 1000:.2f} / {one[f'{op}_p99_ns'] / 1000:.2f} µs"))
+        rows.append((f"{label}: cache {op} throughput, 1 worker", f"{ops / (one[f'{op}_total_ns'] / 1e9):,.0f} ops/s"))
+    for op in ("get", "set"):
+        p50 = max(r[f"{op}_p50_ns"] for r in both) / 1000
+        p99 = max(r[f"{op}_p99_ns"] for r in both) / 1000
+        rows.append((f"{label}: cache {op} p50 / p99, 2 workers at once", f"{p50:.2f} / {p99:.2f} µs (worst worker)"))
+        total = sum(ops / (r[f"{op}_total_ns"] / 1e9) for r in both)
+        rows.append((f"{label}: cache {op} throughput, 2 workers", f"{total:,.0f} ops/s"))
     return rows
 
 
@@ -110,7 +217,7 @@ def bench_db(url: str, a: str, b: str) -> list[tuple[str, str]]:
     elapsed = time.perf_counter() - t0
     rows = 2 * DB_THREADS_PER_MODULE * DB_REQUESTS_PER_THREAD * DB_ROWS_PER_REQUEST
     return [
-        ("sqlite autocommit inserts, 2 modules x 4 threads", f"{rows / elapsed:,.0f} rows/s ({rows} rows, {len(errors)} errors)"),
+        ("sqlite autocommit inserts, 2 modules x 4 threads (a file each)", f"{rows / elapsed:,.0f} rows/s ({rows} rows, {len(errors)} errors)"),
     ]
 
 
@@ -150,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         with httpx.Client(base_url=url, timeout=120) as c:
             deploy(c, service_module(a))
             deploy(c, service_module(b))
-        rows = bench_cache(url, a, b) + bench_db(url, a, b) + bench_rollback(url)
+        rows = bench_cache_shm() + bench_cache(url, a, b) + bench_db(url, a, b) + bench_rollback(url)
     finally:
         if server is not None:
             server.stop()

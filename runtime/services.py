@@ -45,6 +45,7 @@ import os
 import selectors
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ ENTRY_OVERHEAD = 64
 VALUE_FRACTION = 16
 VALUE_CAP = 16 << 20
 
+SWITCH_INTERVAL_S = 0.0002
 TURN_RECORDS = 64
 TURN_SECONDS = 0.005
 OUT_MAX_BYTES = 4 << 20
@@ -312,6 +314,9 @@ class Broker:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        # The agent's event loop shares the GIL with this thread; Python's
+        # default 5 ms switch interval would add up to that much to a call.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.thread = threading.Thread(target=self._run, name="cweb-services", daemon=True)
         self.thread.start()
         log.info("services: cache %d bytes, token signing %s", self.cache.capacity, f"with {self.signer.certificate}" if self.signer.ready else "off")

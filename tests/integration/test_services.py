@@ -757,7 +757,7 @@ export module_t config = {
 def test_sqldb_and_crypto_as_c_web_modules_head_declares_them(server: Server) -> None:
     name = unique("head")
     d = deployed(server, HEAD_USAGE.replace("@NAME@", name))
-    assert [] == d["diagnostics"], d["diagnostics"]
+    assert [] == d["warnings"], d["warnings"]
     with server.client() as c:
         first = c.get(f"/{name}/run").json()
         second = c.get(f"/{name}/run").json()
