@@ -6,7 +6,7 @@
  *   POST   /kv/KEY         the request body becomes the value of KEY
  *   DELETE /kv/KEY         removes KEY
  *
- * KEY is 1-128 letters, digits, '_', '-' or '.'. The table lives in this
+ * KEY is 1-64 letters, digits, '_', '-' or '.'. The table lives in this
  * module's database, a file of its own that no other module can open (and
  * that every later version of module "kvstore" finds again).
  * ctx->database->db is this worker's connection; all its threads share it,
@@ -14,7 +14,7 @@
  */
 #include <cweb.h>
 
-#define KEY_PATTERN "/kv/[A-Za-z0-9_.-]{1,128}"
+#define KEY_PATTERN "/kv/[A-Za-z0-9_.-]{1,64}"
 
 static void reply(http_response_t *res, http_error_t status, const char *type, const char *text)
 {
