@@ -62,6 +62,10 @@ class State:
     started_at: float
 
 
+# Room for the multipart boundaries and part headers around the source.
+UPLOAD_FRAMING = 64 * 1024
+
+
 async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
@@ -70,7 +74,7 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
             code="not_multipart",
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+    if declared and declared.isdigit() and int(declared) > max_bytes + UPLOAD_FRAMING:
         raise PayloadTooLarge(f"upload is {declared} bytes; the source limit is {max_bytes}", code="source_too_large")
     try:
         form = await request.form(max_files=4, max_fields=16)
@@ -297,4 +301,5 @@ def create_app(settings: Settings) -> Dispatcher:
     cors = Cors.from_settings(settings)
     dispatcher.cors = cors if cors.enabled else None
     dispatcher.max_form_fields = settings.max_form_fields
+    dispatcher.max_upload = settings.max_source_bytes + UPLOAD_FRAMING
     return dispatcher

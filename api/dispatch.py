@@ -37,6 +37,7 @@ _DEFAULT_TYPE = (b"content-type", b"text/html; charset=utf-8")
 _JSON_TYPE = (b"content-type", b"application/json")
 _METHOD_CODES = protocol.METHODS
 _SKIP_HEADERS = {b"content-length", b"transfer-encoding", b"connection"}
+_CLOSE = (b"connection", b"close")
 # A module's header that would break the response framing is dropped (the
 # same characters uvicorn refuses).
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
@@ -166,6 +167,8 @@ class Dispatcher:
         # Set by create_app: CORS on module routes (None: off).
         self.cors: Cors | None = None
         self.max_form_fields = 1000
+        # Set by create_app: the largest body POST /mgnt reads.
+        self.max_upload = max_body
         self._form_slots: asyncio.Semaphore | None = None
 
     def cors_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -186,7 +189,7 @@ class Dispatcher:
                     # The busiest control-plane call skips FastAPI (same answers, same errors).
                     await submit_asgi(self.state.jobs, scope, receive, send)
                     return
-                await self.control(scope, receive, send)
+                await self._control_capped(scope, receive, send, path)
                 return
             await self.http(scope, receive, send, path)
         elif kind == "websocket":
@@ -211,6 +214,48 @@ class Dispatcher:
         status, out, rbody = await self.serve(method, path, scope["query_string"], headers, body)
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else bytes(rbody)})
+
+    async def _control_capped(self, scope: dict, receive: Callable, send: Callable, path: str) -> None:
+        """The control plane, with its request body cut at a limit: an
+        upload to /mgnt at the source limit (plus multipart framing), any
+        other body at CWEB_MAX_BODY_BYTES. Past it the client gets a JSON 413
+        at once (declared length) or as soon as the limit is crossed (chunked
+        bodies), and the connection closes lingering (api/http_server.py), so
+        nothing past the limit is spooled and a client still sending reads
+        the 413."""
+        if path == "/mgnt":
+            limit, code = self.max_upload, "source_too_large"
+            what = f"the upload exceeds {limit} bytes (CWEB_MAX_SOURCE_BYTES and multipart framing)"
+        else:
+            limit, code = self.max_body, "body_too_large"
+            what = f"the request body exceeds the limit of {limit} bytes"
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                if v.isdigit() and int(v) > limit:
+                    await send_json(send, *json_error(413, code, what), [_CLOSE])
+                    return
+                break
+        received = 0
+        refused = False
+
+        async def capped_receive() -> dict:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    await send_json(send, *json_error(413, code, what), [_CLOSE])
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if not refused:  # the 413 is the answer; the app's own is dropped
+                await send(message)
+
+        await self.control(scope, capped_receive, guarded_send)
 
     def answers(self, method: str, path: str) -> bool:
         """Whether serve() answers this request (the rest goes through ASGI)."""
@@ -408,14 +453,14 @@ class Dispatcher:
                     return None
                 if declared > self.max_body:
                     status, err = json_error(413, "body_too_large", f"request body is {declared} bytes; the limit is {self.max_body}")
-                    await send_json(send, status, err)
+                    await send_json(send, status, err, [_CLOSE])
                     return None
                 break
         msg = await receive()
         body = msg.get("body", b"")
         if len(body) > self.max_body:
             status, err = json_error(413, "body_too_large", f"request body exceeds the limit of {self.max_body} bytes")
-            await send_json(send, status, err)
+            await send_json(send, status, err, [_CLOSE])
             return None
         if not msg.get("more_body"):
             return body
@@ -427,7 +472,7 @@ class Dispatcher:
             size += len(chunk)
             if size > self.max_body:
                 status, err = json_error(413, "body_too_large", f"request body exceeds the limit of {self.max_body} bytes")
-                await send_json(send, status, err)
+                await send_json(send, status, err, [_CLOSE])
                 return None
             chunks.append(chunk)
         return b"".join(chunks)

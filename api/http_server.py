@@ -30,6 +30,14 @@ MAX_HEADERS = 256
 HEADER_TIMEOUT_S = 15.0
 # Seconds a client has to send a request's whole body once its headers are in.
 BODY_TIMEOUT_S = 120.0
+# Lingering close: after answering a request whose body is not wanted (413),
+# the server stops parsing, shuts down its sending side once the answer is
+# flushed, and reads and discards what the client still sends for at most
+# this long and this much, then closes. Closing at once would make the kernel
+# answer the unread bytes with a reset, and a client still sending (httpx,
+# requests, urllib) would report "connection reset" instead of the 413.
+LINGER_S = 10.0
+LINGER_BYTES = 256 << 20
 # Responses larger than this go out as head + body (no copy into one buffer).
 _JOIN_LIMIT = 64 << 10
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -66,6 +74,24 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
 
     class _Refused(Exception):
         pass
+
+    class _LingeringTransport:
+        """The transport as an ASGI request's cycle sees it: close() while
+        the request body is still arriving lingers instead (a control-plane
+        413 such as an oversized chunked upload to /mgnt)."""
+
+        def __init__(self, proto: Any, transport: asyncio.Transport) -> None:
+            self._proto = proto
+            self._transport = transport
+            self.write = transport.write
+            self.is_closing = transport.is_closing
+            self.get_extra_info = transport.get_extra_info
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._transport, name)
+
+        def close(self) -> None:
+            self._proto.close_or_linger()
 
     # Deadlines are checked by one sweep a second over every connection: a timer
     # per request (armed and cancelled twice per request) costs more on the hot path.
@@ -147,7 +173,8 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
             self.body.append(chunk)
 
         def refuse_size(self) -> None:
-            # The rest of the body is not worth reading: answer and close.
+            # The rest of the body is not worth reading: answer, then a
+            # lingering close (write() closes through close_or_linger).
             self.keep_alive = False
             self.write(*json_reply(*json_error(413, "body_too_large",
                                           f"request body exceeds the limit of {dispatcher.max_body} bytes"),
@@ -198,7 +225,7 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
                 head.append(body)
                 transport.write(b"".join(head))
             if not self.keep_alive:
-                transport.close()
+                proto.close_or_linger()
             proto.on_response_complete()
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
@@ -208,6 +235,38 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
         _header_bytes = 0
         _header_count = 0
         _in_request = False
+        _lingering = False
+        _linger_left = 0
+
+        def close_or_linger(self) -> None:
+            """Close after an answer: at once if the request was read whole,
+            else a lingering close (LINGER_S, LINGER_BYTES)."""
+            transport = self.transport
+            if not self._in_request or transport.is_closing():
+                transport.close()
+                return
+            if self._lingering:
+                return
+            self._lingering = True
+            self._linger_left = LINGER_BYTES
+            self.flow.resume_reading()
+            if transport.can_write_eof():
+                transport.write_eof()  # after the queued answer is flushed
+            self._deadline = self.loop.time() + LINGER_S
+            self._why = ("linger", "")
+
+        def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                self._linger_left -= len(data)
+                if self._linger_left < 0:
+                    self.transport.close()
+                return
+            super().data_received(data)
+
+        def eof_received(self) -> bool | None:
+            if self._lingering:
+                self.transport.close()  # the client has sent everything
+            return None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -231,7 +290,9 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
         def _expire(self, code: str, message: str) -> None:
             if self.transport.is_closing():
                 return
-            if self._in_request:
+            if self._lingering:
+                self.transport.close()
+            elif self._in_request:
                 self._send_json_and_close(408, code, message)
             else:  # idle keep-alive, or a connection that never sent a byte: just close it
                 self.transport.close()
@@ -298,6 +359,10 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
                     return
             self._asgi_scope()
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and not parser.should_upgrade():
+                # Created just now; its task has not run yet.
+                cycle.transport = _LingeringTransport(self, self.transport)
 
         def _module_request(self, method: str, path: str, query: bytes) -> None:
             keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
@@ -341,7 +406,7 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
         def on_response_complete(self) -> None:
             # uvicorn's, with the keep-alive timeout on the sweep instead of a timer.
             self.server_state.total_requests += 1
-            if self.transport.is_closing():
+            if self._lingering or self.transport.is_closing():
                 return
             self.flow.resume_reading()
             if self.pipeline:

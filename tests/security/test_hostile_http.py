@@ -158,6 +158,122 @@ def test_idle_connection_is_closed(healthy: SecServer) -> None:
     assert time.monotonic() - t0 < HEADER_TIMEOUT_S + 5
 
 
+def _chunks(total: int, size: int = 1 << 20):
+    sent = 0
+    while sent < total:
+        yield b"x" * min(size, total - sent)
+        sent += size
+
+
+def _multipart_prefix() -> bytes:
+    return b'--bb\r\nContent-Disposition: form-data; name="code"; filename="big.c"\r\n\r\n'
+
+
+def test_chunked_upload_over_the_limit_is_a_413_httpx_reads(healthy: SecServer) -> None:
+    """50 MB sent chunked (no Content-Length) to /mgnt: cut at the source
+    limit; the client, still sending, reads the JSON 413 (lingering close),
+    not "connection reset"."""
+
+    def body():
+        yield _multipart_prefix()
+        yield from _chunks(50 << 20)
+
+    t0 = time.monotonic()
+    r = upload(healthy, content=body(), headers={"Content-Type": "multipart/form-data; boundary=bb"})
+    assert (r.status_code, r.json()["error"]) == (413, "source_too_large"), r.text
+    assert r.headers["connection"] == "close"
+    assert time.monotonic() - t0 < 30
+
+
+def test_declared_upload_over_the_limit_is_a_413_the_client_reads(healthy: SecServer) -> None:
+    """The same with a Content-Length the server refuses before reading: the
+    client sends its 50 MB anyway (as httpx and urllib do) and still reads the 413."""
+    body = _multipart_prefix() + b"x" * (50 << 20) + b"\r\n--bb--\r\n"
+    r = upload(healthy, content=body, headers={"Content-Type": "multipart/form-data; boundary=bb"})
+    assert (r.status_code, r.json()["error"]) == (413, "source_too_large"), r.text
+
+
+def test_module_route_body_over_the_limit_is_a_413_the_client_reads(healthy: SecServer) -> None:
+    """Module routes: 20 MB streamed (chunked) or declared, past the 8 MiB
+    limit: httpx reads the 413 each time, and the route still answers after."""
+    path = f"/{unique('big')}"
+    assert healthy.deploy(route_module(unique("big"), path, "posted", method="POST")).status_code == 200
+    with healthy.client() as c:
+        r = c.post(path, content=_chunks(20 << 20))
+        assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+        r = c.post(path, content=b"y" * (20 << 20))
+        assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+        assert c.post(path, content=b"small").text == "posted"
+
+
+def test_chunked_upload_spools_nothing_past_the_limit(make_server, tmp_path) -> None:
+    """While 50 MB arrive chunked, the server's temporary files (multipart
+    spooling) never hold more than the source limit plus framing."""
+    import os
+    import threading
+    from pathlib import Path
+
+    from api.app import UPLOAD_FRAMING
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    limit = 1 << 20
+    s = make_server(env={"TMPDIR": str(spool)})
+    peak = [0]
+    done = threading.Event()
+
+    fds = Path(f"/proc/{s.proc.pid}/fd")
+
+    def watch() -> None:
+        # Spooled files are unlinked at once: find them among the server's
+        # open descriptors, not in the directory.
+        while not done.is_set():
+            total = 0
+            for fd in fds.iterdir():
+                try:
+                    if os.readlink(fd).startswith(str(spool)):
+                        total += os.stat(fd).st_size
+                except OSError:
+                    pass
+            peak[0] = max(peak[0], total)
+            time.sleep(0.005)
+
+    def body():
+        yield _multipart_prefix()
+        for chunk in _chunks(50 << 20, 256 << 10):
+            yield chunk
+            time.sleep(0.001)  # let the watcher see every stage
+        yield b"\r\n--bb--\r\n"
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with s.client() as c:
+            r = c.post("/mgnt", content=body(), headers={"Content-Type": "multipart/form-data; boundary=bb"})
+    finally:
+        done.set()
+        watcher.join()
+    assert (r.status_code, r.json()["error"]) == (413, "source_too_large")
+    assert peak[0] <= limit + UPLOAD_FRAMING, f"{peak[0]} bytes spooled"
+
+
+def test_cli_deploy_of_a_huge_file_reads_the_413(healthy: SecServer, tmp_path) -> None:
+    """./cweb deploy of a 50 MB file: the CLI prints the server's 413, no reset."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.security.conftest import API_KEY
+
+    big = tmp_path / "huge.c"
+    big.write_bytes(b"/*" + b"x" * (50 << 20) + b"*/\n")
+    out = subprocess.run([sys.executable, str(ROOT / "cweb"), "--server", healthy.url, "--api-key", API_KEY, "deploy", str(big)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "source_too_large" in out.stdout + out.stderr or "413" in out.stdout + out.stderr, (out.stdout, out.stderr)
+    assert "reset" not in (out.stdout + out.stderr).lower()
+
+
 def test_state_is_intact_after_the_attacks(healthy: SecServer, survivor: tuple[str, str]) -> None:
     # Runs last in this file: the module deployed before everything is still served, unchanged.
     path, module_hash = survivor
