@@ -24,7 +24,7 @@ from api import auth, cache_admin, observe, versions
 from api.cors import Cors
 from api.deploy import ModuleHost, declaration_warnings
 from api.dispatch import Dispatcher
-from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
+from api.errors import ApiError, BadRequest, PayloadTooLarge, disk_full_is_507, error_body
 from api.jobs import routes as job_routes
 from api.jobs.service import JobService
 from api.jobs.store import Store as JobStore
@@ -239,7 +239,8 @@ def create_app(settings: Settings) -> Dispatcher:
         t0 = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)
         try:
-            result = await state.builder.build(source, filename)
+            with disk_full_is_507("the build"):
+                result = await state.builder.build(source, filename)
         except BuildError as exc:
             state.metrics.builds.labels("failed").inc()
             state.builds.record(file=filename, outcome="failed", error=exc.code, message=exc.message,
@@ -253,9 +254,10 @@ def create_app(settings: Settings) -> Dispatcher:
         base = result.summary()
         if check:
             return {"ok": True, **base}
-        version, previous, noop = await state.host.activate(
-            result.module_hash, source_sha256=result.source_sha256, build_key=result.build_key
-        )
+        with disk_full_is_507("the deploy"):
+            version, previous, noop = await state.host.activate(
+                result.module_hash, source_sha256=result.source_sha256, build_key=result.build_key
+            )
         summary = version.summary()
         return {
             **summary,

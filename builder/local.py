@@ -99,7 +99,8 @@ class LocalBuilder:
         source_sha = hashlib.sha256(source).hexdigest()
         key = self.key_for(source_sha)
         if use_cache:
-            hit = self.store.lookup_action(key)
+            # Off the loop: the hit is hashed again (a corrupt artifact is evicted).
+            hit = await asyncio.to_thread(self.store.lookup_action, key)
             if hit:
                 manifest = self.store.manifest(hit) or {}
                 return BuildResult(hit, source_sha, key, True, (time.perf_counter() - started) * 1000, manifest.get("warnings", []), manifest)
@@ -169,10 +170,15 @@ class LocalBuilder:
             "size": len(data),
             "warnings": warnings,
         }
+        # Written (and fsynced) on a thread: a slow or full disk delays this
+        # deploy only; ENOSPC comes back as OSError (the api answers 507).
+        await asyncio.to_thread(self._keep, source_sha, source, module_hash, data, manifest, key)
+        return BuildResult(module_hash, source_sha, key, False, build_ms, warnings, manifest)
+
+    def _keep(self, source_sha: str, source: bytes, module_hash: str, data: bytes, manifest: dict, key: str) -> None:
         self.store.put_source(source_sha, source)
         self.store.put_artifact(module_hash, data, manifest)
         self.store.record_action(key, module_hash)
-        return BuildResult(module_hash, source_sha, key, False, build_ms, warnings, manifest)
 
     @staticmethod
     def _scrub(output: str, scratch: str, shown: str) -> str:

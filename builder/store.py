@@ -6,11 +6,14 @@
     <store>/actions/<build_key>.json       action cache: build key -> module_hash
 
 Every file is written to a temporary name in the same directory, synced and
-renamed, so a reader sees either nothing or the whole file.
+renamed, so a reader sees either nothing or the whole file. An artifact is
+checked against its name before the action cache hands it out: one that no
+longer matches is evicted and rebuilt, never served or kept failing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -64,9 +67,28 @@ class Store:
     def has_artifact(self, module_hash: str) -> bool:
         return is_hash(module_hash) and os.path.exists(self.artifact_path(module_hash))
 
+    def artifact_intact(self, module_hash: str) -> bool:
+        """Whether the stored artifact's bytes still hash to its name."""
+        h = hashlib.sha256()
+        try:
+            with open(self.artifact_path(module_hash), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except FileNotFoundError:
+            return False
+        return h.hexdigest() == module_hash
+
+    def evict_artifact(self, module_hash: str) -> None:
+        """Drop an artifact whose bytes no longer match its hash: the next
+        build of its source writes it again (builds are reproducible)."""
+        try:
+            os.unlink(self.artifact_path(module_hash))
+        except FileNotFoundError:
+            pass
+
     def put_artifact(self, module_hash: str, data: bytes, manifest: dict) -> None:
         path = self.artifact_path(module_hash)
-        if not os.path.exists(path):
+        if not os.path.exists(path) or not self.artifact_intact(module_hash):
             write_atomic(path, data, 0o444)
         mpath = os.path.join(self.root, "artifacts", f"{module_hash}.json")
         if not os.path.exists(mpath):
@@ -96,13 +118,20 @@ class Store:
             return None
 
     def lookup_action(self, key: str) -> str | None:
-        """The module_hash a build key produced, if its artifact is still here."""
+        """The module_hash a build key produced, if its artifact is still here
+        and intact. A corrupt one (bytes appended, overwritten) is evicted, so
+        the caller rebuilds it from the source instead of failing forever."""
         try:
             with open(os.path.join(self.root, "actions", f"{key}.json"), "rb") as f:
                 module_hash = json.loads(f.read())["module_hash"]
         except (FileNotFoundError, ValueError, KeyError):
             return None
-        return module_hash if self.has_artifact(module_hash) else None
+        if not is_hash(module_hash) or not self.has_artifact(module_hash):
+            return None
+        if not self.artifact_intact(module_hash):
+            self.evict_artifact(module_hash)
+            return None
+        return module_hash
 
     def record_action(self, key: str, module_hash: str) -> None:
         write_atomic(

@@ -172,6 +172,41 @@ def test_lookup_action_is_none_for_a_corrupt_entry(tmp_path: Path) -> None:
     assert (None, None) == (store.lookup_action("k" * 64), store.lookup_action("j" * 64))
 
 
+def test_lookup_action_evicts_an_artifact_that_fails_its_hash(tmp_path: Path) -> None:
+    """Bytes appended to an artifact: the action cache misses and the bad file
+    is gone, so the next build writes the right bytes again."""
+    store = Store(str(tmp_path))
+    data = b"artifact bytes"
+    h = sha(data)
+    store.put_artifact(h, data, {})
+    store.record_action("k" * 64, h)
+    so = Path(store.artifact_path(h))
+    os.chmod(so, 0o644)
+    with open(so, "ab") as f:
+        f.write(b"7 bytes")
+    assert not store.artifact_intact(h)
+    assert None is store.lookup_action("k" * 64)
+    assert not so.exists()
+    store.put_artifact(h, data, {})
+    assert data == so.read_bytes() and store.artifact_intact(h)
+    assert h == store.lookup_action("k" * 64)
+
+
+def test_put_artifact_rewrites_a_corrupt_copy(tmp_path: Path) -> None:
+    """An artifact overwritten in place (same name, wrong bytes) is replaced
+    by the next put of the right bytes, not kept because the name exists."""
+    store = Store(str(tmp_path))
+    data = b"the real artifact"
+    h = sha(data)
+    store.put_artifact(h, data, {})
+    so = Path(store.artifact_path(h))
+    os.chmod(so, 0o644)
+    so.write_bytes(b"the fake artifact")
+    store.put_artifact(h, data, {})
+    assert data == so.read_bytes()
+    assert 0o444 == mode_of(so)
+
+
 @pytest.mark.parametrize(
     "value, expected",
     [
