@@ -30,25 +30,29 @@ Paths are matched as bytes (the UTF-8 of the decoded path), as regexec does
 in the C locale the original runs in: '.' is one byte.
 
 A compiled program is bounded (MAX_PROGRAM) so a deploy cannot build a huge
-automaton, matching memory is bounded by RE2 (MAX_MEM), and paths longer than
-MAX_PATH never reach a pattern.
+automaton, matching memory is bounded by RE2 (MAX_MEM), and a path only
+reaches a pattern when it is short enough for the match to stay within
+STEP_BUDGET (MAX_PATH bytes at most).
 """
 
 from __future__ import annotations
 
 from re2 import _re2
 
-# RE2 instructions one route's program may take. Matching is linear in the
-# path, with a factor that grows with the program when RE2's DFA runs out of
-# cache and falls back to its NFA: 500 instructions against a MAX_PATH path
-# is ~5 ms in the worst case measured (`.*a.{500}`); ordinary routes are
-# 10-60 instructions and microseconds.
-MAX_PROGRAM = 500
-# Longer paths are only looked up among the exact (literal) routes: no
-# client can make a pattern match cost more than this many bytes' worth.
+# Matching is linear in the path. Ordinary patterns run on RE2's DFA, kept
+# warm per pattern: microseconds per request. A pattern crafted to defeat the
+# DFA (`.*a.{1000}`: more states than its cache holds) falls back to RE2's NFA
+# at ~30 ns per path byte per program instruction, so a pattern is only tried
+# on paths up to STEP_BUDGET / its program size bytes (and MAX_PATH): no
+# pattern can cost a request more than ~30 ms, whatever the path. Ordinary
+# routes are 10-1,300 instructions (`/kv/[A-Za-z0-9_.-]{1,128}` is 647, so it
+# is tried on paths up to 1,545 bytes; it matches 132 at most).
+STEP_BUDGET = 1_000_000
 MAX_PATH = 4096
+# Larger programs are refused at deploy.
+MAX_PROGRAM = 5000
 # Bytes RE2 may use for one pattern's program and DFA cache.
-MAX_MEM = 2 << 20
+MAX_MEM = 8 << 20
 MAX_REPEAT = 1000
 
 _ANCHOR_BOTH = _re2.RE2.Anchor.ANCHOR_BOTH
@@ -216,7 +220,7 @@ def translate(path: str) -> str:
 class RoutePattern:
     """A compiled route path; fullmatch() says whether a whole path matches."""
 
-    __slots__ = ("pattern", "_re")
+    __slots__ = ("pattern", "_re", "max_path")
 
     def __init__(self, path: str) -> None:
         self.pattern = path
@@ -226,7 +230,11 @@ class RoutePattern:
         if regexp.ProgramSize() > MAX_PROGRAM:
             raise RouteRegexError(f"the pattern compiles to {regexp.ProgramSize()} instructions; the limit is {MAX_PROGRAM}")
         self._re = regexp
+        # The longest path this pattern is tried on (see STEP_BUDGET).
+        self.max_path = min(MAX_PATH, STEP_BUDGET // regexp.ProgramSize())
 
     def fullmatch(self, path: str) -> bool:
         data = path.encode("utf-8", "surrogateescape")
+        if len(data) > self.max_path:
+            return False
         return self._re.Match(_ANCHOR_BOTH, data, 0, len(data))[0][0] >= 0
