@@ -352,10 +352,18 @@ class Broker:
                 if events & selectors.EVENT_READ:
                     c.ready = True
                 if events & selectors.EVENT_WRITE:
-                    self._flush(c)
+                    try:
+                        self._flush(c)
+                    except Exception:  # noqa: BLE001
+                        log.exception("services: dropping the channel of %s", c.label)
+                        self._close(c)
             for c in list(self.conns.values()):
                 if c.ready and c.reading:
-                    self._turn(c)
+                    try:
+                        self._turn(c)
+                    except Exception:  # noqa: BLE001 - one worker's fault must not stop the broker
+                        log.exception("services: dropping the channel of %s", c.label)
+                        self._close(c)
 
     def _drain_wake(self) -> None:
         try:
@@ -374,7 +382,10 @@ class Broker:
             self.sel.register(sock, selectors.EVENT_READ, c)
 
     def _close(self, c: _Conn | None) -> None:
-        if c is None or c.sock.fileno() < 0:
+        if c is None:
+            return
+        c.ready = False
+        if c.sock.fileno() < 0:
             return
         self.conns.pop(c.sock.fileno(), None)
         try:
