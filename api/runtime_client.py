@@ -304,9 +304,11 @@ class WorkerConn(asyncio.Protocol):
         for frame in _frames(data, self):
             if type(frame) is memoryview and frame[0] != protocol.F_HTTP_RESP:
                 frame = bytes(frame)  # only HTTP answers are read as views
-            # Jobs stream their events on the connection before the answer.
-            if self.sink is not None and frame[0] == protocol.F_JOB_EVENT:
-                self.sink(frame)
+            # Jobs stream their events on the connection before the answer. An
+            # event is never an answer, even with no job's sink to take it.
+            if frame[0] == protocol.F_JOB_EVENT:
+                if self.sink is not None:
+                    self.sink(frame)
                 continue
             self.answered += 1
             if self.waiters:
@@ -470,7 +472,10 @@ class WorkerPool:
             self.submit(frame, timeout, settled, conn)
             return await fut
         finally:
-            conn.sink = None
+            # The answer's read already woke the next job, which may have taken
+            # this connection (and set its own sink) before we resume here.
+            if conn.sink is sink:
+                conn.sink = None
 
     def _queued(self) -> bool:
         """Whether requests wait for room: newcomers queue behind them."""

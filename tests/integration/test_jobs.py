@@ -137,6 +137,17 @@ static int run_half(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t 
     return -1;
 }
 
+/* tick {"i": I}: one progress event, then returns what set_result returned
+ * (the pattern of issue 14's race: an event just before the end frame). */
+static int run_tick(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
+    (void)ctx;
+    long long i = int_field(p, "i", -1);
+    job->progress(job, 1.0, 1.0);
+    char buf[64];
+    snprintf(buf, sizeof(buf), "{\"i\": %lld}", i);
+    return job->set_result(job, buf);
+}
+
 /* quiet: succeeds without setting a result. */
 static int run_quiet(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
     (void)ctx; (void)p; (void)job;
@@ -206,8 +217,9 @@ export module_t config = {
         {"impostor", run_impostor, NULL},
         {"half", run_half, NULL},
         {"quiet", run_quiet, NULL},
+        {"tick", run_tick, NULL},
     },
-    .job_size = 9,
+    .job_size = 10,
     .onload = lab_onload,
 };
 """
@@ -1039,6 +1051,41 @@ def test_a_thousand_concurrent_submissions_all_finish_done(server: Server) -> No
             assert [] == c.get("/jobs", params={"state": state, "module": lab.name}).json()["jobs"]
         sample = [c.get(f"/jobs/{u}").json() for u in submitted[::97]]
     assert all({"i": int(j["result"]["i"])} == j["result"] and lab.module_hash == j["module_hash"] for j in sample)
+
+
+def test_concurrent_jobs_that_emit_then_return_set_results_value_all_end_done(server: Server) -> None:
+    """Issue 14: 640 jobs from 16 client threads, each emitting one event and
+    returning set_result's value, once ended ~7 % `failed` with "the job
+    returned 1879048192" (an event frame read as the end frame). Every one
+    must end done with its own result and exactly one progress event."""
+    lab = deploy_lab(server, "tick")
+    count, clients = 640, 16
+
+    def run_many(worker: int) -> list[tuple[int, str]]:
+        out = []
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for i in range(worker, count, clients):
+                r = c.post("/jobs", json={"module": lab.name, "job": "tick", "payload": {"i": i}})
+                assert 200 == r.status_code, r.text
+                out.append((i, r.json()["job_uuid"]))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        submitted = [x for chunk in pool.map(run_many, range(clients)) for x in chunk]
+    assert count == len({u for _, u in submitted})
+    bad = []
+    with server.client() as c:
+        for i, job_uuid in submitted:
+            deadline = time.monotonic() + 60
+            job = c.get(f"/jobs/{job_uuid}").json()
+            while job["state"] not in TERMINAL and time.monotonic() < deadline:
+                time.sleep(0.05)
+                job = c.get(f"/jobs/{job_uuid}").json()
+            if job["state"] != "done" or job["result"] != {"i": i}:
+                bad.append((job["state"], job["error"], job["result"]))
+        assert [] == bad[:5], f"{len(bad)} of {count} jobs did not end done with their result"
+        sample = c.get(f"/jobs/{submitted[0][1]}/events").json()["events"]
+    assert ["created", "started", "progress", "done"] == types(sample)
 
 
 # ---------------------------------------------------------------------------
