@@ -26,7 +26,7 @@ from api.deploy import ModuleHost, declaration_warnings
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, disk_full_is_507, error_body
 from api.jobs import routes as job_routes
-from api.jobs.service import JobService
+from api.jobs.service import JobLimits, JobService
 from api.jobs.store import Store as JobStore
 from api.metrics import Metrics
 from api.openapi import API_DESCRIPTION, document, with_module_routes
@@ -149,7 +149,7 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.host.restore()
         state.job_store = JobStore(os.path.join(settings.data_dir, "jobs.db"))
         await state.job_store.open()
-        state.jobs = JobService(state.job_store, state.host)
+        state.jobs = JobService(state.job_store, state.host, limits=JobLimits.from_settings(settings))
         await state.jobs.start()
         job_metrics = asyncio.create_task(state.metrics.follow_jobs(state.jobs))
         dispatcher.metrics = state.metrics

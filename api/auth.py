@@ -13,6 +13,8 @@ under a reserved prefix, before FastAPI sees it. What needs a key:
   and anything else under /_cweb, and artifacts (/artifacts/<hash>: manifest,
   deploy history, job runs; /artifacts/<hash>/source: uploaded source may
   hold secrets).
+- everything under /jobs, WebSocket /jobs/ws included (job payloads,
+  results and events are the callers' data).
 
 Everything else on the control plane (the module listing, docs, health,
 metrics, the /ui page itself — its data needs the key) and every module
@@ -38,7 +40,7 @@ from api.settings import Settings
 # The methods that read and never change anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # First path segments whose reads need a key too (deny by default below them).
-PRIVATE_PREFIXES = frozenset({"_cweb", "artifacts"})
+PRIVATE_PREFIXES = frozenset({"_cweb", "artifacts", "jobs"})
 # Query parameters that look like someone trying to pass a key in the URL.
 QUERY_KEY_NAMES = frozenset({"api_key", "apikey", "key", "token", "access_token", "x-api-key", "auth"})
 CHALLENGE = (b"www-authenticate", b'Bearer realm="cweb"')

@@ -57,6 +57,18 @@ async def send_json(send: Callable, status: int, body: bytes, extra: list | None
     await send({"type": "http.response.body", "body": body})
 
 
+async def refuse_websocket(scope: dict, receive: Callable, send: Callable, status: int, body: bytes, extra: list | None = None) -> None:
+    """Refuse a handshake with the JSON answer a plain request would get, where
+    the server can send one; else close before accepting (HTTP 403)."""
+    await receive()  # websocket.connect
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        status, headers, body = json_reply(status, body, extra)
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
 # Form bodies up to this size are parsed on the event loop (well under a
 # millisecond); larger ones in a thread, so percent-decoding megabytes never
 # holds the loop (8 MB of %XX takes ~1 s in Python).
@@ -195,6 +207,8 @@ class Dispatcher:
         elif kind == "websocket":
             if self.ws_handler is not None and not _is_control(scope["path"]):
                 await self.ws_handler(scope, receive, send)
+            elif self.guard is not None and (refused := self.guard(scope)) is not None:
+                await refuse_websocket(scope, receive, send, *refused)
             else:
                 await self.control(scope, receive, send)
         else:

@@ -31,7 +31,11 @@ _VIEW_FROM = 64 << 10
 def _frames(data: bytes | bytearray, owner: WorkerConn | EventsConn) -> list[bytes | memoryview]:
     """The whole length-prefixed frames in data; an incomplete tail is kept
     in owner.buf for the next read. Large frames are memoryviews (owner.buf
-    is then a new buffer, so the view stays valid)."""
+    is then a new buffer, so the view stays valid).
+
+    A frame arriving in many reads is appended to owner.buf in place and only
+    looked at again once owner.need bytes are there: each byte is copied a
+    bounded number of times, so ingesting a frame takes time linear in its size."""
     frames: list[bytes | memoryview] = []
     off = 0
     end = len(data)
@@ -43,9 +47,13 @@ def _frames(data: bytes | bytearray, owner: WorkerConn | EventsConn) -> list[byt
         frame = mv[off + 4 : off + 4 + n]
         frames.append(frame if n >= _VIEW_FROM else bytes(frame))
         off += 4 + n
-    rest = bytes(mv[off:]) if off < end else b""
-    if rest or owner.buf:
-        owner.buf = bytearray(rest)
+    owner.need = (4 + _U32.unpack_from(mv, off)[0]) if end - off >= 4 else 4
+    if off == 0 and data is owner.buf:
+        mv.release()  # nothing taken from it: keep growing the same buffer
+    elif off < end:
+        owner.buf = bytearray(mv[off:])
+    elif owner.buf:
+        owner.buf = bytearray()
     return frames
 
 
@@ -275,6 +283,7 @@ class WorkerConn(asyncio.Protocol):
     def __init__(self, on_lost: Callable[[WorkerConn], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
+        self.need = 4  # bytes buf must hold before a frame can be complete
         self.waiters: collections.deque[Call] = collections.deque()
         self.out: list[bytes] = []
         self.closed = False
@@ -300,6 +309,8 @@ class WorkerConn(asyncio.Protocol):
         # usual case), each copied once.
         if self.buf:
             self.buf += data
+            if len(self.buf) < self.need:
+                return  # the frame is still incomplete
             data = self.buf  # type: ignore[assignment]
         for frame in _frames(data, self):
             if type(frame) is memoryview and frame[0] != protocol.F_HTTP_RESP:
@@ -617,6 +628,7 @@ class EventsConn(asyncio.Protocol):
         self.on_frame = on_frame
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
+        self.need = 4  # bytes buf must hold before a frame can be complete
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -626,6 +638,8 @@ class EventsConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.buf:
             self.buf += data
+            if len(self.buf) < self.need:
+                return  # the frame is still incomplete
             data = self.buf  # type: ignore[assignment]
         # A broadcast brings thousands of frames per read.
         for frame in _frames(data, self):

@@ -50,6 +50,13 @@ class Settings:
     cors_headers: str = "Content-Type, Authorization"
     cors_max_age: int = 600
     cors_credentials: bool = False
+    # Per-job bounds on what a job may store (api/jobs): see docs/JOBS.md#limits.
+    job_max_events: int = 10_000
+    job_max_event_bytes: int = 64 << 10
+    job_max_events_total_bytes: int = 16 << 20
+    job_max_result_bytes: int = 1 << 20
+    # Seconds after a job finished before its events are deleted (0 = kept forever).
+    job_event_retention_s: float = 30 * 86400.0
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -84,6 +91,11 @@ class Settings:
             cors_headers=env.get("CWEB_CORS_HEADERS", "Content-Type, Authorization"),
             cors_max_age=_int(env, "CWEB_CORS_MAX_AGE", 600),
             cors_credentials=env.get("CWEB_CORS_CREDENTIALS", "") == "1",
+            job_max_events=_int(env, "CWEB_JOB_MAX_EVENTS", 10_000),
+            job_max_event_bytes=_int(env, "CWEB_JOB_MAX_EVENT_BYTES", 64 << 10),
+            job_max_events_total_bytes=_int(env, "CWEB_JOB_MAX_EVENTS_BYTES", 16 << 20),
+            job_max_result_bytes=_int(env, "CWEB_JOB_MAX_RESULT_BYTES", 1 << 20),
+            job_event_retention_s=_float(env, "CWEB_JOB_EVENT_RETENTION_S", 30 * 86400.0),
         )
 
     @property

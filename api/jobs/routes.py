@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.routing import Route
 
 from api.errors import ApiError, BadRequest, Invalid, PayloadTooLarge, error_body
-from api.jobs.service import DEFAULT_TIMEOUT_S, MAX_PAYLOAD_BYTES, JobService, public_event, public_job
+from api.jobs.service import DEFAULT_TIMEOUT_S, INT64_MAX, MAX_PAYLOAD_BYTES, JobService, public_event, public_job
 
 router = APIRouter()
 log = logging.getLogger("cweb.jobs")
@@ -32,6 +32,8 @@ log = logging.getLogger("cweb.jobs")
 MAX_SUBMIT_BODY = MAX_PAYLOAD_BYTES + 64 * 1024
 LIST_DEFAULT_LIMIT = 100
 LIST_MAX_LIMIT = 1000
+EVENTS_DEFAULT_LIMIT = 1000
+EVENTS_MAX_LIMIT = 1000
 LIST_FIELDS = ("job_uuid", "state", "module", "job", "module_hash", "created_at", "updated_at", "attempts")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -49,17 +51,20 @@ def _number(body: dict, key: str, kind: type, default: Any) -> Any:
     return kind(value)
 
 
-def _int_param(params: Any, key: str, default: int | None, code: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
+def _int_param(params: Any, key: str, default: int | None, code: str, minimum: int = 0, maximum: int = INT64_MAX) -> int | None:
+    """A non-negative integer query parameter that fits SQLite's INTEGER: anything else is a 400."""
     raw = params.get(key)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 40 else None
     except ValueError:
+        value = None
+    if value is None:
         raise BadRequest(f"{key} must be an integer, not {raw[:40]!r}", code=code) from None
-    if minimum is not None and value < minimum:
+    if value < minimum:
         raise BadRequest(f"{key} must be at least {minimum}", code=code)
-    if maximum is not None and value > maximum:
+    if value > maximum:
         raise BadRequest(f"{key} must be at most {maximum}", code=code)
     return value
 
@@ -73,8 +78,11 @@ async def submit_body(service: JobService, raw: bytes, idempotency_key: str | No
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object", code="invalid_job")
     module, job = body.get("module"), body.get("job")
-    if not isinstance(module, str) or not isinstance(job, str):
-        raise Invalid("fields 'module' and 'job' are required strings", code="invalid_job")
+    if not isinstance(job, str) or not (module is None or isinstance(module, str)):
+        raise Invalid("field 'job' is a required string, 'module' an optional one", code="invalid_job")
+    if module is None:
+        # As c-web-modules: the job name alone, when one active module has it.
+        module = service.module_for(job)
     created, is_new = await service.submit(
         module,
         job,
@@ -168,14 +176,20 @@ async def cancel_job(request: Request, job_uuid: str) -> dict:
 
 @router.get("/jobs/{job_uuid}/events")
 async def job_events(request: Request, job_uuid: str) -> Any:
-    """Stored events after since_event_id; with follow=1 a newline-delimited stream until the terminal event."""
+    """Stored events after since_event_id, at most `limit` (1..1000, default 1000) per page:
+    while next_since_event_id is not null, pass it back as since_event_id.
+    With follow=1 a newline-delimited stream until the terminal event."""
     service = _service(request)
-    since = _int_param(request.query_params, "since_event_id", 0, "invalid_since_event_id", 0)
+    since = _int_param(request.query_params, "since_event_id", 0, "invalid_since_event_id")
+    limit = _int_param(request.query_params, "limit", EVENTS_DEFAULT_LIMIT, "invalid_limit", 1, EVENTS_MAX_LIMIT)
     follow = request.query_params.get("follow", "0") not in ("", "0", "false")
-    assert since is not None
+    assert since is not None and limit is not None
     if not follow:
         await service.get(job_uuid)
-        return {"events": [public_event(e) for e in await service.events_since(job_uuid, since)]}
+        page = await service.events_since(job_uuid, since, limit + 1)
+        more = len(page) > limit
+        page = page[:limit]
+        return {"events": [public_event(e) for e in page], "next_since_event_id": page[-1]["event_id"] if more else None}
     stream = service.stream(job_uuid, since)
     first = await anext(stream, None)  # raises NotFound before the response starts
 
@@ -191,11 +205,16 @@ async def job_events(request: Request, job_uuid: str) -> Any:
 
 @router.websocket("/jobs/ws")
 async def job_socket(websocket: WebSocket) -> None:
-    """WS /jobs/ws?id=UUID&since_event_id=N: replay stored events after N, then live ones; closes after the terminal event."""
+    """WS /jobs/ws?id=UUID&since_event_id=N: replay stored events after N, then live ones.
+
+    The socket stays open after the terminal event, as c-web-modules' does,
+    until the client closes it; `close_on_end=1` has the server close it
+    (1000) right after the terminal event."""
     job_uuid = websocket.query_params.get("id", "")
+    close_on_end = websocket.query_params.get("close_on_end", "0") not in ("", "0", "false")
     await websocket.accept()
     try:
-        since = _int_param(websocket.query_params, "since_event_id", 0, "invalid_since_event_id", 0)
+        since = _int_param(websocket.query_params, "since_event_id", 0, "invalid_since_event_id")
         assert since is not None
         stream = _service(websocket).stream(job_uuid, since)
         first = await anext(stream, None)  # NotFound surfaces here
@@ -220,13 +239,16 @@ async def job_socket(websocket: WebSocket) -> None:
     listening = asyncio.create_task(until_client_leaves())
     try:
         await asyncio.wait({sending, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if not close_on_end and sending.done() and sending.exception() is None:
+            await listening  # every event sent: the client decides when to leave
     finally:
+        client_left = listening.done() and not listening.cancelled()
         listening.cancel()
         if not sending.done():
             sending.cancel()  # the client left: stop following the job
         await asyncio.gather(sending, listening, return_exceptions=True)
         await stream.aclose()
-    if sending.cancelled():
+    if sending.cancelled() or client_left:
         return
     exc = sending.exception()
     if exc is None:

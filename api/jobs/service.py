@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from api.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable
+from api.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable, disk_full_is_507
 from api.jobs.store import JOB_COLUMNS, Store, add_event, row_to_job
 from api.runtime_client import WorkerGone
 from runtime import protocol
@@ -44,6 +44,33 @@ LOAD_RETRY_S = 1.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 60.0
 MAX_PAYLOAD_BYTES = 1 << 20
+# delay_s / run_after beyond this many seconds from now are refused: a date
+# that far is a mistake, and its epoch would not fit the answers' integers.
+MAX_DELAY_S = 10 * 365 * 86400.0
+# Bounds of integers stored in jobs.db (SQLite INTEGER) and taken from queries.
+INT64_MAX = (1 << 63) - 1
+# Finished jobs' events deleted per transaction by the retention sweep, and
+# seconds between sweeps: bounded work per commit, however much expired.
+RETENTION_BATCH = 2000
+RETENTION_SWEEP_S = 60.0
+# Stored events read per query when replaying a job's events.
+REPLAY_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class JobLimits:
+    """What one attempt of a job may store (settings CWEB_JOB_MAX_*)."""
+
+    max_events: int = 10_000
+    max_event_bytes: int = 64 << 10
+    max_events_total_bytes: int = 16 << 20
+    max_result_bytes: int = 1 << 20
+    event_retention_s: float = 30 * 86400.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> JobLimits:
+        return cls(settings.job_max_events, settings.job_max_event_bytes, settings.job_max_events_total_bytes,
+                   settings.job_max_result_bytes, settings.job_event_retention_s)
 
 
 class JobState(StrEnum):
@@ -61,7 +88,7 @@ class JobState(StrEnum):
 
 TERMINAL = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELED.value}
 # Event types only the server writes; a module emitting one gets "module_" prepended.
-RESERVED_EVENTS = {"created", "started", "retry"}
+RESERVED_EVENTS = {"created", "started", "retry", "truncated"}
 # JOB_END outcome codes (builder/sdk/cweb_jobs.c).
 OUTCOME_RESULT, OUTCOME_ERROR, OUTCOME_NONE = 0, 1, 2
 
@@ -101,34 +128,49 @@ def _json_or_string(raw: bytes | str) -> Any:
         return text
 
 
+def _as_json_text(text: str | None) -> str:
+    """text if it is JSON, else text as a JSON string (event data is JSON)."""
+    if text is None:
+        return "null"
+    try:
+        json.loads(text)
+    except ValueError:
+        return json.dumps(text)
+    return text
+
+
 def public_job(job: dict) -> dict:
-    """The wire shape of a job (c-web-modules' fields plus cweb's)."""
+    """The wire shape of a job (c-web-modules' fields plus cweb's).
+
+    Times are whole epoch seconds, as the original's: jansson's
+    json_integer_value() reads a float as 0."""
     return {
         "job_uuid": job["job_uuid"],
         "module": job["module"],
         "job": job["job"],
         "state": job["state"],
         "module_hash": job["module_hash"],
-        "created_at": job["created_at"],
-        "updated_at": job["updated_at"],
+        "created_at": int(job["created_at"]),
+        "updated_at": int(job["updated_at"]),
         "result": _json_or_string(job["result"]) if job["result"] is not None else None,
         "error": job["error"],
         "attempts": job["attempts"],
         "max_attempts": job["max_attempts"],
         "priority": job["priority"],
-        "run_after": job["run_after"],
+        "run_after": int(job["run_after"]),
         "timeout_s": job["timeout_s"],
     }
 
 
 def public_event(ev: dict) -> dict:
-    return {"job_uuid": ev["job_uuid"], "event_id": ev["event_id"], "ts": ev["ts"], "type": ev["type"], "data": _json_or_string(ev["data"])}
+    return {"job_uuid": ev["job_uuid"], "event_id": ev["event_id"], "ts": int(ev["ts"]), "ts_ms": int(ev["ts"] * 1000), "type": ev["type"], "data": _json_or_string(ev["data"])}
 
 
 class JobService:
-    def __init__(self, store: Store, host: ModuleHost, instance: str | None = None) -> None:
+    def __init__(self, store: Store, host: ModuleHost, instance: str | None = None, limits: JobLimits | None = None) -> None:
         self.store = store
         self.host = host
+        self.limits = limits or JobLimits()
         self.instance = instance or uuidlib.uuid4().hex
         self.queues: dict[str, list[Queued]] = {}     # module_hash -> heap of pending
         # job_uuid -> its live queue entry; heap entries not in here are stale (canceled).
@@ -146,6 +188,7 @@ class JobService:
         self.wake = asyncio.Event()
         self.dispatcher: asyncio.Task | None = None
         self.sweeper: asyncio.Task | None = None
+        self.retention: asyncio.Task | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.finished = 0
         host.on_jobs_create = self.on_jobs_create
@@ -157,11 +200,13 @@ class JobService:
         await self.recover()
         self.dispatcher = asyncio.create_task(self._dispatch_loop())
         self.sweeper = asyncio.create_task(self._sweep_leases())
+        if self.limits.event_retention_s > 0:
+            self.retention = asyncio.create_task(self._sweep_retention())
 
     async def stop(self) -> None:
         """Start nothing new; give running attempts STOP_GRACE_S to finish. Whatever is
         still running then is left `running` for recovery at the next start."""
-        for task in (self.dispatcher, self.sweeper):
+        for task in (self.dispatcher, self.sweeper, self.retention):
             if task is not None:
                 task.cancel()
         for task in list(self.loading.values()):
@@ -193,6 +238,32 @@ class JobService:
                         await self._retry_or_fail(job, job["attempts"], "the job's lease expired with no attempt running")
             except Exception:  # noqa: BLE001 - the sweep must keep running
                 log.exception("lease sweep failed")
+
+    async def expire_events(self, now: float | None = None) -> int:
+        """Delete up to RETENTION_BATCH events of jobs that finished more than
+        the retention ago, oldest first, in one transaction; how many went."""
+        cutoff = (time.time() if now is None else now) - self.limits.event_retention_s
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM job_events WHERE event_id IN (SELECT e.event_id FROM job_events e JOIN jobs j "
+                "ON j.job_uuid = e.job_uuid WHERE j.state IN ('done','failed','canceled') AND j.updated_at < ? "
+                "ORDER BY e.event_id LIMIT ?)",
+                (cutoff, RETENTION_BATCH),
+            ).rowcount
+
+        return await self.store.write(delete)
+
+    async def _sweep_retention(self) -> None:
+        """Every RETENTION_SWEEP_S, delete expired events batch by batch: each
+        batch is one short commit, so submissions never wait behind a sweep."""
+        while True:
+            try:
+                while await self.expire_events() >= RETENTION_BATCH:
+                    await asyncio.sleep(0)
+            except Exception:  # noqa: BLE001 - the sweep must keep running (a full disk passes)
+                log.exception("job event retention sweep failed")
+            await asyncio.sleep(min(RETENTION_SWEEP_S, max(1.0, self.limits.event_retention_s)))
 
     async def recover(self) -> None:
         """Jobs left running by a dead server are retried or failed; pending ones are queued."""
@@ -233,6 +304,17 @@ class JobService:
 
     # ---- submission -----------------------------------------------------------
 
+    def module_for(self, job: str) -> str:
+        """The one active module that declares a job of this name (POST /jobs
+        without `module`): 404 when none does, 409 naming them when several do."""
+        owners = sorted(name for name, v in self.host.active.items() if any(j["name"] == job for j in v.decl["jobs"]))
+        if not owners:
+            raise NotFound(f"no active module has a job {job!r}", code="job_not_found")
+        if len(owners) > 1:
+            raise Conflict(f"several modules have a job {job!r}: {', '.join(owners)}; name one in 'module'",
+                           code="ambiguous_job", modules=owners)
+        return owners[0]
+
     def _resolve(self, module: str, job: str) -> tuple[Version, int]:
         version = self.host.active.get(module)
         if version is None:
@@ -265,6 +347,11 @@ class JobService:
             raise Invalid(f"max_attempts must be 1..{MAX_ATTEMPTS_LIMIT}", code="invalid_job")
         if not 0 < timeout_s <= 7 * 86400:
             raise Invalid("timeout_s must be > 0 and at most a week", code="invalid_job")
+        if not -INT64_MAX <= priority <= INT64_MAX:
+            raise Invalid("priority must fit in 64 bits", code="invalid_job")
+        now = time.time()
+        if delay_s > MAX_DELAY_S or (run_after is not None and not -MAX_DELAY_S < run_after - now <= MAX_DELAY_S):
+            raise Invalid("delay_s / run_after must be within ten years of now", code="invalid_job")
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1-200 characters", code="invalid_idempotency_key")
         version, _ = self._resolve(module, job)
@@ -274,23 +361,26 @@ class JobService:
             payload_text = json.dumps(payload, separators=(",", ":"))
         if len(payload_text) > MAX_PAYLOAD_BYTES:
             raise Invalid(f"payload is larger than {MAX_PAYLOAD_BYTES} bytes", code="payload_too_large")
-        now = time.time()
         when = run_after if run_after is not None else now + max(0.0, delay_s)
         job_uuid = str(uuidlib.uuid4())
         seq = next(self.seq)
+        # A key names one submission of one job of one module: the same key
+        # sent for another module or job is another submission (another job).
+        scoped_key = None if idempotency_key is None else json.dumps([module, job, idempotency_key])
         row = (job_uuid, module, job, version.module_hash, "pending", payload_text, None, None, 0, max_attempts,
-               timeout_s, priority, when, None, None, idempotency_key, now, now, seq)
+               timeout_s, priority, when, None, None, scoped_key, now, now, seq)
 
         def insert(conn: sqlite3.Connection) -> tuple[dict, bool, dict | None]:
-            if idempotency_key is not None:
-                existing = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+            if scoped_key is not None:
+                existing = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (scoped_key,)).fetchone()
                 if existing is not None:
                     return row_to_job(existing), False, None
             conn.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join('?' * 19)})", row)
             ev = add_event(conn, job_uuid, "created", payload_text, now)
             return row_to_job(row), True, ev
 
-        created_job, created, ev = await self.store.write(insert)
+        with disk_full_is_507("the job"):
+            created_job, created, ev = await self.store.write(insert)
         if created:
             assert ev is not None
             self._publish(ev)
@@ -481,34 +571,64 @@ class JobService:
                 await self._finish(job_uuid, attempt, "failed", error=f"job {name!r} is not available in {module_hash[:12]}")
             return
 
+        # Writes commit in order, so waiting for the last event waits for all.
         pending_events: list[asyncio.Future] = []
+        limits = self.limits
+        # Events this attempt stored, their bytes, and whether it hit a cap:
+        # past a cap its events are dropped, after one `truncated` event.
+        stored = [0, 0, False]
+
+        def store_event(kind: str, text: str) -> None:
+            stored[0] += 1
+            stored[1] += len(text)
+            written = self.store.enqueue(self._event_write(job_uuid, attempt, kind, text))
+            written.add_done_callback(self._publish_written)
+            pending_events[:] = [written]
 
         def sink(frame: bytes) -> None:
+            if stored[2]:
+                return
             kind, data = protocol.decode_job_event(frame)
+            if stored[0] + 1 >= limits.max_events or stored[1] + min(len(data), limits.max_event_bytes) > limits.max_events_total_bytes:
+                stored[2] = True
+                store_event("truncated", json.dumps({
+                    "reason": "event_limit", "max_events": limits.max_events,
+                    "max_total_bytes": limits.max_events_total_bytes,
+                    "message": "the job emitted more events than it may store; its later events are dropped",
+                }))
+                return
+            if kind in TERMINAL or kind in RESERVED_EVENTS:
+                kind = f"module_{kind}"
+            if len(data) > limits.max_event_bytes:
+                store_event("truncated", json.dumps({
+                    "reason": "event_too_large", "type": kind[:200], "bytes": len(data), "max_event_bytes": limits.max_event_bytes,
+                }))
+                return
             text = data.decode("utf-8", "replace")
             try:
                 json.loads(text)
             except ValueError:
                 text = json.dumps(text)
-            if kind in TERMINAL or kind in RESERVED_EVENTS:
-                kind = f"module_{kind}"
-            written = self.store.enqueue(self._event_write(job_uuid, attempt, kind, text))
-            written.add_done_callback(self._publish_written)
-            pending_events.append(written)
+            store_event(kind, text)
 
         frame = protocol.encode_job_run(index, attempt, job_uuid, payload.encode())
         outcome: tuple[str, Any]
         try:
             reply = await pool.request(frame, timeout_s, sink)
             code, rc, data = protocol.decode_job_end(reply)
+            # As in c-web-modules: the first set_result/set_error decides; the
+            # return code counts only when the job set neither.
             if code == OUTCOME_ERROR:
-                outcome = ("error", data.decode("utf-8", "replace"))
-            elif rc != 0:
-                outcome = ("error", f"the job returned {rc}" + (" after setting a result" if code == OUTCOME_RESULT else ""))
+                outcome = ("error", data[: limits.max_event_bytes].decode("utf-8", "replace"))
+            elif code == OUTCOME_RESULT and len(data) > limits.max_result_bytes:
+                outcome = ("error", f"result_too_large: the job's result is {len(data)} bytes, over the limit of "
+                                    f"{limits.max_result_bytes} (CWEB_JOB_MAX_RESULT_BYTES)")
             elif code == OUTCOME_RESULT:
                 outcome = ("done", data)
+            elif rc != 0:
+                outcome = ("error", f"the job returned {rc}")
             else:
-                outcome = ("done", b"null")
+                outcome = ("done", b"{}")
         except WorkerGone:
             outcome = ("error", "the module's worker crashed during the job")
         except TimeoutError:
@@ -525,14 +645,10 @@ class JobService:
         else:
             kind, value = outcome
             if kind == "done":
-                text = value.decode("utf-8", "replace")
-                try:
-                    json.loads(text)
-                except ValueError:
-                    kind, value = "error", "the job's result is not valid JSON"
-                else:
-                    await self._finish(job_uuid, attempt, "done", result=text)
-            if kind == "error":
+                # A result that is not JSON is kept as the text it is (the
+                # original answers it as a JSON string).
+                await self._finish(job_uuid, attempt, "done", result=value.decode("utf-8", "replace"))
+            else:
                 job = await starting
                 if job is not None:
                     await self._retry_or_fail(job, attempt, value)
@@ -590,8 +706,8 @@ class JobService:
                 params.append(attempt)
             if conn.execute(sql, params).rowcount != 1:
                 return None
-            data = result if state == "done" else json.dumps(error) if state == "failed" else "null"
-            return add_event(conn, job_uuid, state, data or "null", now)
+            data = _as_json_text(result) if state == "done" else json.dumps(error) if state == "failed" else "null"
+            return add_event(conn, job_uuid, state, data, now)
 
         ev = await self.store.write(final)
         if ev is None:
@@ -680,10 +796,12 @@ class JobService:
         next_cursor = jobs[limit - 1]["seq"] if len(jobs) > limit else None
         return jobs[:limit], next_cursor
 
-    async def events_since(self, job_uuid: str, since: int) -> list[dict]:
+    async def events_since(self, job_uuid: str, since: int, limit: int = REPLAY_PAGE) -> list[dict]:
+        """Up to limit stored events after `since`, oldest first."""
         rows = await self.store.read(
             lambda c: c.execute(
-                "SELECT event_id, ts, type, data FROM job_events WHERE job_uuid = ? AND event_id > ? ORDER BY event_id", (job_uuid, since)
+                "SELECT event_id, ts, type, data FROM job_events WHERE job_uuid = ? AND event_id > ? ORDER BY event_id LIMIT ?",
+                (job_uuid, since, limit),
             ).fetchall()
         )
         return [{"job_uuid": job_uuid, "event_id": r[0], "ts": r[1], "type": r[2], "data": r[3]} for r in rows]
@@ -718,11 +836,14 @@ class JobService:
         q = self.subscribe(job_uuid)
         try:
             last = since
-            for ev in await self.events_since(job_uuid, since):
-                last = ev["event_id"]
-                yield ev
-                if ev["type"] in TERMINAL:
-                    return
+            while page := await self.events_since(job_uuid, last):
+                for ev in page:
+                    last = ev["event_id"]
+                    yield ev
+                    if ev["type"] in TERMINAL:
+                        return
+                if len(page) < REPLAY_PAGE:
+                    break
             if job["state"] in TERMINAL:
                 # Terminal event older than `since`: nothing more will come.
                 return

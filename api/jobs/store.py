@@ -191,6 +191,9 @@ class Store:
                     results.append((False, exc))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A failed COMMIT (a full disk) may have rolled back already: the
+            # caller must see why it failed, not that nothing was left to undo.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return results

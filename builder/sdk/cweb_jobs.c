@@ -47,6 +47,8 @@ static int job_emit(job_ctx_t *job, const char *type, const char *data_json)
     return rc;
 }
 
+/* The first set_result/set_error decides the outcome, as in c-web-modules:
+ * later calls change nothing and return -1. */
 static int job_finish(job_ctx_t *job, int outcome, const char *text)
 {
     struct running_job *j = (struct running_job *)job;
@@ -55,12 +57,17 @@ static int job_finish(job_ctx_t *job, int outcome, const char *text)
     char *copy = strdup(text ? text : "");
     if (!copy)
         return -1;
+    int rc = -1;
     pthread_mutex_lock(&j->lock);
-    free(j->data);
-    j->data = copy;
-    j->outcome = outcome;
+    if (j->outcome == OUTCOME_NONE) {
+        j->data = copy;
+        j->outcome = outcome;
+        copy = NULL;
+        rc = 0;
+    }
     pthread_mutex_unlock(&j->lock);
-    return 0;
+    free(copy);
+    return rc;
 }
 
 static int job_set_result(job_ctx_t *job, const char *result_json)

@@ -37,7 +37,7 @@ from tests.conftest import ROOT, SPIN_JOB, Server, unique
 TERMINAL = ("done", "failed", "canceled")
 JOB_FIELDS = {"job_uuid", "module", "job", "state", "module_hash", "created_at", "updated_at", "result", "error"}
 LIST_FIELDS = {"job_uuid", "state", "module", "job", "module_hash", "updated_at"}
-EVENT_FIELDS = {"job_uuid", "event_id", "ts", "type", "data"}
+EVENT_FIELDS = {"job_uuid", "event_id", "ts", "ts_ms", "type", "data"}
 
 LAB = r"""
 #include <cweb.h>
@@ -148,6 +148,38 @@ static int run_tick(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t 
     return job->set_result(job, buf);
 }
 
+/* bare_fail: returns 7 without setting anything. */
+static int run_bare_fail(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
+    (void)ctx; (void)p; (void)job;
+    return 7;
+}
+
+/* first {"error_first": 1}: set_error then set_result (else the reverse), then
+ * a second of each; emits what the two later calls returned. */
+static int run_first(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
+    (void)ctx;
+    int a, b;
+    if (int_field(p, "error_first", 0)) {
+        job->set_error(job, "first error");
+        a = job->set_result(job, "{\"late\": true}");
+        b = job->set_error(job, "second error");
+    } else {
+        job->set_result(job, "{\"first\": true}");
+        a = job->set_error(job, "late error");
+        b = job->set_result(job, "{\"second\": true}");
+    }
+    char data[64];
+    snprintf(data, sizeof(data), "{\"later\": [%d, %d]}", a, b);
+    job->emit_event(job, "later", data);
+    return 0;
+}
+
+/* plain: a result that is not JSON. */
+static int run_plain(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
+    (void)ctx; (void)p;
+    return job->set_result(job, "plain text, not JSON");
+}
+
 /* quiet: succeeds without setting a result. */
 static int run_quiet(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
     (void)ctx; (void)p; (void)job;
@@ -185,8 +217,8 @@ static int create_route(struct cweb_context *ctx, http_request_t *req, http_resp
 }
 
 static int onload_route(struct cweb_context *ctx, http_request_t *req, http_response_t *res) {
-    (void)ctx; (void)req;
-    snprintf(res->body, HTTP_RESPONSE_SIZE, "{\"rc\": %d}", onload_rc);
+    (void)req;
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "{\"rc\": %d, \"jobs\": %d}", onload_rc, ctx->jobs != NULL);
     http_kv_insert(res->headers, "Content-Type", strdup("application/json"));
     res->status = HTTP_200_OK;
     return 0;
@@ -218,8 +250,11 @@ export module_t config = {
         {"half", run_half, NULL},
         {"quiet", run_quiet, NULL},
         {"tick", run_tick, NULL},
+        {"bare_fail", run_bare_fail, NULL},
+        {"first", run_first, NULL},
+        {"plain", run_plain, NULL},
     },
-    .job_size = 10,
+    .job_size = 13,
     .onload = lab_onload,
 };
 """
@@ -333,8 +368,8 @@ def terminal_count(evs: list[dict]) -> int:
     return sum(1 for e in evs if e["type"] in TERMINAL)
 
 
-def ws_url(server: Server, job_uuid: str, since: int | None = None) -> str:
-    url = server.url.replace("http://", "ws://") + f"/jobs/ws?id={job_uuid}"
+def ws_url(server: Server, job_uuid: str, since: int | None = None, close_on_end: bool = True) -> str:
+    url = server.url.replace("http://", "ws://") + f"/jobs/ws?id={job_uuid}" + ("&close_on_end=1" if close_on_end else "")
     return url if since is None else f"{url}&since_event_id={since}"
 
 
@@ -446,6 +481,22 @@ def test_ws_replays_every_event_from_zero_then_closes(lab: Lab) -> None:
     assert events(lab.server, job_uuid) == got
     assert 1 == terminal_count(got) and "done" == got[-1]["type"]
     assert 1000 == code
+
+
+def test_ws_stays_open_after_the_terminal_event_unless_asked_to_close(lab: Lab) -> None:
+    """As c-web-modules: without close_on_end the socket outlives the job until the client leaves."""
+    job_uuid = submit(lab.server, lab.name, "emit", {"n": 1})
+    wait_job(lab.server, job_uuid)
+    got = []
+    with ws_connect(ws_url(lab.server, job_uuid, 0, close_on_end=False), open_timeout=10, close_timeout=5) as ws:
+        while not got or got[-1]["type"] not in TERMINAL:
+            got.append(json.loads(ws.recv(timeout=10)))
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=1.0)  # still open, nothing more to say
+        ws.send("ping")  # the client may still talk; the server ignores it
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.3)
+    assert ["created", "started", "progress", "note", "done"] == types(got)
 
 
 def test_ws_replays_from_a_middle_event_id(lab: Lab) -> None:
@@ -631,22 +682,62 @@ def test_failing_job_is_retried_up_to_max_attempts_with_backoff(lab: Lab) -> Non
     assert 0.25 <= first["data"]["delay_s"] <= 0.5
     assert 0.5 <= second["data"]["delay_s"] <= 1.0
     # Each attempt starts at least its backoff after the previous one started (and failed).
-    assert evs[3]["ts"] - evs[1]["ts"] >= first["data"]["delay_s"]
-    assert evs[5]["ts"] - evs[3]["ts"] >= second["data"]["delay_s"]
+    assert evs[3]["ts_ms"] - evs[1]["ts_ms"] >= 1000 * first["data"]["delay_s"] - 1
+    assert evs[5]["ts_ms"] - evs[3]["ts_ms"] >= 1000 * second["data"]["delay_s"] - 1
 
 
-def test_returning_nonzero_after_set_result_fails_the_job(lab: Lab) -> None:
-    """The return code decides: -1 is a failure even when a result was set."""
+def test_returning_nonzero_after_set_result_keeps_the_result(lab: Lab) -> None:
+    """As c-web-modules: set_result decided the outcome; the -1 returned after it changes nothing."""
     job = wait_job(lab.server, submit(lab.server, lab.name, "half", {}))
-    assert ("failed", None) == (job["state"], job["result"])
-    assert "returned -1" in job["error"]
+    assert ("done", {"partial": True}, None) == (job["state"], job["result"], job["error"])
 
 
-def test_returning_zero_without_a_result_is_done_with_null(lab: Lab) -> None:
+def test_returning_zero_without_a_result_is_done_with_an_empty_object(lab: Lab) -> None:
+    """As c-web-modules: no result is {}."""
     job_uuid = submit(lab.server, lab.name, "quiet", {})
     job = wait_job(lab.server, job_uuid)
-    assert ("done", None, None) == (job["state"], job["result"], job["error"])
-    assert ["created", "started", "done"] == types(events(lab.server, job_uuid))
+    assert ("done", {}, None) == (job["state"], job["result"], job["error"])
+    evs = events(lab.server, job_uuid)
+    assert ["created", "started", "done"] == types(evs)
+    assert {} == evs[-1]["data"]
+
+
+def test_returning_nonzero_without_a_result_fails_the_job(lab: Lab) -> None:
+    job = wait_job(lab.server, submit(lab.server, lab.name, "bare_fail", {}))
+    assert ("failed", None, "the job returned 7") == (job["state"], job["result"], job["error"])
+
+
+def test_the_first_of_set_result_and_set_error_decides(lab: Lab) -> None:
+    """set_error then set_result ends failed with the first error; set_result then set_error ends done
+    with the first result; every later call returns -1 (the job reports what the calls returned)."""
+    job = wait_job(lab.server, submit(lab.server, lab.name, "first", {"error_first": 1}))
+    assert ("failed", "first error") == (job["state"], job["error"])
+    assert {"later": [-1, -1]} == events(lab.server, job["job_uuid"])[2]["data"]
+    job = wait_job(lab.server, submit(lab.server, lab.name, "first", {}))
+    assert ("done", {"first": True}, None) == (job["state"], job["result"], job["error"])
+    assert {"later": [-1, -1]} == events(lab.server, job["job_uuid"])[2]["data"]
+
+
+def test_a_result_that_is_not_json_is_kept_as_a_string(lab: Lab) -> None:
+    job_uuid = submit(lab.server, lab.name, "plain", {})
+    job = wait_job(lab.server, job_uuid)
+    assert ("done", "plain text, not JSON") == (job["state"], job["result"])
+    assert "plain text, not JSON" == events(lab.server, job_uuid)[-1]["data"]
+
+
+def test_timestamps_in_job_answers_and_events_are_integers(lab: Lab) -> None:
+    """jansson's json_integer_value() reads a float as 0: every time a client reads is an integer."""
+    job_uuid = submit(lab.server, lab.name, "emit", {"n": 1}, delay_s=0.2)
+    job = wait_job(lab.server, job_uuid)
+    for key in ("created_at", "updated_at", "run_after"):
+        assert type(job[key]) is int, key
+    with lab.server.client() as c:
+        listed = c.get("/jobs", params={"module": lab.name, "limit": 5}).json()["jobs"]
+    assert listed and all(type(j["created_at"]) is int and type(j["updated_at"]) is int for j in listed)
+    evs = events(lab.server, job_uuid)
+    ws_evs, _ = ws_read_all(ws_url(lab.server, job_uuid, 0))
+    for ev in evs + ws_evs:
+        assert type(ev["ts"]) is int and type(ev["ts_ms"]) is int and ev["ts"] == ev["ts_ms"] // 1000
 
 
 def test_module_events_named_like_server_events_cannot_end_the_job(lab: Lab) -> None:
@@ -833,6 +924,42 @@ def test_hot_swap_pins_running_and_queued_jobs_to_their_version(server: Server) 
     assert v2["module_hash"] == route(server, "GET", f"/modules/{name}").json()["module_hash"]
 
 
+def test_post_jobs_without_module_runs_the_one_module_that_has_the_job(server: Server) -> None:
+    """As c-web-modules: the job name alone picks the module when exactly one active module declares it;
+    409 naming the modules when several do; 404 when none does."""
+    job = unique("only")
+    owner = unique("owner")
+    deploy_ok(server, tagged_source(owner, "solo", job))
+    with server.client() as c:
+        r = c.post("/jobs", json={"job": job, "payload": {}})
+        assert 200 == r.status_code, r.text
+        assert "done" == wait_job(server, r.json()["job_uuid"])["state"]
+        assert owner == get_job(server, r.json()["job_uuid"])["module"]
+        second = unique("owner")
+        deploy_ok(server, tagged_source(second, "duo", job))
+        r = c.post("/jobs", json={"job": job})
+        assert 409 == r.status_code, r.text
+        assert "ambiguous_job" == r.json()["error"]
+        assert sorted([owner, second]) == r.json()["modules"]
+        assert owner in r.json()["message"] and second in r.json()["message"]
+        r = c.post("/jobs", json={"job": unique("nobody")})
+        assert (404, "job_not_found") == (r.status_code, r.json()["error"])
+
+
+def test_idempotency_key_is_scoped_to_the_module_and_the_job(lab: Lab) -> None:
+    """The same key for another job or another module is another submission: a different job."""
+    key = {"Idempotency-Key": unique("scoped")}
+    first = post_job(lab.server, lab.name, "echo", {"a": 1}, headers=key).json()
+    other_job = post_job(lab.server, lab.name, "quiet", {}, headers=key).json()
+    other = deploy_lab(lab.server, "idem")
+    other_module = post_job(lab.server, other.name, "echo", {"a": 1}, headers=key).json()
+    again = post_job(lab.server, lab.name, "echo", {"a": 1}, headers=key).json()
+    assert first["created"] and other_job["created"] and other_module["created"] and not again["created"]
+    assert len({first["job_uuid"], other_job["job_uuid"], other_module["job_uuid"]}) == 3
+    assert first["job_uuid"] == again["job_uuid"]
+    assert other.name == get_job(lab.server, other_module["job_uuid"])["module"]
+
+
 def test_idempotency_key_returns_the_same_job(lab: Lab) -> None:
     """The same Idempotency-Key gives the same job (not a second one); another key gives another job."""
     key = unique("idem")
@@ -862,8 +989,8 @@ def test_delayed_job_runs_after_its_time(lab: Lab) -> None:
     job = wait_job(lab.server, job_uuid, timeout=15)
     assert "done" == job["state"]
     evs = {e["type"]: e for e in events(lab.server, job_uuid)}
-    assert evs["started"]["ts"] - evs["created"]["ts"] >= 0.99
-    assert job["run_after"] - job["created_at"] == pytest.approx(1.0, abs=0.01)
+    assert evs["started"]["ts_ms"] - evs["created"]["ts_ms"] >= 990
+    assert job["run_after"] - job["created_at"] in (0, 1, 2)
 
 
 def test_priority_orders_queued_jobs_when_the_pool_is_full(make_server) -> None:
@@ -920,7 +1047,12 @@ def test_jobs_create_with_a_payload_that_is_not_an_object_returns_minus_one(lab:
 
 def test_jobs_create_from_onload_returns_minus_one(lab: Lab) -> None:
     """onload runs before the events channel is open: jobs_create fails with -1 instead of blocking."""
-    assert {"rc": -1} == route(lab.server, "GET", f"/{lab.name}/onload").json()
+    assert -1 == route(lab.server, "GET", f"/{lab.name}/onload").json()["rc"]
+
+
+def test_ctx_jobs_is_not_null_for_modules(lab: Lab) -> None:
+    """Modules written for c-web-modules test ctx->jobs before they call jobs_create()."""
+    assert 1 == route(lab.server, "GET", f"/{lab.name}/onload").json()["jobs"]
 
 
 # ---------------------------------------------------------------------------

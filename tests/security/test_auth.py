@@ -34,8 +34,12 @@ PROTECTED = [
     ("GET", "/_cweb/anything-added-later"),
     ("POST", "/jobs"),
     ("POST", "/jobs/1b9d6bcd/cancel"),
+    ("GET", "/jobs"),
+    ("GET", "/jobs/1b9d6bcd"),
+    ("GET", "/jobs/1b9d6bcd/events"),
+    ("GET", "/jobs/ws"),
 ]
-PUBLIC = [("GET", "/modules"), ("GET", "/modules/counter"), ("GET", "/healthz"), ("GET", "/jobs/1b9d6bcd"), ("GET", "/docs"),
+PUBLIC = [("GET", "/modules"), ("GET", "/modules/counter"), ("GET", "/healthz"), ("GET", "/docs"),
           ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/ui"), ("GET", "/modules/counter/versions"), ("GET", "/modules/logs")]
 
 

@@ -4,8 +4,9 @@ do: split across reads, several per read, large ones as views."""
 from __future__ import annotations
 
 import struct
+import time
 
-from api.runtime_client import _VIEW_FROM, EventsConn, _frames
+from api.runtime_client import _VIEW_FROM, EventsConn, WorkerConn, _frames
 from runtime import protocol
 
 
@@ -62,3 +63,51 @@ def test_large_frames_are_views_that_survive_the_next_read() -> None:
     conn.buf += tail[3:]
     assert bytes(frames[0]) == big
     assert [b"\x01abc"] == [bytes(f) for f in _frames(conn.buf, conn)]
+
+
+def _ingest(conn: WorkerConn, size: int, piece: int = 256 << 10) -> tuple[float, list[bytes]]:
+    """Feed one job event frame of about `size` bytes in `piece`-byte reads, as
+    the kernel hands a large frame to the api; (seconds, frames the sink got)."""
+    got: list[bytes] = []
+    conn.sink = got.append
+    stream = prefixed(bytes([protocol.F_JOB_EVENT]) + _str(b"blob") + _str(b"x" * size))
+    view = memoryview(stream)
+    t0 = time.perf_counter()
+    for off in range(0, len(stream), piece):
+        conn.data_received(bytes(view[off : off + piece]))
+    return time.perf_counter() - t0, got
+
+
+def test_a_large_frame_is_ingested_in_time_linear_in_its_size() -> None:
+    """Issue 13: a 40 MB job event took 2.9 s and 100 MB ~50 s (the partial
+    frame was copied again on every read). Four times the bytes must take
+    about four times as long (quadratic would be sixteen), and the frame
+    arrives whole, once."""
+    small, large = 16 << 20, 64 << 20
+    _ingest(WorkerConn(), 1 << 20)  # warm up the allocator
+    t_small, got_small = _ingest(WorkerConn(), small)
+    t_large, got_large = _ingest(WorkerConn(), large)
+    assert [len(got_small), len(got_large)] == [1, 1]
+    kind, data = protocol.decode_job_event(got_large[0])
+    assert ("blob", large) == (kind, len(data))
+    assert t_large < 8 * t_small + 0.05, (t_small, t_large)
+    assert t_large < 2.0, t_large
+
+
+def test_an_event_frame_is_never_taken_for_a_job_answer() -> None:
+    """Issue 14: with no job's sink on the connection, a late event must not
+    settle the oldest call (it was read as the end frame: 'the job returned
+    1879048192')."""
+    conn = WorkerConn()
+    answers: list[bytes] = []
+
+    class Waiter:
+        def settle(self, frame: bytes, exc: object) -> None:
+            answers.append(frame)
+
+    conn.waiters.append(Waiter())  # type: ignore[arg-type]
+    event = bytes([protocol.F_JOB_EVENT]) + _str(b"progress") + _str(b"{}")
+    end = bytes([protocol.F_JOB_END, 0]) + struct.pack("<i", 0) + _str(b"{}")
+    conn.data_received(prefixed(event) + prefixed(end))
+    assert [end] == answers
+    assert (0, 0, b"{}") == protocol.decode_job_end(answers[0])
