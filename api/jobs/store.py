@@ -186,6 +186,10 @@ class Store:
                     results.append((True, fn(conn)))
                     conn.execute("RELEASE op")
                 except Exception as exc:  # noqa: BLE001 - reported to that op's caller only
+                    if not conn.in_transaction:
+                        # SQLite undid the whole transaction itself (a full disk,
+                        # an I/O error): every op of the batch failed with it.
+                        raise
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((False, exc))
