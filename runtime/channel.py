@@ -83,11 +83,21 @@ def send_blocking(sock: socket.socket, msg: dict, fds: list[int] = ()) -> None: 
         sock.sendall(data)
 
 
+def _no_inherit(fds: list[int]) -> None:
+    """Received descriptors arrive inheritable (socket.recv_fds drops its
+    flags argument, so MSG_CMSG_CLOEXEC cannot be asked for), and uvloop's
+    spawn keeps inheritable descriptors: without this every compiler the api
+    starts would hold every worker connection, and run out of descriptors."""
+    for fd in fds:
+        os.set_inheritable(fd, False)
+
+
 def recv_blocking(sock: socket.socket, parser: Lines, accept_fds: bool) -> list[tuple[dict, list[int]]] | None:
     """One read's worth of messages; None at end of stream."""
     while True:
         if accept_fds:
             data, fds, _flags, _ = socket.recv_fds(sock, 1 << 16, MAX_FDS_PER_READ)
+            _no_inherit(fds)
         else:
             data, fds = sock.recv(1 << 16), []
         if not data:
@@ -160,6 +170,7 @@ class Channel:
         try:
             if self.accept_fds:
                 data, fds, _flags, _ = socket.recv_fds(self.sock, 1 << 16, MAX_FDS_PER_READ)
+                _no_inherit(fds)
             else:
                 # Descriptors a peer sends without being asked are closed by the kernel.
                 data, fds = self.sock.recv(1 << 16), []
