@@ -360,19 +360,22 @@ struct conn {
     int fd;
     struct buf in, out, qbuf;
     http_kv_store_t params, headers, data, resp_headers;
-    char *body;   /* HTTP_RESPONSE_SIZE + 1, NULL after the module freed it */
+    char *body;   /* HTTP_RESPONSE_SIZE + 1, for the connection's life */
 };
 
 /*
  * Response buffers. A handler may replace res->body the way c-web-modules'
  * own code does: free(res->body); res->body = malloc(n). So the glue must
- * know whether the buffer it handed out was freed: the build links every
+ * see the module free the buffer it handed out: the build links every
  * artifact with --wrap=free,--wrap=realloc, which routes the module's (and
- * the glue's) free/realloc through these two. While a handler runs,
- * t_body is the connection's buffer; freeing or reallocating it clears
- * t_body, and the connection then allocates a fresh one for its next
- * request. Whatever else res->body points to after the handler is the
- * module's allocation and is freed once sent.
+ * the glue's) free/realloc through these two. While a handler runs, t_body
+ * is the connection's buffer. Freeing it only marks it: the connection keeps
+ * it for its next request, so it is never freed twice, a pointer the module
+ * kept still points at valid memory, and a malloc right after cannot return
+ * the same address (which would make the module's new buffer look like the
+ * connection's). realloc of it returns a fresh copy. Whatever else
+ * res->body points to after the handler is the module's allocation and is
+ * freed once sent.
  */
 static __thread char *t_body;
 
@@ -382,15 +385,19 @@ void *__real_realloc(void *p, size_t n);
 void __wrap_free(void *p)
 {
     if (p && p == t_body)
-        t_body = NULL;
+        return;
     __real_free(p);
 }
 
 void *__wrap_realloc(void *p, size_t n)
 {
-    void *q = __real_realloc(p, n);
-    if (p && p == t_body && (q || n == 0))
-        t_body = NULL;
+    if (!p || p != t_body)
+        return __real_realloc(p, n);
+    if (n == 0)
+        return NULL;
+    char *q = malloc(n);
+    if (q)
+        memcpy(q, p, n < HTTP_RESPONSE_SIZE + 1 ? n : HTTP_RESPONSE_SIZE + 1);
     return q;
 }
 
@@ -455,8 +462,6 @@ static int handle_http(struct conn *c, struct reader *r)
     if (&config == NULL || route >= config.size || route >= MAX_ROUTES || !config.routes[route].handler)
         return send_error_response(c, 500, "route not found in module");
 
-    if (!c->body && !(c->body = malloc(HTTP_RESPONSE_SIZE + 1)))
-        return send_error_response(c, 500, "out of memory");
     kv_clear(&c->resp_headers, 1);
     c->body[0] = '\0';
     res.body = c->body;
@@ -465,13 +470,12 @@ static int handle_http(struct conn *c, struct reader *r)
 
     t_body = c->body;
     config.routes[route].handler(&cweb_g_ctx, &req, &res);
-    if (!t_body)
-        c->body = NULL;     /* the module freed it: the pointer may be reused */
     t_body = NULL;
     cweb_services_after_handler();
 
-    /* Ours: the connection's buffer, still alive; anything else is the module's. */
-    int ours = c->body && res.body == c->body;
+    /* Ours: the connection's buffer (freed by the module or not, it is
+     * intact); anything else is the module's. */
+    int ours = res.body == c->body;
     size_t blen;
     if (ours) {
         blen = res.content_length > 0 ? (size_t)res.content_length : strnlen(c->body, HTTP_RESPONSE_SIZE);
