@@ -52,6 +52,7 @@ INT64_MAX = (1 << 63) - 1
 # Finished jobs' events deleted per transaction by the retention sweep, and
 # seconds between sweeps: bounded work per commit, however much expired.
 RETENTION_BATCH = 2000
+RETENTION_JOBS = 200
 RETENTION_SWEEP_S = 60.0
 # Stored events read per query when replaying a job's events.
 REPLAY_PAGE = 500
@@ -239,18 +240,34 @@ class JobService:
             except Exception:  # noqa: BLE001 - the sweep must keep running
                 log.exception("lease sweep failed")
 
-    async def expire_events(self, now: float | None = None) -> int:
+    async def expire_events(self, now: float | None = None) -> tuple[int, bool]:
         """Delete up to RETENTION_BATCH events of jobs that finished more than
-        the retention ago, oldest first, in one transaction; how many went."""
+        the retention ago, oldest job first, in one transaction; (how many
+        went, whether more may be left).
+
+        Jobs come from a partial index of finished jobs whose events are not
+        yet expired, and are marked once emptied, so each sweep touches only
+        what it deletes: never a scan of events or jobs that stay."""
         cutoff = (time.time() if now is None else now) - self.limits.event_retention_s
 
-        def delete(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM job_events WHERE event_id IN (SELECT e.event_id FROM job_events e JOIN jobs j "
-                "ON j.job_uuid = e.job_uuid WHERE j.state IN ('done','failed','canceled') AND j.updated_at < ? "
-                "ORDER BY e.event_id LIMIT ?)",
-                (cutoff, RETENTION_BATCH),
-            ).rowcount
+        def delete(conn: sqlite3.Connection) -> tuple[int, bool]:
+            deleted = 0
+            jobs = conn.execute(
+                "SELECT job_uuid FROM jobs WHERE events_expired = 0 AND state IN ('done', 'failed', 'canceled') "
+                "AND updated_at < ? ORDER BY updated_at LIMIT ?",
+                (cutoff, RETENTION_JOBS),
+            ).fetchall()
+            for (job_uuid,) in jobs:
+                left = RETENTION_BATCH - deleted
+                n = conn.execute(
+                    "DELETE FROM job_events WHERE event_id IN (SELECT event_id FROM job_events WHERE job_uuid = ? LIMIT ?)",
+                    (job_uuid, left),
+                ).rowcount
+                deleted += n
+                if n == left:
+                    return deleted, True  # this job may have more: the next batch goes on with it
+                conn.execute("UPDATE jobs SET events_expired = 1 WHERE job_uuid = ?", (job_uuid,))
+            return deleted, len(jobs) == RETENTION_JOBS
 
         return await self.store.write(delete)
 
@@ -259,7 +276,7 @@ class JobService:
         batch is one short commit, so submissions never wait behind a sweep."""
         while True:
             try:
-                while await self.expire_events() >= RETENTION_BATCH:
+                while (await self.expire_events())[1]:
                     await asyncio.sleep(0)
             except Exception:  # noqa: BLE001 - the sweep must keep running (a full disk passes)
                 log.exception("job event retention sweep failed")

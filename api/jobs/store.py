@@ -58,6 +58,19 @@ CREATE TABLE IF NOT EXISTS job_events (
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_uuid, event_id);
 """
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a jobs.db of an earlier version up to this schema (idempotent)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    if "events_expired" not in columns:
+        # 1 once a finished job's events were deleted by the retention sweep.
+        conn.execute("ALTER TABLE jobs ADD COLUMN events_expired INTEGER NOT NULL DEFAULT 0")
+    # The finished jobs whose events the retention sweep has still to delete, oldest first.
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS jobs_expirable ON jobs(updated_at) "
+        "WHERE events_expired = 0 AND state IN ('done', 'failed', 'canceled')"
+    )
+
+
 JOB_COLUMNS = (
     "job_uuid, module, job, module_hash, state, payload, result, error, attempts, max_attempts, "
     "timeout_s, priority, run_after, lease_owner, lease_until, idempotency_key, created_at, updated_at, seq"
@@ -97,6 +110,7 @@ class Store:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+        _migrate(conn)
         self.conn = conn
 
     def _open_reader(self) -> None:
