@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.routing import Route
 
 from api.errors import ApiError, BadRequest, Invalid, PayloadTooLarge, error_body
-from api.jobs.service import DEFAULT_TIMEOUT_S, INT64_MAX, MAX_PAYLOAD_BYTES, JobService, public_event, public_job
+from api.jobs.service import DEFAULT_TIMEOUT_S, INT64_MAX, MAX_PAYLOAD_BYTES, PAGE_BYTES, JobService, public_event, public_job
 
 router = APIRouter()
 log = logging.getLogger("cweb.jobs")
@@ -187,7 +187,9 @@ async def job_events(request: Request, job_uuid: str) -> Any:
     if not follow:
         await service.get(job_uuid)
         page = await service.events_since(job_uuid, since, limit + 1)
-        more = len(page) > limit
+        # More may follow when the page is full by count or cut by size (an
+        # exactly full last page then leads to one empty page).
+        more = len(page) > limit or sum(len(e["data"]) for e in page) >= PAGE_BYTES
         page = page[:limit]
         return {"events": [public_event(e) for e in page], "next_since_event_id": page[-1]["event_id"] if more else None}
     stream = service.stream(job_uuid, since)

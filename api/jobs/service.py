@@ -56,6 +56,9 @@ RETENTION_JOBS = 200
 RETENTION_SWEEP_S = 60.0
 # Stored events read per query when replaying a job's events.
 REPLAY_PAGE = 500
+# Event data per page read (GET /jobs/{id}/events, replays): pages of large
+# events hold fewer of them.
+PAGE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -813,14 +816,24 @@ class JobService:
         next_cursor = jobs[limit - 1]["seq"] if len(jobs) > limit else None
         return jobs[:limit], next_cursor
 
-    async def events_since(self, job_uuid: str, since: int, limit: int = REPLAY_PAGE) -> list[dict]:
-        """Up to limit stored events after `since`, oldest first."""
-        rows = await self.store.read(
-            lambda c: c.execute(
+    async def events_since(self, job_uuid: str, since: int, limit: int = REPLAY_PAGE, max_bytes: int = PAGE_BYTES) -> list[dict]:
+        """Stored events after `since`, oldest first: up to limit of them, and
+        no more once their data passed max_bytes (always at least one)."""
+
+        def read(c: sqlite3.Connection) -> list[tuple]:
+            rows, size = [], 0
+            # Row by row: a page of large events is cut before it is all in memory.
+            for row in c.execute(
                 "SELECT event_id, ts, type, data FROM job_events WHERE job_uuid = ? AND event_id > ? ORDER BY event_id LIMIT ?",
                 (job_uuid, since, limit),
-            ).fetchall()
-        )
+            ):
+                rows.append(row)
+                size += len(row[3])
+                if size >= max_bytes:
+                    break
+            return rows
+
+        rows = await self.store.read(read)
         return [{"job_uuid": job_uuid, "event_id": r[0], "ts": r[1], "type": r[2], "data": r[3]} for r in rows]
 
     async def counts(self) -> dict[str, int]:
