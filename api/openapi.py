@@ -52,7 +52,7 @@ _MODULE = {
 }
 _JOB = {
     "job_uuid": s.JOB_UUID, "module": "job_sum", "job": "sum", "state": "done", "module_hash": s.HASH,
-    "created_at": 1767225600.0, "updated_at": 1767225600.2, "attempts": 1,
+    "created_at": 1767225600, "updated_at": 1767225600, "attempts": 1,
 }
 _COMPILE_ERROR = {
     "error": "compile_failed", "message": "compilation failed: expected expression before ';' token",
@@ -171,13 +171,17 @@ CONTROL_PLANE: dict[tuple[str, str], dict] = {
         "responses": {"200": {"description": "Queued", **_json(s.JobCreated, {"job_uuid": s.JOB_UUID, "state": "pending", "module_hash": s.HASH,
                                                                               "created": True})},
                       "400": _error("The body is not JSON"), "401": UNAUTHORIZED, "404": NOT_FOUND,
-                      "422": _error("Missing or invalid fields", {"error": "invalid_job", "message": "fields 'module' and 'job' are required strings"})}},
+                      "409": _error("No module given and several modules declare the job",
+                                    {"error": "ambiguous_job", "message": "several modules have a job 'sum': a, b; name one in 'module'",
+                                     "modules": ["a", "b"]}),
+                      "422": _error("Missing or invalid fields", {"error": "invalid_job", "message": "field 'job' is a required string, 'module' an optional one"}),
+                      "507": _error("The disk is full", {"error": "insufficient_storage", "message": "no space left to store the job"})}},
     ("get", "/jobs"): {"tags": ["jobs"], "summary": "List jobs",
                        "responses": {"200": {"description": "Newest first", **_json(s.JobList, {"jobs": [_JOB], "next_cursor": None})}}},
     ("get", "/jobs/{job_uuid}"): {
         "tags": ["jobs"], "summary": "A job's state, result or error",
         "responses": {"200": {"description": "The job", **_json(s.Job, {**_JOB, "result": {"n": 100, "sum": 5050}, "error": None, "max_attempts": 1,
-                                                                          "priority": 0, "run_after": None, "timeout_s": 600.0})},
+                                                                          "priority": 0, "run_after": 1767225600, "timeout_s": 600.0})},
                       "404": NOT_FOUND}},
     ("post", "/jobs/{job_uuid}/cancel"): {
         "tags": ["jobs"], "summary": "Cancel a pending or running job",
@@ -186,10 +190,12 @@ CONTROL_PLANE: dict[tuple[str, str], dict] = {
                       "409": _error("The job already finished", {"error": "job_finished", "message": f"job {s.JOB_UUID} is already done"})}},
     ("get", "/jobs/{job_uuid}/events"): {
         "tags": ["jobs"], "summary": "A job's events",
-        "description": "Stored events after `since_event_id`; with `follow=1` a stream of JSON lines until the terminal event.",
+        "description": "Stored events after `since_event_id`, a page of at most `limit` (1..1000) events and about 1 MiB; "
+                       "with `follow=1` a stream of JSON lines until the terminal event.",
         "responses": {"200": {"description": "The events",
                               "content": {**_json(s.JobEventList, {"events": [
-                                  {"job_uuid": s.JOB_UUID, "event_id": 1, "ts": 1767225600.0, "type": "created", "data": None}]})["content"],
+                                  {"job_uuid": s.JOB_UUID, "event_id": 1, "ts": 1767225600, "ts_ms": 1767225600123, "type": "created", "data": {}}],
+                                  "next_since_event_id": None})["content"],
                                   **_ndjson(s.JobEvent, "follow=1: one JobEvent per line")}},
                       "404": NOT_FOUND}},
     ("get", "/healthz"): {"tags": ["observability"], "summary": "Liveness",

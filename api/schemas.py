@@ -193,7 +193,8 @@ class Health(Model):
 class JobSubmit(BaseModel):
     """POST /jobs (an `Idempotency-Key` header makes a retry return the same job)."""
 
-    module: str = Field(examples=["job_sum"])
+    module: str | None = Field(None, description="Without it: the one active module that declares `job` (409 when several do)",
+                               examples=["job_sum"])
     job: str = Field(examples=["sum"])
     payload: Any = Field({}, description="Handed to the job as JSON text", examples=[{"n": 100}])
     max_attempts: int = Field(1, ge=1, description="Attempts before the job fails")
@@ -219,8 +220,8 @@ class JobSummary(Model):
     module: str
     job: str
     module_hash: str
-    created_at: float
-    updated_at: float
+    created_at: int = Field(description="Unix time, whole seconds")
+    updated_at: int = Field(description="Unix time, whole seconds")
     attempts: int
 
 
@@ -234,7 +235,7 @@ class Job(JobSummary):
     error: str | None = Field(description="What the job set with set_error, once failed")
     max_attempts: int
     priority: int
-    run_after: float | None
+    run_after: int | None = Field(description="Unix time, whole seconds")
     timeout_s: float
 
 
@@ -246,13 +247,16 @@ class JobCancel(Model):
 class JobEvent(Model):
     job_uuid: str
     event_id: int = Field(description="Increasing per job; resume with since_event_id")
-    ts: float
-    type: str = Field(description="created, started, progress, a module's own type, done, failed or canceled", examples=["progress"])
+    ts: int = Field(description="Unix time, whole seconds")
+    ts_ms: int = Field(description="The same instant in milliseconds")
+    type: str = Field(description="created, started, progress, truncated, a module's own type, done, failed or canceled",
+                      examples=["progress"])
     data: Any
 
 
 class JobEventList(Model):
     events: list[JobEvent]
+    next_since_event_id: int | None = Field(description="Pass as since_event_id for the next page; null on the last page")
 
 
 # ---- observability ------------------------------------------------------------

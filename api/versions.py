@@ -163,7 +163,7 @@ def _job_runs(conn: sqlite3.Connection, module_hash: str) -> list[dict]:
         "SELECT job_uuid, module, job, state, created_at FROM jobs WHERE module_hash = ? ORDER BY seq DESC LIMIT ?",
         (module_hash, JOB_RUNS_SHOWN),
     ).fetchall()
-    return [{"job_uuid": r[0], "module": r[1], "job": r[2], "state": r[3], "created_at": r[4]} for r in rows]
+    return [{"job_uuid": r[0], "module": r[1], "job": r[2], "state": r[3], "created_at": int(r[4])} for r in rows]
 
 
 @router.get("/artifacts/{module_hash}/source")
