@@ -223,7 +223,7 @@ static int hello_locked(void)
 
 static int fail(int neg_errno)
 {
-    errno = neg_errno == -ENOENT ? ENOENT : -neg_errno;
+    errno = -neg_errno;
     return -1;
 }
 
@@ -242,6 +242,9 @@ int cweb_cache_set(struct cweb_context *ctx, const char *key, const void *data, 
     if (g_hello && len > g_max_value)
         return fail(-E2BIG);
     int rc = call(OP_SET, key, klen, data, len, ttl_seconds, NULL, 0, NULL);
+    /* Refused for its size before this worker knew the limit. */
+    if (rc == -EMSGSIZE)
+        rc = -E2BIG;
     return rc < 0 ? fail(rc) : 0;
 }
 
