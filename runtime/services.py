@@ -319,7 +319,7 @@ class Broker:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.thread = threading.Thread(target=self._run, name="cweb-services", daemon=True)
         self.thread.start()
-        log.info("services: cache %d bytes, token signing %s", self.cache.capacity, f"with {self.signer.certificate}" if self.signer.ready else "off")
+        log.debug("services: cache %d bytes, token signing %s", self.cache.capacity, f"with {self.signer.certificate}" if self.signer.ready else "off")
 
     @staticmethod
     def channel() -> tuple[socket.socket, socket.socket]:
