@@ -15,6 +15,10 @@
 
 enum { OUTCOME_RESULT = 0, OUTCOME_ERROR = 1, OUTCOME_NONE = 2 };
 
+/* Frame lengths are u32: anything near that would wrap and desynchronise the
+ * connection. The api's own caps (CWEB_JOB_MAX_*) are far below this. */
+#define JOB_TEXT_MAX ((size_t)1 << 30)
+
 struct running_job {
     job_ctx_t pub;              /* must stay first: job_ctx_t * casts back */
     char uuid[UUID_STR_LEN];
@@ -36,11 +40,14 @@ static int job_emit(job_ctx_t *job, const char *type, const char *data_json)
     if (!j || !type)
         return -1;
     const char *data = data_json ? data_json : "null";
+    size_t type_len = strlen(type), data_len = strlen(data);
+    if (type_len > JOB_TEXT_MAX || data_len > JOB_TEXT_MAX)
+        return -1;
     struct buf out = {0};
     int rc = -1;
     pthread_mutex_lock(&j->lock);
-    if (put_u8(&out, CWEB_F_JOB_EVENT) == 0 && put_str(&out, type, strlen(type)) == 0 &&
-        put_str(&out, data, strlen(data)) == 0)
+    if (put_u8(&out, CWEB_F_JOB_EVENT) == 0 && put_str(&out, type, type_len) == 0 &&
+        put_str(&out, data, data_len) == 0)
         rc = send_frame(j->fd, &out, NULL, 0);
     pthread_mutex_unlock(&j->lock);
     free(out.p);
@@ -146,6 +153,10 @@ int cweb_job_run(int fd, struct reader *r, struct buf *out)
     pthread_mutex_unlock(&jobs_lock);
 
     const char *data = j->data ? j->data : "";
+    if (strlen(data) > JOB_TEXT_MAX) {
+        j->outcome = OUTCOME_ERROR;
+        data = "result_too_large: the job's result or error is over 1 GiB";
+    }
     out->len = 0;
     int wrc = -1;
     pthread_mutex_lock(&j->lock);
