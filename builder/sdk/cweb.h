@@ -245,8 +245,9 @@ int http_parse_data(http_request_t *req);
  * Connection: upgrade), else 0. Module routes never receive one: cweb
  * answers upgrades on the paths a module declares in .websockets. */
 int http_is_websocket_upgrade(http_request_t *req);
-int http_decode_chunked_body(const char *body, size_t body_len, char **out, size_t *out_len)
-    CWEB_UNAVAILABLE("http_decode_chunked_body: the server has already decoded a chunked body; req->body is the decoded body");
+/* Decodes a chunked body into *out (malloc'd): 0, 1 when incomplete, -1 when
+ * malformed. req->body never needs it: the server has decoded it already. */
+int http_decode_chunked_body(const char *body, size_t body_len, char **out, size_t *out_len);
 
 /* ---- WebSockets ---- */
 
