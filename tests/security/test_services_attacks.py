@@ -130,9 +130,26 @@ static int pid(struct cweb_context *ctx, http_request_t *req, http_response_t *r
     return 0;
 }
 
+/* Copies up to n bytes at addr into out through a pipe: the kernel reports
+ * an unreadable page as EFAULT where a plain read would fault. */
+static ssize_t copy_out(int p[2], unsigned long addr, char *out, size_t n)
+{
+    ssize_t w = write(p[1], (const void *)addr, n);
+    if (w <= 0)
+        return w;
+    ssize_t got = 0;
+    while (got < w) {
+        ssize_t r = read(p[0], out + got, (size_t)(w - got));
+        if (r <= 0)
+            break;
+        got += r;
+    }
+    return got;
+}
+
 /* Shared writable mappings of this process, and whether needle (sent
  * reversed, so the request itself does not hold it) occurs anywhere else in
- * its readable memory, read through /proc/self/mem, which cannot fault. */
+ * its readable memory. */
 static int scan(struct cweb_context *ctx, http_request_t *req, http_response_t *res)
 {
     const char *rev = arg(req, "reversed", "");
@@ -142,13 +159,15 @@ static int scan(struct cweb_context *ctx, http_request_t *req, http_response_t *
         needle[i] = rev[nlen - 1 - i];
     needle[nlen] = '\0';
     FILE *maps = fopen("/proc/self/maps", "r");
-    int mem = open("/proc/self/mem", O_RDONLY);
+    int pipefd[2] = {-1, -1};
+    if (pipe2(pipefd, O_NONBLOCK) == 0)
+        fcntl(pipefd[1], F_SETPIPE_SZ, 1 << 20);
     json_t *shared = json_array();
     int found = 0;
     static char where[4200];
     where[0] = '\0';
     char line[4096];
-    size_t cap = 1 << 20;
+    size_t cap = 64 << 10;      /* within the pipe's capacity */
     char *buf = malloc(cap + 4096);
     while (maps && fgets(line, sizeof(line), maps)) {
         unsigned long lo, hi;
@@ -159,13 +178,13 @@ static int scan(struct cweb_context *ctx, http_request_t *req, http_response_t *
             json_array_append_new(shared, json_string(path));
         if (perms[0] != 'r' || !nlen || strstr(path, "[vvar") || strstr(path, "[vsyscall") || hi - lo > (512ul << 20))
             continue;
-        if ((unsigned long)buf >= lo && (unsigned long)buf < hi)
-            continue;       /* the scan's own buffer holds what it copied */
         for (unsigned long at = lo; at < hi && !found; at += cap) {
             size_t want = hi - at < cap + nlen ? hi - at : cap + nlen;
-            ssize_t got = pread(mem, buf, want, (off_t)at);
+            ssize_t got = pipefd[0] >= 0 ? copy_out(pipefd, at, buf, want) : -1;
             for (char *p = buf; got > 0 && (p = memmem(p, (size_t)(buf + got - p), needle, nlen)); p++)
-                if (at + (unsigned long)(p - buf) != (unsigned long)needle) {
+                /* Not the decoded needle, not a copy the scan itself made. */
+                if (at + (unsigned long)(p - buf) != (unsigned long)needle &&
+                    (at + (unsigned long)(p - buf) < (unsigned long)buf || at + (unsigned long)(p - buf) >= (unsigned long)buf + cap + 4096)) {
                     found = 1;
                     snprintf(where, sizeof(where), "%s @%lx in %lx-%lx", path, at + (unsigned long)(p - buf), lo, hi);
                 }
@@ -176,8 +195,10 @@ static int scan(struct cweb_context *ctx, http_request_t *req, http_response_t *
     free(needle);
     if (maps)
         fclose(maps);
-    if (mem >= 0)
-        close(mem);
+    if (pipefd[0] >= 0) {
+        close(pipefd[0]);
+        close(pipefd[1]);
+    }
     json_t *o = json_pack("{s:o, s:b, s:s, s:s, s:s}", "shared_writable", shared, "needle_found", found, "where", where,
                           "certificate", ctx->crypto->certificate ? ctx->crypto->certificate : "",
                           "private_key", ctx->crypto->private_key ? ctx->crypto->private_key : "");
