@@ -4,7 +4,7 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-APT_PACKAGES := gcc libc6-dev libssl-dev libsqlite3-dev libjansson-dev bubblewrap
+APT_PACKAGES := gcc libc6-dev libssl-dev libsqlite3-dev libjansson-dev bubblewrap libseccomp2
 TEST_APT_PACKAGES := chromium wrk
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test

@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import limits, services
+from runtime import limits, sandbox, services
 from runtime.channel import Channel, Lines, recv_blocking, send_blocking
 
 log = logging.getLogger("cweb.runtime")
@@ -57,6 +57,7 @@ PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 # Descriptors one `connect` may ask for (one sendmsg carries at most 253).
 MAX_CONNECT = 200
 SECRET_FILE = "agent.secret"
+MODULES_DIR = "modules-data"
 
 
 class AgentError(Exception):
@@ -77,6 +78,7 @@ class WorkerProc:
     # expected): nothing a worker sends can change it.
     expected_exit: bool = False
     connections: int = 0
+    uid: int | None = None
     replies: asyncio.Queue = field(default_factory=asyncio.Queue)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -105,10 +107,38 @@ class Agent:
         # Read once here, in the parent: the preexec hook only makes system calls.
         self.worker_limits = limits.WorkerLimits.from_env()
         self.services = services.Broker(data_dir)
+        # Modules' own directories (their databases): the one place a worker may write.
+        self.modules_dir = os.path.join(os.path.abspath(data_dir), MODULES_DIR)
+        os.makedirs(self.modules_dir, exist_ok=True)
+        os.chmod(self.modules_dir, 0o711)
+        self.sandbox = sandbox.choose(workdir, self.worker_limits.network, self.worker_limits.unsafe,
+                                      hidden=[store_dir, run_dir, data_dir], writable=[self.modules_dir],
+                                      force=self.worker_limits.sandbox)
+        self.worker_limits.use_bwrap(self.sandbox.kind == "bubblewrap")
+        # uids of live workers (root server, bubblewrap): never two alike.
+        self.uids_in_use: set[int] = set()
+        self.next_uid = 0
 
     # ---- worker processes -------------------------------------------
 
+    def _allocate_uid(self) -> int | None:
+        """A uid no live worker has (root server in bubblewrap), else None."""
+        if not (self.sandbox.root and self.sandbox.kind == "bubblewrap"):
+            return None
+        lim = self.worker_limits
+        for _ in range(lim.uid_count):
+            uid = lim.uid_first + self.next_uid
+            self.next_uid = (self.next_uid + 1) % lim.uid_count
+            if uid not in self.uids_in_use:
+                self.uids_in_use.add(uid)
+                return uid
+        raise AgentError("no_uid", "every worker uid of CWEB_WORKER_UIDS is in use")
+
     async def spawn(self) -> WorkerProc:
+        if self.sandbox.kind == "refused":
+            raise AgentError("no_sandbox", "no worker sandbox works here (bubblewrap or Landlock); "
+                             "set CWEB_UNSAFE_WORKERS=1 to run modules unconfined")
+        uid = self._allocate_uid()
         parent, child = socket.socketpair()
         # The worker's channel to the services broker (cache, signing).
         svc, svc_child = services.Broker.channel()
@@ -119,13 +149,24 @@ class Agent:
             "PYTHONDONTWRITEBYTECODE": "1",
             "CWEB_CONTROL_FD": str(child.fileno()),
             "CWEB_SERVICES_FD": str(svc_child.fileno()),
+            "CWEB_PRELOAD": ":".join(self.sandbox.preload),
+            "CWEB_SANDBOX": self.sandbox.kind,
         }
+        if uid is not None:
+            env["CWEB_WORKER_UID"] = str(uid)
+        if self.sandbox.kind == "landlock":
+            env["CWEB_LANDLOCK_READ"] = json.dumps(self.sandbox.read_paths)
+            env["CWEB_LANDLOCK_NETWORK"] = "1" if self.sandbox.network else "0"
+        fds = [child.fileno(), svc_child.fileno()]
+        seccomp_fd = None
+        if self.worker_limits.in_bwrap:
+            seccomp_fd = self.worker_limits.bwrap_filter()
+            fds.append(seccomp_fd)
+        argv = self.sandbox.command([sys.executable, "-m", "runtime.worker"], seccomp_fd)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "runtime.worker",
-                pass_fds=(child.fileno(), svc_child.fileno()),
+                *argv,
+                pass_fds=fds,
                 env=env,
                 cwd=self.workdir,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -133,9 +174,15 @@ class Agent:
                 stderr=asyncio.subprocess.PIPE,
                 preexec_fn=self.worker_limits.preexec,
             )
+        except BaseException:
+            if uid is not None:
+                self.uids_in_use.discard(uid)
+            raise
         finally:
             child.close()
             svc_child.close()
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         self.services.attach(svc, f"pid {proc.pid}")
         box: list[WorkerProc] = []
 
@@ -150,7 +197,7 @@ class Agent:
             if box and not box[0].exited.is_set():
                 box[0].proc.kill()
 
-        w = WorkerProc(proc=proc, control=Channel(parent, on_message, on_close))
+        w = WorkerProc(proc=proc, control=Channel(parent, on_message, on_close), uid=uid)
         box.append(w)
         asyncio.create_task(self._read_output(w, proc.stdout, "stdout"))
         asyncio.create_task(self._read_output(w, proc.stderr, "stderr"))
@@ -180,6 +227,9 @@ class Agent:
     async def _wait_exit(self, w: WorkerProc) -> None:
         rc = await w.proc.wait()
         w.exited.set()
+        if w.uid is not None:
+            # bwrap --die-with-parent: nothing of this worker outlives it.
+            self.uids_in_use.discard(w.uid)
         w.control.close()
         await w.replies.put({"op": "exited", "returncode": rc})
         if w is self.spare:
@@ -202,7 +252,8 @@ class Agent:
             self.spare_task = asyncio.create_task(self._make_spare())
 
     async def _make_spare(self) -> None:
-        self.spare = await self.spawn()
+        if self.sandbox.kind != "refused":
+            self.spare = await self.spawn()
 
     async def _take_worker(self) -> WorkerProc:
         if self.spare_task is not None and not self.spare_task.done():
@@ -264,7 +315,6 @@ class Agent:
             {
                 "op": "load",
                 "hash": module_hash,
-                "data_dir": self.data_dir,
                 "max_response": int(req.get("max_response", 0)),
             },
             limits.LOAD_TIMEOUT_S,
@@ -295,7 +345,14 @@ class Agent:
         w.state = "starting"
         msg = {"op": "start"}
         if req.get("name"):
-            msg["module_dir"] = self._module_dir(str(req["name"]))
+            # Every sandbox binds the modules-data directory (0711: no listing);
+            # on a root server the module's own directory (0700) belongs to
+            # this worker's uid alone. (A descriptor would not do: SQLite
+            # resolves /proc/self/fd/N to a path outside the sandbox.)
+            path = self._module_dir(str(req["name"]))
+            if w.uid is not None:
+                _chown_tree(path, w.uid)
+            msg["module_dir"] = path
         reply = await self._command(w, msg, limits.ONLOAD_TIMEOUT_S)
         if reply.get("op") == "exited":
             raise AgentError("onload_crashed", f"onload crashed ({_signal_name(reply['returncode'])})")
@@ -359,7 +416,7 @@ class Agent:
 
     async def op_ping(self, req: dict) -> dict:
         return {
-            "sandbox": self.worker_limits.sandbox,
+            "sandbox": self.sandbox.kind,
             "workers": [{"worker_id": w.worker_id, "hash": w.hash, "state": w.state, "pid": w.proc.pid}
                         for w in self.workers.values()],
         }
@@ -369,7 +426,7 @@ class Agent:
         database), kept across its versions and never shared with another."""
         if not services.valid_module_name(name):
             raise AgentError("bad_name", f"module name {name[:40]!r} cannot name a directory")
-        path = os.path.join(os.path.abspath(self.data_dir), "modules-data", name)
+        path = os.path.join(self.modules_dir, name)
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 
@@ -450,6 +507,14 @@ class Agent:
                 w.proc.kill()
 
 
+def _chown_tree(path: str, uid: int) -> None:
+    """Give a module's directory and its files to the worker's uid (never following links)."""
+    os.chown(path, uid, uid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, uid, follow_symlinks=False)
+
+
 def _load_secret(run_dir: str) -> bytes:
     """CWEB_RUNTIME_SECRET, else a fresh one written to <run dir>/agent.secret (0600)."""
     given = os.environ.get("CWEB_RUNTIME_SECRET", "")
@@ -503,7 +568,12 @@ async def serve(args: argparse.Namespace) -> None:
             agent.attach_client(conn, secret)
 
         loop.add_reader(listener.fileno(), accept)
-    log.info("worker sandbox: %s", agent.worker_limits.sandbox)
+    log.info("worker sandbox: %s%s", agent.sandbox.kind, " (host network)" if agent.sandbox.network else "")
+    if agent.sandbox.kind == "none":
+        log.warning("no worker sandbox works here: modules run UNCONFINED (CWEB_UNSAFE_WORKERS=1)")
+    elif agent.sandbox.kind == "refused":
+        log.error("no worker sandbox works here (bubblewrap or Landlock): deploys will be refused "
+                  "(set CWEB_UNSAFE_WORKERS=1 to run modules unconfined)")
     agent._ensure_spare()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

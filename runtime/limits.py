@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import resource
 import struct
 from dataclasses import dataclass
@@ -83,133 +82,58 @@ KEPT_CAPABILITIES = frozenset(
 )
 LAST_CAPABILITY = 63
 
-# ---- seccomp ------------------------------------------------------------
+# ---- seccomp ----------------------------------------------------------
 
-_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
-_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
-_JGE_K = 0x35  # BPF_JMP | BPF_JGE | BPF_K
-_JSET_K = 0x45  # BPF_JMP | BPF_JSET | BPF_K
-_RET_K = 0x06  # BPF_RET | BPF_K
-
-RET_ALLOW = 0x7FFF0000
-RET_KILL_PROCESS = 0x80000000
-RET_ERRNO = 0x00050000
 EAGAIN, EPERM, ENOSYS = 11, 1, 38
 CLONE_THREAD = 0x00010000
-X32_SYSCALL_BIT = 0x40000000
-
-# seccomp_data: int nr; u32 arch; u64 ip; u64 args[6] (little-endian here).
-_OFF_NR, _OFF_ARCH, _OFF_ARG0 = 0, 4, 16
-
-_ARCHES = {
-    # machine: (AUDIT_ARCH, syscall numbers)
-    "x86_64": (
-        0xC000003E,
-        dict(fork=57, vfork=58, clone=56, clone3=435, kill=62, tkill=200, tgkill=234, ptrace=101,
-             process_vm_readv=310, process_vm_writev=311, pidfd_send_signal=424, pidfd_getfd=438, prlimit64=302),
-    ),
-    "aarch64": (
-        0xC00000B7,
-        dict(clone=220, clone3=435, kill=129, tkill=130, tgkill=131, ptrace=117,
-             process_vm_readv=270, process_vm_writev=271, pidfd_send_signal=424, pidfd_getfd=438, prlimit64=261),
-    ),
-}
-# Filter slots holding the worker's own pid, patched in the child.
+# Filter constants holding the worker's own pid, patched in the child (the
+# filter is built once, by libseccomp, before any fork).
 _PID_PLACEHOLDER = 0x7FFFFFFE
 
 
-class _Filter:
-    """A tiny classic-BPF assembler with symbolic jump targets."""
+def seccomp_program(allow_fork: bool = False, own_pid_only: bool = True) -> bytes:
+    """The worker's seccomp filter as raw sock_filter bytes, built with
+    libseccomp (pyseccomp). Refuses to create processes (fork, vfork, clone
+    without CLONE_THREAD: EAGAIN; clone3: ENOSYS so glibc falls back to
+    clone for threads) unless allow_fork, and to reach other processes
+    (ptrace, process_vm_readv/writev, pidfd_getfd, tkill; with
+    own_pid_only, kill/tgkill/prlimit64/pidfd_send_signal of any pid but
+    its own, left as a placeholder for _patch_pid). Foreign architectures
+    and x32 system calls kill the process (libseccomp's default)."""
+    import pyseccomp as sc
 
-    def __init__(self) -> None:
-        self.ins: list[tuple[int, object, object, int]] = []
-        self.labels: dict[str, int] = {}
-
-    def op(self, code: int, k: int, jt: object = 0, jf: object = 0) -> None:
-        self.ins.append((code, jt, jf, k))
-
-    def label(self, name: str) -> None:
-        self.labels[name] = len(self.ins)
-
-    def assemble(self) -> bytes:
-        out = bytearray()
-        for i, (code, jt, jf, k) in enumerate(self.ins):
-            def rel(target: object, i: int = i) -> int:
-                if isinstance(target, str):
-                    off = self.labels[target] - i - 1
-                    assert 0 <= off < 256, target
-                    return off
-                return int(target)  # type: ignore[arg-type]
-
-            out += struct.pack("<HBBI", code, rel(jt), rel(jf), k & 0xFFFFFFFF)
-        return bytes(out)
-
-
-def seccomp_program(machine: str | None = None) -> bytes | None:
-    """The worker's seccomp filter as raw sock_filter bytes, with the
-    worker's pid left as a placeholder; None on an unknown architecture."""
-    arch = _ARCHES.get(machine or platform.machine())
-    if arch is None:
-        return None
-    audit_arch, nr = arch
-    f = _Filter()
-    f.op(_LD_W_ABS, _OFF_ARCH)
-    f.op(_JEQ_K, audit_arch, 0, "die")
-    f.op(_LD_W_ABS, _OFF_NR)
-    if audit_arch == 0xC000003E:
-        f.op(_JGE_K, X32_SYSCALL_BIT, "enosys", 0)
-    for name in ("fork", "vfork"):
-        if name in nr:
-            f.op(_JEQ_K, nr[name], "eagain", 0)
-    f.op(_JEQ_K, nr["clone3"], "enosys", 0)
-    f.op(_JEQ_K, nr["clone"], "clone", 0)
-    for name in ("tkill", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_send_signal", "pidfd_getfd"):
-        f.op(_JEQ_K, nr[name], "eperm", 0)
-    f.op(_JEQ_K, nr["kill"], "kill_arg", 0)
-    f.op(_JEQ_K, nr["tgkill"], "self_arg", 0)
-    f.op(_JEQ_K, nr["prlimit64"], "prlimit_arg", 0)
-    f.op(_RET_K, RET_ALLOW)
-    # clone: threads only.
-    f.label("clone")
-    f.op(_LD_W_ABS, _OFF_ARG0)
-    f.op(_JSET_K, CLONE_THREAD, "allow", "eagain")
-    # kill(pid): itself, or its own process group (it leads a new session).
-    f.label("kill_arg")
-    f.op(_LD_W_ABS, _OFF_ARG0)
-    f.op(_JEQ_K, 0, "allow", 0)
-    f.op(_JEQ_K, (-_PID_PLACEHOLDER) & 0xFFFFFFFF, "allow", 0)
-    f.op(_JEQ_K, _PID_PLACEHOLDER, "allow", "eperm")
-    # tgkill(tgid, ...): its own threads.
-    f.label("self_arg")
-    f.op(_LD_W_ABS, _OFF_ARG0)
-    f.op(_JEQ_K, _PID_PLACEHOLDER, "allow", "eperm")
-    # prlimit64(pid, ...): 0 or itself.
-    f.label("prlimit_arg")
-    f.op(_LD_W_ABS, _OFF_ARG0)
-    f.op(_JEQ_K, 0, "allow", 0)
-    f.op(_JEQ_K, _PID_PLACEHOLDER, "allow", "eperm")
-    f.label("allow")
-    f.op(_RET_K, RET_ALLOW)
-    f.label("eagain")
-    f.op(_RET_K, RET_ERRNO | EAGAIN)
-    f.label("eperm")
-    f.op(_RET_K, RET_ERRNO | EPERM)
-    f.label("enosys")
-    f.op(_RET_K, RET_ERRNO | ENOSYS)
-    f.label("die")
-    f.op(_RET_K, RET_KILL_PROCESS)
-    return f.assemble()
+    f = sc.SyscallFilter(sc.ALLOW)
+    if not allow_fork:
+        for name in ("fork", "vfork"):
+            f.add_rule(sc.ERRNO(EAGAIN), name)
+        f.add_rule(sc.ERRNO(EAGAIN), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+        f.add_rule(sc.ERRNO(ENOSYS), "clone3")
+    for name in ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "tkill"):
+        f.add_rule(sc.ERRNO(EPERM), name)
+    if own_pid_only:
+        for name in ("kill", "tgkill", "pidfd_send_signal"):
+            f.add_rule(sc.ERRNO(EPERM), name, sc.Arg(0, sc.NE, _PID_PLACEHOLDER))
+        f.add_rule(sc.ERRNO(EPERM), "pidfd_open", sc.Arg(0, sc.NE, _PID_PLACEHOLDER))
+        f.add_rule(sc.ERRNO(EPERM), "prlimit64", sc.Arg(0, sc.NE, 0), )
+    fd = os.memfd_create("cweb-seccomp", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(os.dup(fd), "wb") as out:
+            f.export_bpf(out)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _patch_pid(program: bytearray, pid: int) -> None:
     """Replace the pid placeholders in place (no allocation: runs after fork)."""
-    neg = (-_PID_PLACEHOLDER) & 0xFFFFFFFF
     for off in range(0, len(program), 8):
         (k,) = struct.unpack_from("<I", program, off + 4)
         if k == _PID_PLACEHOLDER:
             struct.pack_into("<I", program, off + 4, pid)
-        elif k == neg:
-            struct.pack_into("<I", program, off + 4, (-pid) & 0xFFFFFFFF)
 
 
 class _SockFprog(ctypes.Structure):
@@ -221,9 +145,21 @@ def _int_env(env: dict, name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+# First uid and how many uids workers of a root server run as
+# (CWEB_WORKER_UIDS=FIRST-LAST): one per live worker, never shared by two.
+WORKER_UID_FIRST = 1_500_000_000
+WORKER_UID_COUNT = 65536
+
+
 @dataclass
 class WorkerLimits:
-    """What a worker is allowed; `preexec` applies it in the child."""
+    """What a worker is allowed; `preexec` applies it in the child.
+
+    With a bubblewrap sandbox (`in_bwrap`), bwrap itself still has to make
+    namespaces and mounts: preexec then keeps the capabilities (bwrap drops
+    them all for the worker) and leaves the seccomp filter to bwrap
+    (`--seccomp`, `bwrap_filter()`), which loads it right before the
+    worker's exec."""
 
     memory_bytes: int = WORKER_MEMORY_BYTES
     cpu_seconds: int = WORKER_CPU_SECONDS
@@ -231,10 +167,25 @@ class WorkerLimits:
     file_bytes: int = WORKER_FILE_BYTES
     processes: int = WORKER_PROCESSES
     allow_fork: bool = False
+    # CWEB_WORKER_NETWORK=1: workers keep the host's network (TCP to anywhere).
+    network: bool = False
+    # CWEB_UNSAFE_WORKERS=1: run workers even where no sandbox works.
+    unsafe: bool = False
+    uid_first: int = WORKER_UID_FIRST
+    uid_count: int = WORKER_UID_COUNT
+    # CWEB_WORKER_SANDBOX: "" probes (bubblewrap, else landlock); a name forces it.
+    sandbox: str = ""
+    in_bwrap: bool = False
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> WorkerLimits:
         env = dict(os.environ if env is None else env)
+        first, count = WORKER_UID_FIRST, WORKER_UID_COUNT
+        if env.get("CWEB_WORKER_UIDS"):
+            lo, _, hi = env["CWEB_WORKER_UIDS"].partition("-")
+            first, count = int(lo), int(hi) - int(lo) + 1
+            if first <= 0 or count < 1:
+                raise ValueError("CWEB_WORKER_UIDS must be FIRST-LAST with 0 < FIRST <= LAST")
         return cls(
             memory_bytes=_int_env(env, "CWEB_WORKER_MEMORY_BYTES", WORKER_MEMORY_BYTES),
             cpu_seconds=_int_env(env, "CWEB_WORKER_CPU_SECONDS", WORKER_CPU_SECONDS),
@@ -242,6 +193,11 @@ class WorkerLimits:
             file_bytes=_int_env(env, "CWEB_WORKER_FILE_BYTES", WORKER_FILE_BYTES),
             processes=_int_env(env, "CWEB_WORKER_PROCESSES", WORKER_PROCESSES),
             allow_fork=env.get("CWEB_WORKER_ALLOW_FORK", "") == "1",
+            network=env.get("CWEB_WORKER_NETWORK", "") == "1",
+            unsafe=env.get("CWEB_UNSAFE_WORKERS", "") == "1",
+            uid_first=first,
+            uid_count=count,
+            sandbox=env.get("CWEB_WORKER_SANDBOX", ""),
         )
 
     def __post_init__(self) -> None:
@@ -264,26 +220,39 @@ class WorkerLimits:
             hard = resource.getrlimit(which)[1]
             self._rlimits.append((which, value if hard == resource.RLIM_INFINITY else min(value, hard)))
         self._root = os.geteuid() == 0
-        self.sandbox = "none"
         self._drop_caps = [c for c in range(LAST_CAPABILITY + 1) if c not in KEPT_CAPABILITIES]
-        program = None if self.allow_fork else seccomp_program()
-        if program is None:
-            self._filter = None
-            self._fprog = None
-        else:
+        self.use_bwrap(self.in_bwrap)
+
+    def use_bwrap(self, on: bool) -> None:
+        """Switch between applying the filter here (off) and leaving it to bwrap (on)."""
+        self.in_bwrap = on
+        self._filter = None
+        self._fprog = None
+        if not on:
+            program = seccomp_program(self.allow_fork, own_pid_only=True)
             self._filter = ctypes.create_string_buffer(program, len(program))
             self._fprog = _SockFprog(len(program) // 8, ctypes.addressof(self._filter))
+        else:
+            # In its own PID namespace a worker sees no other process to signal.
+            self._bwrap_program = seccomp_program(self.allow_fork, own_pid_only=False)
 
     @property
     def seccomp(self) -> bool:
-        return self._fprog is not None
+        return self._fprog is not None or self.in_bwrap
+
+    def bwrap_filter(self) -> int:
+        """A fresh descriptor holding the filter for bwrap --seccomp (caller closes it)."""
+        fd = os.memfd_create("cweb-seccomp", 0)
+        os.write(fd, self._bwrap_program)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
 
     def preexec(self) -> None:
-        """Runs in the worker child between fork and exec (agent is single-threaded)."""
+        """Runs in the worker child between fork and exec: system calls only."""
         os.setsid()
         for which, value in self._rlimits:
             resource.setrlimit(which, (value, value))
-        if self._root:
+        if self._root and not self.in_bwrap:
             for cap in self._drop_caps:
                 # EINVAL past the kernel's last capability: nothing to drop there.
                 self._prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
@@ -293,6 +262,14 @@ class WorkerLimits:
             _patch_pid(self._filter, os.getpid())  # type: ignore[arg-type]
             if self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog), 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+
+
+def drop_to_uid(uid: int) -> None:
+    """For a worker of a root server, first thing after exec: its own uid
+    and gid, no supplementary groups, and with them every capability."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 
 
 PR_SET_DUMPABLE = 4

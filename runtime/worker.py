@@ -20,7 +20,6 @@ whole call.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import json
@@ -118,7 +117,7 @@ class Worker:
             if op == "load":
                 self.load(msg, fds)
             elif op == "start":
-                self.start(msg)
+                self.start(msg, fds)
             elif op == "attach":
                 self.attach(fds)
             elif op == "stop":
@@ -137,17 +136,20 @@ class Worker:
                 os.close(fd)
             raise WorkerError("load_failed", "a load needs exactly one artifact, once")
         self.lib = load_artifact(fds[0], msg["hash"])
-        self.lib.cweb_abi_init(msg.get("data_dir", "").encode(), int(msg.get("max_response", 0)))
+        # No data dir: a worker reaches shared services through the broker only.
+        self.lib.cweb_abi_init(b"", int(msg.get("max_response", 0)))
         self.send({"op": "loaded", "describe": describe(self.lib)})
 
-    def start(self, msg: dict) -> None:
+    def start(self, msg: dict, fds: list[int]) -> None:
         assert self.lib is not None
+        for fd in fds:
+            os.close(fd)
         # The module's own directory (its database), before onload can use it.
         set_dir = getattr(self.lib, "cweb_abi_module_dir", None)
         if set_dir is not None and msg.get("module_dir"):
             set_dir.argtypes = [ctypes.c_char_p]
             set_dir.restype = ctypes.c_int
-            set_dir(msg["module_dir"].encode())
+            set_dir(str(msg["module_dir"]).encode())
         # A crash here kills the process; the agent reports it as an onload failure.
         self.lib.cweb_abi_onload()
         self.started = True
@@ -181,17 +183,22 @@ class Worker:
 
 def preload_libraries() -> None:
     """Map the libraries every module links while this worker is still a spare,
-    so that loading an artifact later only relocates the module itself."""
-    for name in ("ssl", "crypto", "sqlite3", "jansson"):
-        path = ctypes.util.find_library(name)
-        if path:
-            try:
-                ctypes.CDLL(path, mode=os.RTLD_LOCAL)
-            except OSError:
-                pass
+    so that loading an artifact later only relocates the module itself. The
+    agent names them (CWEB_PRELOAD): inside the sandbox nothing can be
+    looked up (ctypes.util.find_library runs programs)."""
+    for path in filter(None, os.environ.get("CWEB_PRELOAD", "").split(":")):
+        try:
+            ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+        except OSError:
+            pass
 
 
 def main() -> None:
+    uid = os.environ.get("CWEB_WORKER_UID")
+    if uid:
+        # bwrap ran as root (to mount) and left us CAP_SETUID/CAP_SETGID only
+        # for this: the worker's own uid, and no capability after it.
+        limits.drop_to_uid(int(uid))
     limits.seal_after_exec()
     preload_libraries()
     control = socket.socket(fileno=int(os.environ["CWEB_CONTROL_FD"]))

@@ -171,6 +171,19 @@ static int run_spin(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t 
 }
 """
 
+# Which worker process answers, as C: `worker_token` is set when the module is
+# loaded and differs between processes (getpid() does not: every worker is
+# pid 2 in its own PID namespace).
+WORKER_TOKEN_C = r"""
+#include <time.h>
+static long long worker_token;
+__attribute__((constructor)) static void worker_token_mark(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    worker_token = t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+"""
+
 HANDLER = "static int {fn}(struct cweb_context *ctx, http_request_t *req, http_response_t *res)"
 
 

@@ -32,7 +32,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import ROOT, SPIN_JOB, Server, unique
+from tests.conftest import ROOT, SPIN_JOB, WORKER_TOKEN_C, Server, unique
 
 TERMINAL = ("done", "failed", "canceled")
 JOB_FIELDS = {"job_uuid", "module", "job", "state", "module_hash", "created_at", "updated_at", "result", "error"}
@@ -188,7 +188,7 @@ static int run_quiet(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t
 
 static int pid_route(struct cweb_context *ctx, http_request_t *req, http_response_t *res) {
     (void)ctx; (void)req;
-    snprintf(res->body, HTTP_RESPONSE_SIZE, "%d", (int)getpid());
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "%lld", worker_token);
     res->status = HTTP_200_OK;
     return 0;
 }
@@ -299,7 +299,7 @@ def deploy_ok(server: Server, source: str) -> dict:
 
 
 def lab_source(name: str) -> str:
-    return LAB.replace("@NAME@", name)
+    return LAB.replace("@NAME@", name).replace("#include <unistd.h>\n", "#include <unistd.h>\n" + WORKER_TOKEN_C, 1)
 
 
 def tagged_source(name: str, tag: str, job: str = "tagged") -> str:
@@ -398,13 +398,19 @@ def route(server: Server, method: str, path: str, **kw: Any) -> httpx.Response:
 
 
 def worker_pid(server: Server, module: str, timeout: float = 20.0) -> int:
-    """The pid of the module's worker, from the module's own getpid() route."""
+    """The host pid of the module's serving worker (its sandbox's outer
+    process: killing it kills the worker), once the module answers /pid."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             r = route(server, "GET", f"/{module}/pid")
             if r.status_code == 200:
-                return int(r.text)
+                token = r.text
+                workers = route(server, "GET", "/_cweb/workers").json()["workers"]
+                pids = [w["pid"] for w in workers if w["module"] == module and w["version_state"] == "active"]
+                # The token still the same: the process listed is the one that answered.
+                if len(pids) == 1 and route(server, "GET", f"/{module}/pid").text == token:
+                    return pids[0]
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, route_module, unique
+from tests.conftest import ROOT, route_module, unique, wait_for
 from tests.security.conftest import SENTINEL_BODY, SENTINEL_PATH, SecServer, auth
 from tests.security.test_runtime_attacks import deploy, wait_ok
 
@@ -104,6 +104,17 @@ def _agent_pid(s: SecServer) -> int:
     raise AssertionError("no runtime agent under the server")
 
 
+def _python_workers(s: SecServer) -> int:
+    """Worker interpreters below the agent (not their bwrap parents)."""
+    n = 0
+    for pid in _worker_pids(s):
+        try:
+            n += "python" in os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            pass
+    return n
+
+
 def _worker_pids(s: SecServer) -> set[int]:
     """Every process below the agent (workers, and whatever they started)."""
     out: set[int] = set()
@@ -134,7 +145,7 @@ def test_module_cannot_command_the_agent(healthy: SecServer) -> None:
     commands = "".join(
         json.dumps({"id": 900 + i, "op": "kill", "worker_id": i, "expected": True}) + "\\n" for i in range(1, 40)
     ) + "".join(json.dumps({"id": 990 + i, "op": "load", "hash": "0" * 64}) + "\\n" for i in range(10))
-    before = len(_worker_pids(healthy))
+    before = _python_workers(healthy)
     r = deploy(
         healthy,
         [("/attack", "atk",
@@ -153,7 +164,8 @@ def test_module_cannot_command_the_agent(healthy: SecServer) -> None:
         assert c.get(SENTINEL_PATH).text == SENTINEL_BODY
     states = {w["version_state"] for w in _workers(healthy)["workers"] if w["module"]}
     assert states <= {"active", "retiring", "pinned"}, states
-    assert len(_worker_pids(healthy)) <= before + 2, "workers were started on a module's behalf"
+    # The attacker's own worker and a new spare, not ten more.
+    assert _python_workers(healthy) <= before + 2, "workers were started on a module's behalf"
 
 
 def test_module_cannot_take_over_another_workers_socket(healthy: SecServer) -> None:
@@ -334,3 +346,173 @@ def test_backlogged_request_to_a_dead_worker_answers_by_the_deadline(healthy: Se
     wait_ok(healthy, r["ok"])
     assert healthy.get(SENTINEL_PATH).text == SENTINEL_BODY
 
+
+
+# Files a module must neither read nor write: opened for reading, then for
+# appending; what could be read is returned (so the test sees any leak).
+FILE_PROBE = r"""
+#include <errno.h>
+#include <fcntl.h>
+static void try_file(const char *path, char *out, size_t cap) {
+    size_t used = strlen(out);
+    int r = open(path, O_RDONLY), w = open(path, O_WRONLY | O_APPEND);
+    char head[65] = {0};
+    if (r >= 0) { ssize_t n = read(r, head, 64); (void)n; close(r); }
+    if (w >= 0) close(w);
+    for (char *p = head; *p; p++) if (*p < 33 || *p > 126) *p = '.';
+    snprintf(out + used, cap - used, "%s r=%d w=%d head=%s\n", path, r >= 0, w >= 0, head);
+}
+"""
+
+
+def test_module_cannot_open_server_or_host_files(healthy: SecServer, tmp_path: Path) -> None:
+    """The data dir's databases and keys, the store (sources and other
+    modules' artifacts), /etc/shadow and a host file: none opens, for
+    reading or writing, and every file is unchanged afterwards."""
+    host_secret = tmp_path / "host-secret.txt"
+    host_secret.write_text("HOSTSECRET-" + unique("s"))
+    data = healthy.data_dir
+    targets = [data / "jobs.db", data / "registry.db", data / "server.key.bin", host_secret, Path("/etc/shadow")]
+    targets += sorted((data / "store").rglob("*"))[:40]
+    targets += sorted(p for p in (data / "signing").rglob("*") if p.is_file()) if (data / "signing").exists() else []
+    targets = [t for t in targets if t.is_file()]
+    assert any("artifacts" in str(t) for t in targets) and any(t.name == "registry.db" for t in targets)
+    before = {t: t.read_bytes() for t in targets if t.name not in ("jobs.db", "registry.db")}
+    calls = "\n".join(f"    try_file({json.dumps(str(t))}, res->body, HTTP_RESPONSE_SIZE);" for t in targets)
+    r = deploy(healthy, [("/files", "fl", "    res->body[0] = 0;\n" + calls + "\n    res->status = HTTP_200_OK; return 0;")],
+               extra=FILE_PROBE)
+    out = healthy.get(r["files"])
+    assert out.status_code == 200, out.text
+    lines = out.text.strip().splitlines()
+    assert len(lines) == len(targets)
+    opened = [line for line in lines if " r=1" in line or " w=1" in line]
+    assert opened == [], opened
+    assert "HOSTSECRET" not in out.text
+    for t, content in before.items():
+        assert t.read_bytes() == content, f"{t} changed"
+
+
+TCP_PROBE = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+static int tcp_to(int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) return -2;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(s, (struct sockaddr *)&a, sizeof a);
+    if (rc == 0) { ssize_t n = write(s, "GET / HTTP/1.0\r\n\r\n", 18); (void)n; }
+    close(s);
+    return rc;
+}
+"""
+
+
+def _listener() -> tuple[socket.socket, list[bytes]]:
+    """A loopback listener of the test's; what it receives."""
+    got: list[bytes] = []
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+
+    def serve() -> None:
+        while srv.fileno() >= 0:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            got.append(conn.recv(100) or b"(connected)")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, got
+
+
+def _tcp_module(s: SecServer, ports: list[int]) -> str:
+    body = "".join(f'    n += snprintf(res->body + n, HTTP_RESPONSE_SIZE - n, "{p}=%d ", tcp_to({p}));\n' for p in ports)
+    r = deploy(s, [("/tcp", "tc", "    int n = 0;\n" + body + "    res->status = HTTP_200_OK; return 0;")], extra=TCP_PROBE)
+    return r["tcp"]
+
+
+def test_module_cannot_open_tcp_connections(healthy: SecServer) -> None:
+    """Neither the api's port nor a loopback listener of the test's: the
+    worker's network namespace has no interface at all."""
+    srv, got = _listener()
+    try:
+        path = _tcp_module(healthy, [healthy.port, srv.getsockname()[1]])
+        out = healthy.get(path)
+        assert out.status_code == 200, out.text
+        assert "=0" not in out.text, out.text
+        time.sleep(0.5)
+        assert got == []
+    finally:
+        srv.close()
+
+
+def test_network_opt_in_lets_modules_reach_the_host(tmp_path: Path) -> None:
+    """CWEB_WORKER_NETWORK=1 keeps the host's network for workers."""
+    from tests.security.conftest import start_sec_server
+
+    s = start_sec_server(tmp_path / "data", env={"CWEB_WORKER_NETWORK": "1"})
+    srv, got = _listener()
+    try:
+        path = _tcp_module(s, [srv.getsockname()[1]])
+        out = s.get(path)
+        assert out.status_code == 200 and out.text.strip() == f"{srv.getsockname()[1]}=0", out.text
+        assert wait_for(lambda: bool(got), 5) and got[0].startswith(b"GET / HTTP/1.0")
+    finally:
+        srv.close()
+        s.stop()
+
+
+PROC_PROBE = r"""
+#include <ctype.h>
+#include <dirent.h>
+#include <signal.h>
+static int visible(void) {
+    int n = 0;
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d))) if (isdigit((unsigned char)e->d_name[0])) n++;
+    if (d) closedir(d);
+    return n;
+}
+"""
+
+
+def test_module_sees_and_signals_no_other_process(healthy: SecServer) -> None:
+    """Its own PID namespace: /proc lists the worker and bwrap's init only,
+    and signals to the api, the agent or the sentinel's worker fail."""
+    assert healthy.proc is not None
+    sentinel = next(w["pid"] for w in _workers(healthy)["workers"] if w["module"] and w["module"].startswith("sentinel"))
+    victims = [healthy.proc.pid, _agent_pid(healthy), sentinel]
+    body = "".join(f'    n += snprintf(res->body + n, HTTP_RESPONSE_SIZE - n, "kill{p}=%d ", kill({p}, SIGKILL));\n' for p in victims)
+    r = deploy(healthy, [("/procs", "pp", '    int n = snprintf(res->body, HTTP_RESPONSE_SIZE, "visible=%d ", visible());\n'
+                          + body + "    res->status = HTTP_200_OK; return 0;")], extra=PROC_PROBE)
+    out = healthy.get(r["procs"])
+    assert out.status_code == 200, out.text
+    facts = dict(kv.split("=", 1) for kv in out.text.split())
+    assert int(facts["visible"]) <= 2, out.text
+    assert all(facts[f"kill{p}"] == "-1" for p in victims), out.text
+    assert healthy.get(SENTINEL_PATH).text == SENTINEL_BODY
+
+
+def test_workers_of_different_modules_run_as_different_uids(healthy: SecServer) -> None:
+    """A root server gives each worker a uid of its own (CWEB_WORKER_UIDS), never 0."""
+    assert os.geteuid() == 0, "this suite runs the server as root"
+    uid_route = [("/uid", "ud", '    snprintf(res->body, HTTP_RESPONSE_SIZE, "%d %d", (int)getuid(), (int)geteuid()); res->status = HTTP_200_OK; return 0;')]
+    a = deploy(healthy, uid_route)["uid"]
+    b = deploy(healthy, uid_route)["uid"]
+    ua, ub = healthy.get(a).text.split(), healthy.get(b).text.split()
+    assert ua[0] == ua[1] and ub[0] == ub[1]
+    assert int(ua[0]) >= 1_500_000_000 and int(ub[0]) >= 1_500_000_000
+    assert ua[0] != ub[0]
+
+
+def test_sandbox_is_reported(healthy: SecServer) -> None:
+    assert healthy.get("/healthz").json()["workers"] == "bubblewrap"
+    assert _workers(healthy)["sandbox"] == "bubblewrap"

@@ -85,8 +85,11 @@ def test_spinning_handler_gets_its_worker_replaced(healthy: SecServer) -> None:
     spin = "    time_t end = time(NULL) + 12;\n    while (time(NULL) < end) {}\n" + OK_BODY  # bounded: 12 s at most
     r = deploy(
         healthy,
-        [("/spin", "spin", spin), ("/pid", "pid", text_route("%d", "(int)getpid()"))],
-        extra="#include <time.h>",
+        # Which process answers: its start time (every worker is pid 2 in its own PID namespace).
+        [("/spin", "spin", spin), ("/pid", "pid", text_route("%lld", "born"))],
+        extra="#include <time.h>\nstatic long long born;\n"
+              "__attribute__((constructor)) static void mark(void) { struct timespec t; "
+              "clock_gettime(CLOCK_MONOTONIC, &t); born = t.tv_sec * 1000000000LL + t.tv_nsec; }",
     )
     with healthy.client() as c:
         before = c.get(r["pid"]).text
@@ -216,7 +219,10 @@ static int parent_of(int pid) {
 static int probe(char *out, size_t len) {
     int in_environ = 0;
     for (char **e = environ; *e; e++) if (strstr(*e, "CWEB_API_KEY")) in_environ = 1;
-    int agent = getppid(), api = parent_of(agent);
+    /* The real pids, told by the test: a worker in its own PID namespace
+       has no parent it could name. */
+    int agent = AGENT_PID, api = API_PID;
+    (void)parent_of;
     char path[64];
     int api_readable, agent_readable;
     snprintf(path, sizeof path, "/proc/%d/environ", api);
@@ -244,10 +250,14 @@ static int probe(char *out, size_t len) {
 
 
 def test_module_cannot_reach_the_api_key_or_other_processes(healthy: SecServer) -> None:
+    from tests.security.test_confinement import _agent_pid
+
+    assert healthy.proc is not None
+    pids = f"#define API_PID {healthy.proc.pid}\n#define AGENT_PID {_agent_pid(healthy)}\n"
     r = deploy(
         healthy,
         [("/probe", "pr", "    probe(res->body, HTTP_RESPONSE_SIZE); res->status = HTTP_200_OK; return 0;")],
-        extra=PROBES,
+        extra=pids + PROBES,
     )
     out = healthy.get(r["probe"])
     assert out.status_code == 200, out.text
@@ -350,6 +360,9 @@ def test_module_cannot_read_other_workers_memory(healthy: SecServer) -> None:
     out = healthy.get(r["peek"])
     assert out.status_code == 200, out.text
     facts = dict(kv.split("=", 1) for kv in out.text.split())
-    assert int(facts["workers"]) >= 1, "the sentinel's worker should be visible"
+    if healthy.get("/healthz").json()["workers"] == "bubblewrap":
+        assert facts["workers"] == "0", "a worker sees another in its own PID namespace"
+    else:
+        assert int(facts["workers"]) >= 1, "the sentinel's worker should be visible"
     assert facts["mem_open"] == "0", out.text
     assert facts["environ_open"] == "0", out.text

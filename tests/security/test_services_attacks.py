@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unique
+from tests.conftest import WORKER_TOKEN_C, unique
 from tests.security.conftest import SecServer, auth, start_sec_server
 
 # The victim: timed cache calls, database writes, its pid, and a scan of its
 # own address space.
 VICTIM = r"""#define _GNU_SOURCE /* memmem */
 #include <cweb.h>
+""" + WORKER_TOKEN_C + r"""
 #include <errno.h>
 #include <fcntl.h>
 #include <time.h>
@@ -126,7 +127,7 @@ static int db_write(struct cweb_context *ctx, http_request_t *req, http_response
 static int pid(struct cweb_context *ctx, http_request_t *req, http_response_t *res)
 {
     (void)ctx; (void)req;
-    answer(res, HTTP_200_OK, "%ld", (long)getpid());
+    answer(res, HTTP_200_OK, "%lld", worker_token);
     return 0;
 }
 
