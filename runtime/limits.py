@@ -270,6 +270,9 @@ def drop_to_uid(uid: int) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+    # Changing uid made the process non-dumpable (fs.suid_dumpable): nothing
+    # else runs as this uid, so it may be dumpable again, for its own /proc.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
 PR_SET_DUMPABLE = 4

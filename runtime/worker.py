@@ -197,9 +197,12 @@ def main() -> None:
     uid = os.environ.get("CWEB_WORKER_UID")
     if uid:
         # bwrap ran as root (to mount) and left us CAP_SETUID/CAP_SETGID only
-        # for this: the worker's own uid, and no capability after it.
+        # for this: the worker's own uid, and no capability after it. No
+        # other process has that uid or shares the PID namespace, so the
+        # worker stays dumpable (a module may read its own /proc/self/mem).
         limits.drop_to_uid(int(uid))
-    limits.seal_after_exec()
+    else:
+        limits.seal_after_exec()
     preload_libraries()
     control = socket.socket(fileno=int(os.environ["CWEB_CONTROL_FD"]))
     # Module printf output must reach the agent's log pipe promptly.
