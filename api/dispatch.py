@@ -27,6 +27,13 @@ log = logging.getLogger("cweb.api")
 _CONTROL = frozenset(p.lstrip("/") for p in routing.RESERVED_PREFIXES) | {"favicon.ico"}
 
 
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for k, v in headers:
+        if (k == b"content-length" and v != b"0") or k == b"transfer-encoding":
+            return True
+    return False
+
+
 def _is_control(path: str) -> bool:
     return path[1:].partition("/")[0] in _CONTROL
 
@@ -195,7 +202,11 @@ class Dispatcher:
                 if self.guard is not None:
                     refused = self.guard(scope)
                     if refused is not None:
-                        await send_json(send, *refused)
+                        status, body, extra = refused
+                        if _has_body(scope["headers"]):
+                            # Not read: close, lingering, rather than wade through it.
+                            extra = [*extra, _CLOSE]
+                        await send_json(send, status, body, extra)
                         return
                 if path == "/jobs" and scope["method"] == "POST":
                     # The busiest control-plane call skips FastAPI (same answers, same errors).

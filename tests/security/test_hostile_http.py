@@ -257,6 +257,14 @@ def test_chunked_upload_spools_nothing_past_the_limit(make_server, tmp_path) -> 
     assert peak[0] <= limit + UPLOAD_FRAMING, f"{peak[0]} bytes spooled"
 
 
+def test_unauthorized_big_upload_gets_its_401_and_a_closed_connection(healthy: SecServer) -> None:
+    """A 30 MB upload without a key: refused before it is read, the client
+    (still sending) reads the 401, and the connection is not kept to wade
+    through the rest."""
+    r = upload(healthy, content=_multipart_prefix() + b"x" * (30 << 20), headers={"Authorization": "", "Content-Type": "multipart/form-data; boundary=bb"})
+    assert (r.status_code, r.json()["error"], r.headers["connection"]) == (401, "unauthorized", "close")
+
+
 def test_cli_deploy_of_a_huge_file_reads_the_413(healthy: SecServer, tmp_path) -> None:
     """./cweb deploy of a 50 MB file: the CLI prints the server's 413, no reset."""
     import subprocess
