@@ -156,6 +156,7 @@ class Agent:
             env["CWEB_WORKER_UID"] = str(uid)
         if self.sandbox.kind == "landlock":
             env["CWEB_LANDLOCK_READ"] = json.dumps(self.sandbox.read_paths)
+            env["CWEB_LANDLOCK_WRITE"] = json.dumps(self.sandbox.writable)
             env["CWEB_LANDLOCK_NETWORK"] = "1" if self.sandbox.network else "0"
         fds = [child.fileno(), svc_child.fileno()]
         seccomp_fd = None

@@ -51,8 +51,9 @@ WORKER_EXTENSIONS = frozenset({
     "resource", "_posixsubprocess", "_random", "_bisect", "_blake2", "_sha256", "_sha512", "_sha2", "_md5",
     "_sha1", "_sha3", "_heapq", "zlib", "_contextvars", "_opcode", "unicodedata", "_datetime",
 })
-# Whether runtime/worker.py confines itself with Landlock (see `choose`).
-LANDLOCK_READY = False
+# Landlock ABI a worker needs: 4 brings TCP bind/connect rules; 6 (signal
+# and abstract Unix socket scoping) is used where the kernel has it.
+LANDLOCK_MIN_ABI = 4
 # Size of a worker's private /tmp (memory, so bounded).
 TMP_BYTES = 64 << 20
 
@@ -120,8 +121,13 @@ class Sandbox:
 
     @property
     def read_paths(self) -> list[str]:
-        """What a worker may read (Landlock's allow list)."""
-        return sorted({dest for _, dest in self.binds} | {self.workdir})
+        """What a worker may read (Landlock's allow list). Landlock cannot
+        mask a directory below an allowed one: a working directory holding
+        the data, store or run dir is left out altogether."""
+        paths = {dest for _, dest in self.binds}
+        if not self.hidden:
+            paths.add(self.workdir)
+        return sorted(paths)
 
     def command(self, argv: list[str], seccomp_fd: int | None) -> list[str]:
         """argv (starting with the worker's interpreter) as run in the sandbox."""
@@ -238,10 +244,36 @@ def choose(workdir: str, network: bool, unsafe: bool, hidden: list[str] = (),  #
     if force == "bubblewrap":
         box.kind = "refused"
         return box
-    if force == "landlock" and landlock_abi() >= 1 and LANDLOCK_READY:
+    if force in ("", "landlock") and landlock_abi() >= LANDLOCK_MIN_ABI:
         box.kind = "landlock"
         return box
     box.kind = "none"
     if not unsafe:
         box.kind = "refused"
     return box
+
+
+def confine_self(read: list[str], write: list[str], network: bool) -> int:
+    """Landlock, for a worker in "landlock" mode, first thing after exec
+    (before any module code; threads started later inherit it): read and
+    execute only `read`, read and write only `write`, no TCP bind or
+    connect unless network, and (ABI >= 6) no signal to, nor abstract Unix
+    socket of, any process outside this worker. Returns the ABI used."""
+    from landlockpy import AccessFS, AccessNet, Ruleset, Scope
+
+    rx = AccessFS.EXECUTE | AccessFS.READ_FILE | AccessFS.READ_DIR
+    with Ruleset(handled_net=AccessNet.NONE if network else None,
+                 scoped=Scope.ABSTRACT_UNIX_SOCKET | Scope.SIGNAL) as rs:
+        for path in read:
+            if os.path.exists(path):
+                # Directory rights on a file are EINVAL.
+                rs.allow_path(path, rx if os.path.isdir(path) else AccessFS.EXECUTE | AccessFS.READ_FILE)
+        for path in write:
+            if os.path.exists(path):
+                rs.allow_path(path, rs.handled_fs)
+        for dev in ("/dev/null", "/dev/zero", "/dev/full"):
+            rs.allow_path(dev, AccessFS.READ_FILE | AccessFS.WRITE_FILE)
+        for dev in ("/dev/urandom", "/dev/random"):
+            rs.allow_path(dev, AccessFS.READ_FILE)
+        rs.restrict()
+        return rs.abi_version

@@ -204,6 +204,11 @@ def main() -> None:
     else:
         limits.seal_after_exec()
     preload_libraries()
+    if os.environ.get("CWEB_SANDBOX") == "landlock":
+        from runtime import sandbox
+
+        sandbox.confine_self(json.loads(os.environ["CWEB_LANDLOCK_READ"]), json.loads(os.environ["CWEB_LANDLOCK_WRITE"]),
+                             os.environ.get("CWEB_LANDLOCK_NETWORK") == "1")
     control = socket.socket(fileno=int(os.environ["CWEB_CONTROL_FD"]))
     # Module printf output must reach the agent's log pipe promptly.
     sys.stdout.reconfigure(line_buffering=True)

@@ -227,8 +227,6 @@ def stack(docker_engine, images, request: pytest.FixtureRequest) -> Iterator[Sta
         .with_volume_mapping(volumes["store"], "/store", "ro")
         .with_volume_mapping(volumes["run"], "/run/cweb", "rw")
         .with_volume_mapping(volumes["modules"], "/var/lib/cweb", "rw")
-        # The container is the workers' sandbox here (bubblewrap cannot run in it).
-        .with_env("CWEB_UNSAFE_WORKERS", "1")
         .with_command(["python", "-m", "runtime", "--socket", "/run/cweb/agent.sock", "--store", "/store",
                        "--run-dir", "/run/cweb", "--data-dir", "/var/lib/cweb", "--workdir", "/var/lib/cweb"])
     )

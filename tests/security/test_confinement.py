@@ -516,3 +516,48 @@ def test_workers_of_different_modules_run_as_different_uids(healthy: SecServer) 
 def test_sandbox_is_reported(healthy: SecServer) -> None:
     assert healthy.get("/healthz").json()["workers"] == "bubblewrap"
     assert _workers(healthy)["sandbox"] == "bubblewrap"
+
+
+def test_landlock_confines_workers_where_bubblewrap_cannot_run(tmp_path: Path) -> None:
+    """The compose runtime container's sandbox (bubblewrap cannot run there),
+    forced here: no server file, no host file, no TCP, no signal to another
+    process; module databases still work."""
+    from tests.security.conftest import deploy_sentinel, start_sec_server
+
+    s = start_sec_server(tmp_path / "data", env={"CWEB_WORKER_SANDBOX": "landlock"})
+    srv, got = _listener()
+    try:
+        assert s.get("/healthz").json()["workers"] == "landlock"
+        deploy_sentinel(s)
+        host_secret = tmp_path / "host-secret.txt"
+        host_secret.write_text("HOSTSECRET-" + unique("s"))
+        data = s.data_dir
+        targets = [data / "jobs.db", data / "registry.db", host_secret, Path("/etc/shadow")]
+        targets += sorted(p for p in (data / "store").rglob("*") if p.is_file())[:20]
+        targets += sorted(p for p in (data / "signing").rglob("*") if p.is_file())
+        calls = "\n".join(f"    try_file({json.dumps(str(t))}, res->body, HTTP_RESPONSE_SIZE);" for t in targets)
+        r = deploy(s, [("/files", "fl", "    res->body[0] = 0;\n" + calls + "\n    res->status = HTTP_200_OK; return 0;")],
+                   extra=FILE_PROBE)
+        out = s.get(r["files"])
+        assert out.status_code == 200, out.text
+        assert [line for line in out.text.splitlines() if " r=1" in line or " w=1" in line] == []
+        assert "HOSTSECRET" not in out.text
+
+        path = _tcp_module(s, [s.port, srv.getsockname()[1]])
+        tcp = s.get(path)
+        assert tcp.status_code == 200 and "=0" not in tcp.text, tcp.text
+
+        assert s.proc is not None
+        sentinel = next(w["pid"] for w in _workers(s)["workers"] if w["module"] and w["module"].startswith("sentinel"))
+        victims = [s.proc.pid, _agent_pid(s), sentinel]
+        body = "".join(f'    n += snprintf(res->body + n, HTTP_RESPONSE_SIZE - n, "kill{p}=%d ", kill({p}, SIGKILL));\n' for p in victims)
+        k = deploy(s, [("/procs", "pp", "    int n = 0;\n" + body + "    res->status = HTTP_200_OK; return 0;")],
+                   extra="#include <signal.h>\n")
+        killed = s.get(k["procs"])
+        assert killed.status_code == 200 and all(f"kill{p}=-1" in killed.text for p in victims), killed.text
+        time.sleep(0.5)
+        assert got == []
+        s.assert_healthy()
+    finally:
+        srv.close()
+        s.stop()
