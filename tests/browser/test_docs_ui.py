@@ -295,3 +295,35 @@ def test_status_page_asks_for_the_key_when_one_is_set(make_server, browser: Brow
         expect(page.locator("#module-logs")).to_contain_text(marker)
     finally:
         context.close()
+
+
+def test_status_page_follows_a_jobs_events_with_the_key(make_server, browser: Browser) -> None:
+    """With CWEB_API_KEY, /jobs/ws needs the key and a browser cannot put one on
+    a WebSocket handshake: the page follows the job's events over
+    GET /jobs/{uuid}/events?follow=1 with the key instead."""
+    key = "ui-" + unique("jobkey")
+    s = make_server(env={"CWEB_API_KEY": key})
+    name = unique("uikeyjob")
+    r = s.deploy(spin_jobs(name), name + ".c", headers={"X-API-Key": key})
+    assert 200 == r.status_code, r.text
+    with httpx.Client(base_url=s.url, timeout=30, headers={"X-API-Key": key}) as c:
+        job_uuid = c.post("/jobs", json={"module": name, "job": "spin"}).json()["job_uuid"]
+        assert 401 == httpx.get(f"{s.url}/jobs/{job_uuid}/events", timeout=30).status_code
+        context = browser.new_context(service_workers="block")
+        try:
+            page = context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{s.url}/ui")
+            page.fill("#apikey", key)
+            page.click("#keyform button")
+            row = page.locator(f'#jobs tr[data-job="{job_uuid}"]')
+            expect(row.locator(".state")).to_have_text("running")
+            row.click()
+            expect(page.locator('#events .event[data-type="progress"]').first).to_be_visible()
+            assert 200 == c.post(f"/jobs/{job_uuid}/cancel").status_code
+            expect(page.locator('#events .event[data-type="canceled"]')).to_have_count(1)
+            types = page.locator("#events .event").evaluate_all("els => els.map(e => e.dataset.type)")
+            assert "created" == types[0] and "started" in types and "canceled" == types[-1]
+            assert "error" not in types
+        finally:
+            context.close()
