@@ -199,7 +199,7 @@ CONTROL_PLANE: dict[tuple[str, str], dict] = {
                                   **_ndjson(s.JobEvent, "follow=1: one JobEvent per line")}},
                       "404": NOT_FOUND}},
     ("get", "/healthz"): {"tags": ["observability"], "summary": "Liveness",
-                          "responses": {"200": {"description": "Up", **_json(s.Health, {"status": "ok", "modules": 1, "builds": "bubblewrap"})}}},
+                          "responses": {"200": {"description": "Up", **_json(s.Health, {"status": "ok", "modules": 1, "builds": "bubblewrap", "workers": "bubblewrap"})}}},
     ("get", "/metrics"): {"tags": ["observability"], "summary": "Prometheus metrics",
                           "responses": {"200": _text("text/plain", "Prometheus text exposition format 0.0.4")}},
     ("get", "/_cweb/builds"): {"tags": ["observability"], "summary": "Recent builds",

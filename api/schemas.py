@@ -185,6 +185,8 @@ class Health(Model):
     status: Literal["ok"]
     modules: int = Field(description="Active modules")
     builds: str = Field(description="How builds run: bubblewrap, unsafe or remote", examples=["bubblewrap"])
+    workers: str = Field(description="How workers are confined: bubblewrap, landlock, none (unconfined) or unknown",
+                         examples=["bubblewrap"])
 
 
 # ---- jobs ---------------------------------------------------------------------
@@ -289,3 +291,4 @@ class Worker(Model):
 
 class WorkerList(Model):
     workers: list[Worker]
+    sandbox: str = Field(description="How workers are confined: bubblewrap, landlock or none", examples=["bubblewrap"])
