@@ -200,3 +200,23 @@ export module_t config = {{
     {extra}
 }};
 """
+
+
+def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under CWEB_TEST_NO_SKIP=1 (set by .ci/run) a skip fails: in CI a skip is an untested path."""
+    if os.environ.get("CWEB_TEST_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and CI allows no skips: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    _fail_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_skip(outcome.get_result())
