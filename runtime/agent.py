@@ -628,5 +628,27 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.check:
         sys.exit(check(args.socket))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    if os.environ.get("CWEB_LOG_JSON", "") == "1":
+        # Embedded, our stderr is the server's log: the same JSON lines as the api's.
+        handler.setFormatter(_JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     asyncio.run(serve(args))
+
+
+class _JsonLines(logging.Formatter):
+    """The api's JSON log shape (api/logs.py), without importing the api."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 6),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
