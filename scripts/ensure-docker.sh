@@ -1,7 +1,8 @@
 #!/bin/sh
 # Make a Docker engine reachable for the container suite (CI and developers).
 #
-# When `docker info` already answers, do nothing. Otherwise, as root on
+# As root, install docker-compose when it is missing. When `docker info`
+# already answers, do nothing more. Otherwise, as root on
 # Debian: install docker.io when dockerd is missing, start dockerd in the
 # background (log in $CWEB_DOCKERD_LOG, default /var/log/cweb-dockerd.log)
 # and wait up to 60 s for it. Without root it says what is missing and exits
@@ -10,6 +11,14 @@ set -eu
 
 LOG="${CWEB_DOCKERD_LOG:-/var/log/cweb-dockerd.log}"
 
+# docker-compose (Debian's 1.29) drives the real docker-compose.yml in the container suite.
+if [ "$(id -u)" = 0 ] && ! command -v docker-compose >/dev/null 2>&1; then
+    echo "ensure-docker: installing docker-compose"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+    fi
+fi
 if docker info >/dev/null 2>&1; then
     exit 0
 fi
