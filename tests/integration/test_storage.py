@@ -7,54 +7,33 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, route_module, unique
+from tests.conftest import Server, fill_disk, route_module, small_disk, unique
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs of our own for the data dir (the test runs as root)."""
-    assert os.geteuid() == 0, "mounting the small filesystem needs root"
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mnt)], check=True)
-    try:
+def disk(tmp_path: Path) -> Iterator[Path]:
+    with small_disk(tmp_path / "small", 24) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(disk: Path) -> None:
-    """Write files until the filesystem is full (delete filler* to free it)."""
-    for name, block in (("filler", 256 << 10), ("filler2", 512)):
-        fd = os.open(disk / name, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * block)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 def leftovers(store: Path) -> list[str]:
     return sorted(str(p.relative_to(store)) for p in store.rglob(".tmp-*"))
 
 
-def test_deploy_on_a_full_disk_is_507_and_recovers(make_server, small_disk: Path) -> None:
-    s: Server = make_server(data_dir=small_disk / "data", env={"CWEB_CACHE_BYTES": "1M"})
+def test_deploy_on_a_full_disk_is_507_and_recovers(make_server, disk: Path) -> None:
+    s: Server = make_server(data_dir=disk / "data", env={"CWEB_CACHE_BYTES": "1M"})
     first_path = f"/{unique('before')}"
     first = unique("before")
     assert s.deploy(route_module(first, first_path, "before")).status_code == 200
     with s.client() as c:
         modules_before = [m["module_hash"] for m in c.get("/modules").json()["modules"]]
-    fill(small_disk)
+    fill_disk(disk / "filler")
     try:
         later_path = f"/{unique('later')}"
         later_src = route_module(unique("later"), later_path, "later")
@@ -67,10 +46,9 @@ def test_deploy_on_a_full_disk_is_507_and_recovers(make_server, small_disk: Path
             assert c.get(later_path).status_code == 404
             assert [m["module_hash"] for m in c.get("/modules").json()["modules"]] == modules_before
             assert c.get("/healthz").status_code == 200
-        assert leftovers(small_disk / "data" / "store") == []
+        assert leftovers(disk / "data" / "store") == []
     finally:
-        for name in ("filler", "filler2"):
-            (small_disk / name).unlink(missing_ok=True)
+        (disk / "filler").unlink(missing_ok=True)
     r = s.deploy(later_src)
     assert r.status_code == 200, r.text
     with s.client() as c:

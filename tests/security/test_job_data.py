@@ -14,7 +14,6 @@ servers running a real C module.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import unique, wait_for
+from tests.conftest import small_disk, unique, wait_for
 from tests.security.conftest import SecServer, auth, start_sec_server
 
 TERMINAL = ("done", "failed", "canceled")
@@ -335,33 +334,29 @@ def test_a_full_disk_makes_job_submission_a_json_507_until_space_is_back(tmp_pat
     """The data dir on a small tmpfs, filled up: POST /jobs answers 507
     insufficient_storage (JSON), nothing else breaks, and submissions work
     again once the filler is gone."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)], check=True)
-    s = None
-    try:
-        s = start_sec_server(mount / "data")
-        module = deploy_hostile(s)
-        assert wait_job(s, submit(s, module, "secret", {"a": 1}).json()["job_uuid"])["state"] == "done"
-        filler = mount / "filler"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=400"], capture_output=True)
-        big = {"blob": "y" * (900 << 10)}
-        answers = []
-        for _ in range(40):
-            r = submit(s, module, "secret", big)
-            answers.append(r.status_code)
-            assert r.headers["content-type"].startswith("application/json"), r.text
-            if r.status_code == 507:
-                assert r.json()["error"] == "insufficient_storage" and r.json()["message"]
-                break
+    with small_disk(tmp_path / "small", 160) as mount:
+        s = None
+        try:
+            s = start_sec_server(mount / "data")
+            module = deploy_hostile(s)
+            assert wait_job(s, submit(s, module, "secret", {"a": 1}).json()["job_uuid"])["state"] == "done"
+            filler = mount / "filler"
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=400"], capture_output=True)
+            big = {"blob": "y" * (900 << 10)}
+            answers = []
+            for _ in range(40):
+                r = submit(s, module, "secret", big)
+                answers.append(r.status_code)
+                assert r.headers["content-type"].startswith("application/json"), r.text
+                if r.status_code == 507:
+                    assert r.json()["error"] == "insufficient_storage" and r.json()["message"]
+                    break
+                assert r.status_code == 200, r.text
+            assert answers[-1] == 507, answers
+            filler.unlink()
+            r = submit(s, module, "secret", {"back": 1})
             assert r.status_code == 200, r.text
-        assert answers[-1] == 507, answers
-        filler.unlink()
-        r = submit(s, module, "secret", {"back": 1})
-        assert r.status_code == 200, r.text
-        assert wait_job(s, r.json()["job_uuid"])["result"] == {"back": 1}
-    finally:
-        if s is not None:
-            s.stop()
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-        os.sync()
+            assert wait_job(s, r.json()["job_uuid"])["result"] == {"back": 1}
+        finally:
+            if s is not None:
+                s.stop()

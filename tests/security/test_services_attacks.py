@@ -7,15 +7,13 @@ victim's calls keep answering, each within the one-second bound."""
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import WORKER_TOKEN_C, unique
+from tests.conftest import WORKER_TOKEN_C, fill_disk, small_disk, unique
 from tests.security.conftest import SecServer, auth, start_sec_server
 
 # The victim: timed cache calls, database writes, its pid, and a scan of its
@@ -429,41 +427,21 @@ def test_a_module_holds_no_shared_memory_and_never_the_signing_key(healthy: SecS
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 48 MiB tmpfs as the data dir, unmounted after the test."""
-    mount = tmp_path / "data"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def disk(tmp_path: Path) -> Iterator[Path]:
+    with small_disk(tmp_path / "data", 48) as mnt:
+        yield mnt
 
 
-def fill(path: Path) -> None:
-    """Write zeros to path until the filesystem has no block left."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
-
-
-def test_full_disk_fails_cache_and_database_cleanly_and_recovers(small_disk: Path) -> None:
-    s = start_sec_server(small_disk)
+def test_full_disk_fails_cache_and_database_cleanly_and_recovers(disk: Path) -> None:
+    s = start_sec_server(disk)
     try:
         victim = unique("victim")
         deploy(s, VICTIM, victim)
         with s.client() as c:
             pid = c.get(f"/{victim}/pid").text
             assert c.post(f"/{victim}/db", params={"n": 10, "size": 1024}).text.startswith("ok")
-            filler = small_disk / "filler"
-            fill(filler)
+            filler = disk / "filler"
+            fill_disk(filler)
             # Writes that need space fail as errors the module sees, nothing crashes.
             full = c.post(f"/{victim}/db", params={"n": 200, "size": 64 << 10})
             assert 500 == full.status_code and full.text in ("rc=13", "rc=10"), full.text
