@@ -22,6 +22,7 @@ import orjson
 from api.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable, disk_full_is_507
 from api.jobs.store import JOB_COLUMNS, Store, add_event, row_to_job
 from api.runtime_client import WorkerGone
+from api.settings import Settings
 from runtime import protocol
 
 if TYPE_CHECKING:
@@ -65,14 +66,15 @@ PAGE_BYTES = 1 << 20
 class JobLimits:
     """What one attempt of a job may store (settings CWEB_JOB_MAX_*)."""
 
-    max_events: int = 10_000
-    max_event_bytes: int = 64 << 10
-    max_events_total_bytes: int = 16 << 20
-    max_result_bytes: int = 1 << 20
-    event_retention_s: float = 30 * 86400.0
+    max_events: int
+    max_event_bytes: int
+    max_events_total_bytes: int
+    max_result_bytes: int
+    event_retention_s: float
 
     @classmethod
     def from_settings(cls, settings: Any) -> JobLimits:
+        """The limits as configured; the defaults live in api/settings.py only."""
         return cls(settings.job_max_events, settings.job_max_event_bytes, settings.job_max_events_total_bytes,
                    settings.job_max_result_bytes, settings.job_event_retention_s)
 
@@ -174,7 +176,7 @@ class JobService:
     def __init__(self, store: Store, host: ModuleHost, instance: str | None = None, limits: JobLimits | None = None) -> None:
         self.store = store
         self.host = host
-        self.limits = limits or JobLimits()
+        self.limits = limits or JobLimits.from_settings(Settings())
         self.instance = instance or uuidlib.uuid4().hex
         self.queues: dict[str, list[Queued]] = {}     # module_hash -> heap of pending
         # job_uuid -> its live queue entry; heap entries not in here are stale (canceled).

@@ -66,39 +66,19 @@ static int db_last_insert_rowid(struct sqldb *db)
     return db && db->db ? (int)sqlite3_last_insert_rowid(db->db) : 0;
 }
 
+/* One list of the operations, for the context's handle and for sqldb_init(). */
+#define SQLDB_OPS \
+    .exec = db_exec, .prepare = db_prepare, .step = sqlite3_step, .finalize = sqlite3_finalize, \
+    .bind_text = sqlite3_bind_text, .bind_int = sqlite3_bind_int, .column_text = db_column_text, \
+    .column_int = sqlite3_column_int, .column_count = sqlite3_column_count, .reset = sqlite3_reset, \
+    .changes = db_changes, .last_insert_rowid = db_last_insert_rowid, .free = sqlite3_free
+
 static void bind_ops(struct sqldb *db)
 {
-    db->exec = db_exec;
-    db->prepare = db_prepare;
-    db->step = sqlite3_step;
-    db->finalize = sqlite3_finalize;
-    db->bind_text = sqlite3_bind_text;
-    db->bind_int = sqlite3_bind_int;
-    db->column_text = db_column_text;
-    db->column_int = sqlite3_column_int;
-    db->column_count = sqlite3_column_count;
-    db->reset = sqlite3_reset;
-    db->changes = db_changes;
-    db->last_insert_rowid = db_last_insert_rowid;
-    db->free = sqlite3_free;
+    *db = (struct sqldb){.db = db->db, SQLDB_OPS};
 }
 
-struct sqldb cweb_g_sqldb = {
-    .db = NULL,
-    .exec = db_exec,
-    .prepare = db_prepare,
-    .step = sqlite3_step,
-    .finalize = sqlite3_finalize,
-    .bind_text = sqlite3_bind_text,
-    .bind_int = sqlite3_bind_int,
-    .column_text = db_column_text,
-    .column_int = sqlite3_column_int,
-    .column_count = sqlite3_column_count,
-    .reset = sqlite3_reset,
-    .changes = db_changes,
-    .last_insert_rowid = db_last_insert_rowid,
-    .free = sqlite3_free,
-};
+struct sqldb cweb_g_sqldb = {.db = NULL, SQLDB_OPS};
 
 static uint64_t mono_ns(void)
 {

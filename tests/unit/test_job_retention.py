@@ -5,6 +5,7 @@ jobs.db (without the expiry column) migrated in place."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 
 from api.jobs.service import RETENTION_BATCH, JobLimits, JobService
 from api.jobs.store import JOB_COLUMNS, Store, add_event
+from api.settings import Settings
 
 DAY = 86400.0
 
@@ -33,7 +35,7 @@ async def _sweep(path: Path, now: float) -> list[tuple[int, bool]]:
     store = Store(str(path))
     await store.open()
     try:
-        service = JobService(store, SimpleNamespace(), limits=JobLimits(event_retention_s=DAY))  # type: ignore[arg-type]
+        service = JobService(store, SimpleNamespace(), limits=dataclasses.replace(JobLimits.from_settings(Settings()), event_retention_s=DAY))  # type: ignore[arg-type]
         steps = [await service.expire_events(now)]
         while steps[-1][1]:
             steps.append(await service.expire_events(now))
