@@ -21,6 +21,10 @@ from builder import limits
 from builder.errors import BuildTimeout, SandboxUnavailable
 
 SDK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk")
+# Headers only the glue includes (the worker wire, its encoders, the glue's
+# private interface): compiled with every module but never handed to users,
+# who get what they include (cweb.h and the compatibility headers).
+GLUE_HEADERS = frozenset({"cweb_wire.h", "cweb_frame.h", "cweb_internal.h"})
 
 # The fixed compile flags; paths are the in-sandbox ones.
 CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-fdiagnostics-color=never", "-fmax-errors=50"]

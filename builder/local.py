@@ -194,10 +194,10 @@ class LocalBuilder:
 
 
 def sdk_tarball() -> bytes:
-    """Every public SDK header as a gzip tarball rooted at cweb-sdk/."""
+    """Every public SDK header (not the glue's own) as a gzip tarball rooted at cweb-sdk/."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in sorted(os.listdir(compile.SDK_DIR)):
-            if name.endswith(".h") and name != "cweb_wire.h":
+            if name.endswith(".h") and name not in compile.GLUE_HEADERS:
                 tar.add(os.path.join(compile.SDK_DIR, name), arcname=f"cweb-sdk/{name}")
     return buf.getvalue()

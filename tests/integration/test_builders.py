@@ -233,6 +233,7 @@ def test_service_serves_artifacts_manifests_and_sdk(builder_service: BuilderServ
         assert b"module_t" in header.content
         with tarfile.open(fileobj=io.BytesIO(c.get("/sdk.tar.gz").content)) as tar:
             assert "cweb-sdk/cweb.h" in tar.getnames()
+            assert not {"cweb-sdk/cweb_frame.h", "cweb-sdk/cweb_internal.h"} & set(tar.getnames())
         health = c.get("/healthz").json()
         assert "ok" == health["status"]
         not_multipart = c.post("/build", content=b"int x;", headers={"content-type": "text/plain"})
