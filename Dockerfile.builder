@@ -6,7 +6,10 @@
 FROM debian:bookworm-slim
 
 ARG DEBIAN_FRONTEND=noninteractive
-ARG CWEB_UID=10001
+# Not the api image's uid (10001): the compile limit on processes
+# (RLIMIT_NPROC) counts every process of the uid on the host, and the
+# runtime's workers would use it up; a user of its own is least privilege too.
+ARG CWEB_UID=10002
 LABEL org.cweb.image="builder"
 
 # Extra CA certificates (git-ignored docker/certs/, filled by `make images`)

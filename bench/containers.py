@@ -92,7 +92,7 @@ def bench_compose(rounds: int) -> dict:
     project = f"cwebbench{uuid.uuid4().hex[:8]}"
     port = free_port()
     key = secrets.token_hex(16)
-    env = {**os.environ, "CWEB_API_KEY": key, "CWEB_PORT": str(port)}
+    env = {**os.environ, "CWEB_API_KEY": key, "CWEB_BIND": "127.0.0.1", "CWEB_PORT": str(port)}
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.perf_counter()

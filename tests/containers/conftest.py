@@ -1,40 +1,42 @@
-"""The container suite's stack: images from scripts/images.sh, then builder,
-runtime and api started with testcontainers the way docker-compose.yml starts
-them (same networks, volumes, users, read-only roots, limits).
+"""The container suite's stack: the images from scripts/images.sh, then the
+real docker-compose.yml (the file users run) brought up with docker-compose
+under a project name of its own, published on 127.0.0.1 and a free port.
 
-This file is the one place the suite touches Docker. Everything it creates is
-labelled `org.cweb.test=<run id>` and removed in finalizers, even when a test
-or the start-up fails; leftovers of a run that was killed are swept by label
-at the start of the next.
+This file is the one place the suite touches Docker. `docker-compose down -v`
+runs in a finalizer, even when a test or the start-up fails. A run that was
+killed cannot clean up: its project name carries its pid, and the next run
+removes the resources of every `cwebtest-<pid>-…` project whose pid is gone
+(concurrent runs on the same engine keep theirs).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-# testcontainers reads its configuration at import time.
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+import httpx
+import pytest
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import httpx  # noqa: E402
-import pytest  # noqa: E402
-
-from tests.conftest import ROOT, free_port  # noqa: E402
+from tests.conftest import ROOT, free_port
 
 API_IMAGE = "cweb-api:dev"
 BUILDER_IMAGE = "cweb-builder:dev"
-LABEL = "org.cweb.test"
-RUN_ID = uuid.uuid4().hex[:10]
+PROJECT_PREFIX = "cwebtest-"
+PROJECT = f"{PROJECT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
 API_KEY = f"containers-{uuid.uuid4().hex}"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
 # Seconds: a cold build of both images (debootstrap, apt, pip) on 2 cores.
 IMAGES_TIMEOUT_S = 1500
+# `up -d` returns once builder and runtime are healthy (depends_on), then the api's own start.
+UP_TIMEOUT_S = 240
 HEALTHY_TIMEOUT_S = 90
 
 
@@ -59,23 +61,51 @@ def docker_engine():  # type: ignore[no-untyped-def]
     if client is None:
         pytest.skip(
             "no Docker engine reachable (docker info fails): run scripts/ensure-docker.sh as root "
-            "(installs docker.io and starts dockerd), as .ci/run does"
+            "(installs docker.io and docker-compose and starts dockerd), as .ci/run does"
         )
-    _sweep(client)
+    _sweep_dead_projects(client)
     yield client
-    _sweep(client, RUN_ID)
     client.close()
 
 
-def _sweep(client, run_id: str | None = None) -> None:  # type: ignore[no-untyped-def]
-    """Remove containers, networks and volumes this suite labelled (one run, or all)."""
-    filters = {"label": f"{LABEL}={run_id}" if run_id else LABEL}
-    for c in client.containers.list(all=True, filters=filters):
-        c.remove(force=True, v=True)
-    for n in client.networks.list(filters=filters):
-        n.remove()
-    for v in client.volumes.list(filters=filters):
-        v.remove(force=True)
+@pytest.fixture(scope="session")
+def compose_bin() -> str:
+    """docker-compose (Debian's 1.29, installed by scripts/ensure-docker.sh)."""
+    path = shutil.which("docker-compose")
+    if path is None:
+        pytest.skip("docker-compose is not installed: run scripts/ensure-docker.sh as root, as .ci/run does")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_dead_projects(client) -> None:  # type: ignore[no-untyped-def]
+    """Remove containers, networks and volumes of suite projects whose test process is gone."""
+
+    def dead(labels: dict | None) -> bool:
+        project = (labels or {}).get(PROJECT_LABEL, "")
+        if not project.startswith(PROJECT_PREFIX):
+            return False
+        pid = project[len(PROJECT_PREFIX):].split("-", 1)[0]
+        return pid.isdigit() and not _pid_alive(int(pid))
+
+    for c in client.containers.list(all=True, filters={"label": PROJECT_LABEL}):
+        if dead(c.labels):
+            c.remove(force=True, v=True)
+    for n in client.networks.list(filters={"label": PROJECT_LABEL}):
+        if dead(n.attrs.get("Labels")):
+            n.remove()
+    for v in client.volumes.list(filters={"label": PROJECT_LABEL}):
+        if dead(v.attrs.get("Labels")):
+            v.remove(force=True)
 
 
 @pytest.fixture(scope="session")
@@ -96,48 +126,65 @@ def images(docker_engine) -> None:  # type: ignore[no-untyped-def]
         pytest.fail(f"scripts/images.sh failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
 
 
+def compose_env(**extra: str) -> dict[str, str]:
+    """A clean environment for docker-compose: none of the caller's CWEB_* settings leak in."""
+    keep = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("HOME", "/tmp")
+    return {**env, **extra}
+
+
+def compose(compose_bin: str, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [compose_bin, "-p", PROJECT, "-f", str(COMPOSE_FILE), *args],
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def run(container, *argv: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-    """Run argv inside a started testcontainers container: (exit code, output)."""
-    code, out = container.get_wrapped_container().exec_run(list(argv))
+    """Run argv inside a running container (docker SDK): (exit code, output)."""
+    code, out = container.exec_run(list(argv))
     return code, out.decode("utf-8", "replace")
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float, logs: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{what} did not become healthy within {timeout:g}s:\n{logs()[-4000:]}")
-
-
-def _logs(container) -> str:  # type: ignore[no-untyped-def]
-    try:
-        return container.get_wrapped_container().logs().decode("utf-8", "replace")
-    except Exception as exc:  # noqa: BLE001
-        return f"(no logs: {exc})"
-
-
-# The agent answers only a client that proves the secret it wrote next to its socket.
-AGENT_PING = "from runtime.agent import main; main(['--check', '--socket', '/run/cweb/agent.sock'])"
-BUILDER_HEALTH = (
-    "import sys,urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=2).status != 200)"
-)
 
 
 @dataclass
 class Stack:
-    """A running api + builder + runtime, reached through the api's published port."""
+    """The compose project: api, builder and runtime, reached through the api's published port."""
 
     url: str
-    api: object
-    builder: object
-    runtime: object
-    networks: dict[str, object] = field(default_factory=dict)
+    project: str
+    engine: object
     started_s: float = 0.0
+
+    def container(self, service: str):  # type: ignore[no-untyped-def]
+        """The one container compose created for a service, freshly inspected."""
+        found = self.engine.containers.list(  # type: ignore[attr-defined]
+            filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]}
+        )
+        assert 1 == len(found), f"{service}: {found}"
+        return found[0]
+
+    @property
+    def api(self):  # type: ignore[no-untyped-def]
+        return self.container("api")
+
+    @property
+    def builder(self):  # type: ignore[no-untyped-def]
+        return self.container("builder")
+
+    @property
+    def runtime(self):  # type: ignore[no-untyped-def]
+        return self.container("runtime")
+
+    def network(self, key: str):  # type: ignore[no-untyped-def]
+        """One of the networks docker-compose.yml defines (`public`, `builds`), as created."""
+        return self.engine.networks.get(f"{self.project}_{key}")  # type: ignore[attr-defined]
+
+    def network_info(self, container, network_key: str) -> dict:  # type: ignore[no-untyped-def]
+        """The container's endpoint (IPAddress, Gateway) on one of the project's networks."""
+        container.reload()
+        return container.attrs["NetworkSettings"]["Networks"][f"{self.project}_{network_key}"]
 
     def client(self, auth: bool = True) -> httpx.Client:
         headers = {"Authorization": f"Bearer {API_KEY}"} if auth else {}
@@ -148,125 +195,43 @@ class Stack:
         with self.client() as c:
             return c.post("/mgnt", files={"code": (filename, data, "text/x-c")})
 
-    def network_info(self, container, network_key: str) -> dict:  # type: ignore[no-untyped-def]
-        """The container's endpoint (IPAddress, Gateway) on one of our networks."""
-        wrapped = container.get_wrapped_container()
-        wrapped.reload()
-        name = self.networks[network_key].name  # type: ignore[attr-defined]
-        return wrapped.attrs["NetworkSettings"]["Networks"][name]
 
-
-def _hardened(container, labels: dict[str, str], tmpfs_size: str, **extra: object):  # type: ignore[no-untyped-def]
-    """What every service gets: read-only root, tmpfs /tmp, no capabilities, no-new-privileges."""
-    container.tmpfs["/tmp"] = f"rw,size={tmpfs_size},mode=1777"
-    return container.with_kwargs(
-        read_only=True,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true"],
-        labels=labels,
-        **extra,
-    )
-
-
-@pytest.fixture(scope="module")
-def stack(docker_engine, images, request: pytest.FixtureRequest) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    """builder, runtime and api as in docker-compose.yml, on private networks and volumes."""
-    from testcontainers.core.container import DockerContainer
-    from testcontainers.core.network import Network
-
-    labels = {LABEL: RUN_ID}
-    prefix = f"cweb-test-{RUN_ID}"
-    created: list[Callable[[], None]] = []
-
-    def cleanup() -> None:
-        for undo in reversed(created):
-            try:
-                undo()
-            except Exception:  # noqa: BLE001 - keep removing the rest
-                pass
-        created.clear()
-
-    request.addfinalizer(cleanup)
-    t0 = time.monotonic()
-
-    volumes = {}
-    for name in ("store", "data", "run", "modules"):
-        vol = docker_engine.volumes.create(name=f"{prefix}-{name}", labels=labels)
-        created.append(lambda vol=vol: vol.remove(force=True))
-        volumes[name] = vol.name
-
-    public = Network(docker_network_kw={"labels": labels})
-    builds = Network(
-        docker_network_kw={
-            "labels": labels,
-            "internal": True,
-            "options": {"com.docker.network.bridge.inhibit_ipv4": "true"},
-        }
-    )
-    for net in (public, builds):
-        net.create()
-        created.append(net.remove)
-
-    builder = (
-        DockerContainer(BUILDER_IMAGE)
-        .with_name(f"{prefix}-builder")
-        .with_network(builds)
-        .with_network_aliases("builder")
-        .with_volume_mapping(volumes["store"], "/store", "rw")
-        .with_envs(CWEB_BUILDER_HOST="0.0.0.0", CWEB_BUILDER_PORT="8081", CWEB_STORE_DIR="/store", CWEB_UNSAFE_BUILDS="1")
-        .with_command(["python", "-m", "builder"])
-    )
-    _hardened(builder, labels, "512m", mem_limit="2g", memswap_limit="2g", nano_cpus=1_500_000_000, pids_limit=256)
-    created.append(lambda: builder.stop())
-    builder.start()
-    _wait("builder", lambda: run(builder, "python", "-c", BUILDER_HEALTH)[0] == 0, HEALTHY_TIMEOUT_S, lambda: _logs(builder))
-
-    runtime = (
-        DockerContainer(API_IMAGE)
-        .with_name(f"{prefix}-runtime")
-        .with_volume_mapping(volumes["store"], "/store", "ro")
-        .with_volume_mapping(volumes["run"], "/run/cweb", "rw")
-        .with_volume_mapping(volumes["modules"], "/var/lib/cweb", "rw")
-        .with_command(["python", "-m", "runtime", "--socket", "/run/cweb/agent.sock", "--store", "/store",
-                       "--run-dir", "/run/cweb", "--data-dir", "/var/lib/cweb", "--workdir", "/var/lib/cweb"])
-    )
-    _hardened(runtime, labels, "64m", network=None, network_mode="none", mem_limit="2g", memswap_limit="2g",
-              nano_cpus=1_500_000_000, pids_limit=512)
-    created.append(lambda: runtime.stop())
-    runtime.start()
-    _wait("runtime", lambda: run(runtime, "python", "-c", AGENT_PING)[0] == 0, HEALTHY_TIMEOUT_S, lambda: _logs(runtime))
-
+@pytest.fixture(scope="session")
+def stack(docker_engine, images, compose_bin: str, request: pytest.FixtureRequest) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    """docker-compose.yml, up under its own project name on 127.0.0.1 and a free port."""
     port = free_port()
-    api = (
-        DockerContainer(API_IMAGE)
-        .with_name(f"{prefix}-api")
-        .with_network(public)
-        .with_volume_mapping(volumes["data"], "/data", "rw")
-        .with_volume_mapping(volumes["run"], "/run/cweb", "rw")
-        .with_volume_mapping(volumes["store"], "/store", "ro")
-        .with_envs(
-            CWEB_API_KEY=API_KEY, CWEB_STORE_DIR="/store", CWEB_HOST="0.0.0.0", CWEB_PORT="8080", CWEB_DATA_DIR="/data",
-            CWEB_RUN_DIR="/run/cweb", CWEB_RUNTIME_SOCKET="/run/cweb/agent.sock", CWEB_BUILDER_URL="http://builder:8081",
-        )
-        .with_command(["python", "-m", "api"])
-    )
-    _hardened(api, labels, "64m")
-    # Published on loopback only (docker-compose.yml publishes on every address).
-    api.ports["8080/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
-    created.append(lambda: api.stop())
-    api.start()
-    # Second network: the api reaches the builder; nothing else on it but the builder.
-    builds.connect(api.get_container_id())
-    url = f"http://127.0.0.1:{port}"
-    _wait("api", lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, HEALTHY_TIMEOUT_S, lambda: _logs(api))
+    env = compose_env(CWEB_API_KEY=API_KEY, CWEB_BIND="127.0.0.1", CWEB_PORT=str(port))
 
-    s = Stack(url=url, api=api, builder=builder, runtime=runtime, networks={"public": public, "builds": builds})
-    s.started_s = time.monotonic() - t0
+    def down() -> None:
+        done = compose(compose_bin, env, "down", "-v", "--remove-orphans", "--timeout", "5", timeout=180)
+        if done.returncode != 0:
+            print(f"docker-compose down failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+    # Registered before `up`: a stack that half-started is removed too.
+    request.addfinalizer(down)
+    t0 = time.monotonic()
+    up = compose(compose_bin, env, "up", "-d", "--no-build", timeout=UP_TIMEOUT_S)
+    if up.returncode != 0:
+        logs = compose(compose_bin, env, "logs", "--no-color", "--tail", "60").stdout
+        pytest.fail(f"docker-compose up failed ({up.returncode}):\n{up.stderr[-3000:]}\n{logs[-6000:]}")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            logs = compose(compose_bin, env, "logs", "--no-color", "--tail", "60").stdout
+            pytest.fail(f"the api did not answer /healthz within {HEALTHY_TIMEOUT_S}s:\n{logs[-6000:]}")
+        time.sleep(0.3)
+    s = Stack(url=url, project=PROJECT, engine=docker_engine, started_s=time.monotonic() - t0)
+    print(f"compose project {PROJECT} healthy in {s.started_s:.1f}s")
     yield s
     # On failure, the services' logs are the evidence: print them (pytest shows them with the failure).
     if request.session.testsfailed:
-        for name, c in (("api", api), ("builder", builder), ("runtime", runtime)):
-            print(f"----- {name} logs -----\n{_logs(c)[-4000:]}")
+        print(compose(compose_bin, env, "logs", "--no-color", "--tail", "80").stdout[-12000:])
 
 
 def dumps(obj: object) -> str:

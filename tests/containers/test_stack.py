@@ -1,20 +1,21 @@
-"""The compose stack for real: builder, runtime and api containers built from
-this checkout, driven only through the api's published port, plus the
-hardening each service is promised (docs/CONTAINERS.md)."""
+"""The compose stack for real: docker-compose.yml as users run it, images built
+from this checkout, driven only through the api's published port, plus the
+hardening each service is promised (docs/CONTAINERS.md), checked on the
+containers compose created."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
+import threading
 import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLES, ROOT, route_module, unique
-from tests.containers.conftest import Stack, dumps, run
+from tests.conftest import EXAMPLES, HANDLER, ROOT, module, route_module, unique, wait_for
+from tests.containers.conftest import COMPOSE_FILE, Stack, compose_env, dumps, run
 
 # Session fixtures build the images (minutes when cold): the first test pays.
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
@@ -66,6 +67,63 @@ def test_deploy_route_hot_swap_and_rollback(stack: Stack) -> None:
     with stack.client(auth=False) as c:
         assert v1["module_hash"] == c.get(f"/modules/{name}").json()["module_hash"]
     assert "version one" == get_text(stack, path)
+
+
+def _slow_body(body: str, sleep_ms: int = 0) -> str:
+    sleep = f"usleep({sleep_ms} * 1000);" if sleep_ms else ""
+    return f"""
+{HANDLER.format(fn="h")} {{
+    (void)ctx; (void)req;
+    {sleep}
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "%s", "{body}");
+    res->status = HTTP_200_OK;
+    return 0;
+}}
+"""
+
+
+def test_hot_swap_answers_with_the_new_version_and_drains_the_old(stack: Stack) -> None:
+    """A request in flight on v1 finishes on v1 while v2 already answers new
+    requests; v1's unload runs only after that request, i.e. once drained."""
+    name = unique("drain")
+    path = f"/{name}"
+    unload = """
+static void on_unload(struct cweb_context *ctx) {
+    (void)ctx;
+    printf("unloaded-marker\\n");
+}
+"""
+
+    def unloaded() -> bool:
+        with stack.client() as c:
+            return any("unloaded-marker" in e["line"] for e in c.get(f"/modules/{name}/logs").json()["lines"])
+
+    v1 = module(name, [(path, "GET", "h")], _slow_body("v1", sleep_ms=2000) + unload, ".unload = on_unload,")
+    v2 = module(name, [(path, "GET", "h")], _slow_body("v2"))
+    first = stack.deploy(v1, "drain.c")
+    assert 200 == first.status_code, first.text
+    # Build v2 ahead, so the swap below is a cache hit that lands while v1's request runs.
+    with stack.client() as c:
+        assert 200 == c.post("/mgnt", params={"check": 1}, files={"code": ("drain.c", v2.encode(), "text/x-c")}).status_code
+    slow: dict = {}
+
+    def slow_request() -> None:
+        with stack.client(auth=False) as c:
+            r = c.get(path)
+            slow["answer"] = (r.status_code, r.text)
+
+    t = threading.Thread(target=slow_request)
+    t.start()
+    time.sleep(0.5)
+    second = stack.deploy(v2, "drain.c")
+    assert 200 == second.status_code, second.text
+    assert first.json()["module_hash"] == second.json()["previous_hash"]
+    assert "v2" == get_text(stack, path)
+    unloaded_while_draining = unloaded()
+    t.join(30)
+    assert False is unloaded_while_draining
+    assert (200, "v1") == slow["answer"]
+    assert True is wait_for(unloaded, timeout=15)
 
 
 def test_compile_error_comes_back_with_diagnostics(stack: Stack) -> None:
@@ -144,6 +202,14 @@ def test_services_run_as_non_root(stack: Stack, service: str) -> None:
     assert "0" != out.strip()
 
 
+def test_builder_has_a_uid_of_its_own(stack: Stack) -> None:
+    """The compile's RLIMIT_NPROC counts every process of its uid on the host:
+    sharing the runtime's uid, the workers' threads made gcc's vfork fail."""
+    uids = {service: run(stack.container(service), "id", "-u")[1].strip() for service in ("api", "builder", "runtime")}
+    assert uids["api"] == uids["runtime"], uids  # they share the run volume and its 0600 secret
+    assert uids["builder"] != uids["runtime"], uids
+
+
 @pytest.mark.parametrize("service", ["api", "builder", "runtime"])
 def test_root_filesystem_is_read_only(stack: Stack, service: str) -> None:
     """Writing outside the volumes and /tmp fails: the root filesystem is read-only."""
@@ -207,26 +273,56 @@ def test_builder_has_no_route_out(stack: Stack) -> None:
 def test_limits_are_set_on_builder_and_runtime(stack: Stack) -> None:
     """Memory, CPU and pids limits bound the builder and the runtime."""
     for c in (stack.builder, stack.runtime):
-        wrapped = c.get_wrapped_container()
-        wrapped.reload()
-        host = wrapped.attrs["HostConfig"]
+        host = c.attrs["HostConfig"]
         assert host["Memory"] > 0 and host["NanoCpus"] > 0 and host["PidsLimit"] > 0, host
-        assert host["ReadonlyRootfs"] is True
+
+
+@pytest.mark.parametrize("service", ["api", "builder", "runtime"])
+def test_compose_created_hardened_containers(stack: Stack, service: str) -> None:
+    """What Docker says about each container compose created: read-only root,
+    no capabilities, no-new-privileges, the image's unprivileged user, the
+    project's own networks only (none for the runtime)."""
+    c = stack.container(service)
+    host, config = c.attrs["HostConfig"], c.attrs["Config"]
+    assert (True, ["ALL"]) == (host["ReadonlyRootfs"], host["CapDrop"])
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert "cweb" == config["User"]
+    assert "unless-stopped" == host["RestartPolicy"]["Name"]
+    networks = set(c.attrs["NetworkSettings"]["Networks"])
+    expected = {
+        "api": {f"{stack.project}_public", f"{stack.project}_builds"},
+        "builder": {f"{stack.project}_builds"},
+        "runtime": {"none"},
+    }[service]
+    assert expected == networks
+    if service == "runtime":
+        assert "none" == host["NetworkMode"]
+
+
+def test_builder_network_is_internal_and_only_the_api_is_published(stack: Stack) -> None:
+    """The builds network has no route out and no host address; the api is
+    published where the test asked (127.0.0.1), the others not at all."""
+    builds = stack.network("builds")
+    assert builds.attrs["Internal"] is True
+    assert "true" == builds.attrs["Options"].get("com.docker.network.bridge.inhibit_ipv4")
+    bindings = stack.api.attrs["HostConfig"]["PortBindings"]
+    assert ["127.0.0.1"] == [b["HostIp"] for b in bindings["8080/tcp"]]
+    assert stack.url.endswith(":" + bindings["8080/tcp"][0]["HostPort"])
+    for service in ("builder", "runtime"):
+        assert not stack.container(service).attrs["HostConfig"]["PortBindings"]
 
 
 # ---- the compose file ------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-def test_compose_file_refuses_to_start_without_api_key() -> None:
-    """docker-compose.yml needs CWEB_API_KEY and keeps the hardening the stack fixture mirrors."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
-    without = subprocess.run(["docker-compose", "config"], cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60)
+def test_compose_file_refuses_to_start_without_api_key(compose_bin: str) -> None:
+    """docker-compose.yml needs CWEB_API_KEY; by default it publishes 8080 on every address."""
+    argv = [compose_bin, "-f", str(COMPOSE_FILE), "config"]
+    without = subprocess.run(argv, cwd=str(ROOT), env=compose_env(), capture_output=True, text=True, timeout=60)
     assert 0 != without.returncode
     assert "CWEB_API_KEY" in without.stderr
     key = uuid.uuid4().hex
-    ok = subprocess.run(["docker-compose", "config"], cwd=str(ROOT), env={**env, "CWEB_API_KEY": key},
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(argv, cwd=str(ROOT), env=compose_env(CWEB_API_KEY=key), capture_output=True, text=True, timeout=60)
     assert 0 == ok.returncode, ok.stderr
     import yaml
 
@@ -243,6 +339,11 @@ def test_compose_file_refuses_to_start_without_api_key() -> None:
         assert ["ALL"] == s["cap_drop"]
         assert all(k in s for k in ("mem_limit", "cpus", "pids_limit", "healthcheck", "restart"))
     assert any(v.endswith(":/store:ro") or v.endswith("/store:ro") for v in map(str, _volume_specs(services["runtime"])))
+    ports = services["api"]["ports"]
+    assert 1 == len(ports)
+    port = ports[0]
+    published = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port['published']}:{port['target']}"
+    assert published in ("0.0.0.0:8080:8080", "0.0.0.0:8080:8080/tcp")
 
 
 def _volume_specs(service: dict) -> list[str]:
