@@ -126,6 +126,41 @@ static void on_unload(struct cweb_context *ctx) {
     assert True is wait_for(unloaded, timeout=15)
 
 
+def test_workers_are_confined_by_landlock_in_the_runtime_container(stack: Stack) -> None:
+    """bubblewrap cannot run in the runtime container: workers confine
+    themselves with Landlock. The agent's secret and the token-signing key sit
+    in the same container under the same uid, yet a module cannot open them."""
+    with stack.client(auth=False) as c:
+        assert "landlock" == c.get("/healthz").json()["workers"]
+    code, listing = run(stack.runtime, "sh", "-c", "ls /run/cweb/agent.secret; find /var/lib/cweb/signing -type f")
+    assert 0 == code, listing
+    targets = listing.split()
+    assert "/run/cweb/agent.secret" in targets and len(targets) >= 2, targets
+    # The same files are readable to the runtime's own uid: the refusal below is Landlock's.
+    code, _ = run(stack.runtime, "cat", *targets)
+    assert 0 == code
+    name = unique("confined")
+    probes = "".join(
+        f'    fd = open("{t}", O_RDONLY); n += snprintf(res->body + n, HTTP_RESPONSE_SIZE - n, "%s=%d,%d\\n", "{t}", fd, fd < 0 ? errno : 0);'
+        f" if (fd >= 0) close(fd);\n"
+        for t in targets
+    )
+    code_c = f"""
+#include <errno.h>
+#include <fcntl.h>
+{HANDLER.format(fn="h")} {{
+    (void)ctx; (void)req;
+    int fd, n = 0;
+{probes}    res->status = HTTP_200_OK;
+    return 0;
+}}
+"""
+    r = stack.deploy(module(name, [(f"/{name}", "GET", "h")], code_c), "confined.c")
+    assert 200 == r.status_code, r.text
+    lines = get_text(stack, f"/{name}").splitlines()
+    assert [f"{t}=-1,13" for t in targets] == lines  # EACCES from Landlock, for every file
+
+
 def test_compile_error_comes_back_with_diagnostics(stack: Stack) -> None:
     """A compile error in the builder container reaches the user as structured diagnostics."""
     r = stack.deploy(b"#include <cweb.h>\nint broken(void) { return nope; }\n", "broken.c")
@@ -297,6 +332,16 @@ def test_compose_created_hardened_containers(stack: Stack, service: str) -> None
     assert expected == networks
     if service == "runtime":
         assert "none" == host["NetworkMode"]
+
+
+def test_every_service_passes_its_compose_healthcheck(stack: Stack) -> None:
+    """docker-compose.yml's healthchecks pass (the runtime's proves the agent's secret hello)."""
+
+    def health(service: str) -> str:
+        return stack.container(service).attrs["State"]["Health"]["Status"]
+
+    for service in ("api", "builder", "runtime"):
+        assert True is wait_for(lambda service=service: "healthy" == health(service), timeout=30), (service, health(service))
 
 
 def test_builder_network_is_internal_and_only_the_api_is_published(stack: Stack) -> None:
