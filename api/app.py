@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -210,7 +210,9 @@ def create_app(settings: Settings) -> Dispatcher:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
+        error = ApiError(str(exc.detail), code=code)
+        error.status = exc.status_code
+        return _error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_parameter(request: Request, exc: RequestValidationError) -> Response:
@@ -221,7 +223,7 @@ def create_app(settings: Settings) -> Dispatcher:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"error": "invalid_parameter", "message": "; ".join(problems)[:500]}, status_code=400)
+        return _error_response(BadRequest("; ".join(problems)[:500], code="invalid_parameter"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -33,8 +33,7 @@ import ipaddress
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-import orjson
-
+from api.errors import Unauthorized, error_body
 from api.settings import Settings
 
 # The methods that read and never change anything.
@@ -100,8 +99,8 @@ def _presented(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 
 def _refuse(message: str) -> Refusal:
-    body = orjson.dumps({"error": "unauthorized", "message": message})
-    return 401, body, [CHALLENGE]
+    status, body = error_body(Unauthorized(message))
+    return status, body, [CHALLENGE]
 
 
 def make_guard(settings: Settings) -> Guard | None:

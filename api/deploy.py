@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api import routing
-from api.errors import Invalid, NotFound, Unavailable
+from api.errors import Invalid, NotFound, Unavailable, from_runtime
 from api.registry import Registry
-from api.runtime_client import AgentClient, EventsConn, RuntimeError_, WorkerPool, open_events
+from api.runtime_client import AgentClient, EventsConn, WorkerPool, open_events
 from api.settings import Settings
 from api.sockets import CLOSE_INTERNAL, SocketHub
 from runtime import protocol
+from runtime.errors import RuntimeFailure
 
 log = logging.getLogger("cweb.api")
 
@@ -76,17 +77,6 @@ def declaration_warnings(decl: dict, source_name: str = "") -> list[dict]:
             for m in decl.get("warnings", [])]
 
 
-_AGENT_ERRORS = {
-    "missing_config": "the module defines no `module_t config` symbol",
-}
-
-
-def _runtime_to_api(exc: RuntimeError_) -> Exception:
-    if exc.code in ("runtime_unreachable", "agent_error"):
-        return Unavailable(exc.message, code=exc.code)
-    return Invalid(exc.message, code=exc.code)
-
-
 class ModuleHost:
     def __init__(self, settings: Settings, agent: AgentClient, registry: Registry) -> None:
         self.settings = settings
@@ -114,8 +104,8 @@ class ModuleHost:
     async def _load(self, module_hash: str) -> tuple[int, dict]:
         try:
             r = await self.agent.call("load", hash=module_hash, max_response=self.settings.max_response_bytes)
-        except RuntimeError_ as exc:
-            raise _runtime_to_api(exc) from exc
+        except RuntimeFailure as exc:
+            raise from_runtime(exc) from exc
         return r["worker_id"], r["describe"]
 
     async def _replace_hung(self, worker_id: int) -> None:
@@ -128,7 +118,7 @@ class ModuleHost:
                     v.name, v.module_hash[:12])
         try:
             await self.agent.call("kill", worker_id=worker_id, expected=False)
-        except RuntimeError_:
+        except RuntimeFailure:
             pass
 
     async def _start(self, worker_id: int, decl: dict) -> tuple[WorkerPool, WorkerPool | None, EventsConn]:
@@ -136,8 +126,8 @@ class ModuleHost:
         channel: connections the agent makes for exactly this worker."""
         try:
             await self.agent.call("start", worker_id=worker_id, name=decl["name"])
-        except RuntimeError_ as exc:
-            raise _runtime_to_api(exc) from exc
+        except RuntimeFailure as exc:
+            raise from_runtime(exc) from exc
 
         def connector(n: int) -> Awaitable[list[socket.socket]]:
             return self.agent.connect_worker(worker_id, n)
@@ -149,8 +139,8 @@ class ModuleHost:
         try:
             # One round trip to the agent for every connection of this worker.
             socks = await connector(sum(sizes))
-        except RuntimeError_ as exc:
-            raise _runtime_to_api(exc) from exc
+        except RuntimeFailure as exc:
+            raise from_runtime(exc) from exc
         events = await open_events(socks[:1], lambda frame: self._on_worker_frame(worker_id, frame))
         await pool.open(socks[1 : 1 + sizes[1]])
         if jobs_pool is not None:
@@ -169,7 +159,7 @@ class ModuleHost:
     async def _discard(self, worker_id: int) -> None:
         try:
             await self.agent.call("kill", worker_id=worker_id, expected=True)
-        except RuntimeError_:
+        except RuntimeFailure:
             pass
 
     async def activate(self, module_hash: str, *, source_sha256: str, build_key: str, action: str = "deploy") -> tuple[Version, Version | None, bool]:
@@ -240,7 +230,7 @@ class ModuleHost:
         self.by_worker.pop(old.worker_id, None)
         try:
             await self.agent.call("stop", worker_id=old.worker_id)
-        except RuntimeError_:
+        except RuntimeFailure:
             pass
         old.state = "stopped"
         self.retiring.discard(old)
@@ -341,7 +331,7 @@ class ModuleHost:
         v.replacing = True
         try:
             await self.agent.call("kill", worker_id=v.worker_id, expected=False)
-        except RuntimeError_:
+        except RuntimeFailure:
             pass
 
     # ---- removal and listing -------------------------------------------------

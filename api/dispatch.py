@@ -16,7 +16,17 @@ from urllib.parse import parse_qsl
 from api import routing
 from api.cors import ACAO, Cors
 from api.deploy import ModuleHost
-from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body, json_error
+from api.errors import (
+    ApiError,
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    error_body,
+)
 from api.jobs.routes import submit_asgi
 from api.runtime_client import WorkerGone
 from runtime import protocol
@@ -257,7 +267,7 @@ class Dispatcher:
         for k, v in scope["headers"]:
             if k == b"content-length":
                 if v.isdigit() and int(v) > limit:
-                    await send_json(send, *json_error(413, code, what), [_CLOSE])
+                    await send_json(send, *error_body(PayloadTooLarge(what, code=code)), [_CLOSE])
                     return
                 break
         received = 0
@@ -272,7 +282,7 @@ class Dispatcher:
                 received += len(message.get("body", b""))
                 if received > limit:
                     refused = True
-                    await send_json(send, *json_error(413, code, what), [_CLOSE])
+                    await send_json(send, *error_body(PayloadTooLarge(what, code=code)), [_CLOSE])
                     return {"type": "http.disconnect"}
             return message
 
@@ -345,9 +355,9 @@ class Dispatcher:
             return 200, [(b"content-length", b"0"), *cors.preflight(headers)], b""
         if entry is None:
             if allowed:
-                return json_reply(*json_error(405, "method_not_allowed", f"{method} is not allowed on {path}",
-                                              allowed=list(allowed)), [(b"allow", ", ".join(allowed).encode()), *self.cors_headers(headers)])
-            return json_reply(*json_error(404, "not_found", f"no route for {path}"), self.cors_headers(headers))
+                return json_reply(*error_body(MethodNotAllowed(f"{method} is not allowed on {path}", allowed=list(allowed))),
+                                  [(b"allow", ", ".join(allowed).encode()), *self.cors_headers(headers)])
+            return json_reply(*error_body(NotFound(f"no route for {path}")), self.cors_headers(headers))
         data = None
         if body:
             ctype = form_type(headers)
@@ -363,7 +373,7 @@ class Dispatcher:
             # Match again: a swap may have happened while the body was read.
             entry, _allowed = self.host.table.match(method, path)
             if entry is None:
-                return json_reply(*json_error(404, "not_found", f"no route for {path}"), self.cors_headers(headers))
+                return json_reply(*error_body(NotFound(f"no route for {path}")), self.cors_headers(headers))
             version = entry.version
             if version.state == "restarting":
                 try:
@@ -376,7 +386,7 @@ class Dispatcher:
                     if version.state == "quarantined"
                     else f"module {version.name} is restarting"
                 )
-                return json_reply(*json_error(503, version.state, msg, module=version.name, module_hash=version.module_hash),
+                return json_reply(*error_body(Unavailable(msg, code=version.state, module=version.name, module_hash=version.module_hash)),
                                   self.cors_headers(headers))
             frame = protocol.encode_http(_METHOD_CODES.get(method, 0), entry.index, path.encode(), query, body, headers, data)
             try:
@@ -388,7 +398,7 @@ class Dispatcher:
             except TimeoutError as exc:
                 return self._failure(exc, version, entry, t0, headers)
             return self._answer(version, entry, reply, t0, headers)
-        return json_reply(*json_error(503, "unavailable", f"module for {path} is being replaced; retry"), self.cors_headers(headers))
+        return json_reply(*error_body(Unavailable(f"module for {path} is being replaced; retry")), self.cors_headers(headers))
 
     async def _form(self, ctype: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
         """A form's fields: small ones at once, large ones in a thread (at
@@ -459,12 +469,14 @@ class Dispatcher:
                  request_headers: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A request the module could not answer: counted, and named by module and hash."""
         if isinstance(exc, TimeoutError):
-            status, code, message = 504, "handler_timeout", f"module {version.name} did not answer within {self.timeout:g} s"
+            error: ApiError = GatewayTimeout(f"module {version.name} did not answer within {self.timeout:g} s",
+                                             code="handler_timeout", module=version.name, module_hash=version.module_hash)
         else:
-            status, code, message = 502, "worker_crashed", f"module {version.name} crashed while handling the request"
+            error = BadGateway(f"module {version.name} crashed while handling the request",
+                               module=version.name, module_hash=version.module_hash)
         if self.metrics is not None:
-            self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
-        return json_reply(*json_error(status, code, message, module=version.name, module_hash=version.module_hash),
+            self.metrics.observe_request(version.name, entry.path, error.status, perf_counter() - t0)
+        return json_reply(*error_body(error),
                           self.cors_headers(request_headers))
 
     async def _read_body(self, headers: list, receive: Callable, send: Callable) -> bytes | None:
@@ -473,18 +485,20 @@ class Dispatcher:
                 try:
                     declared = int(v)
                 except ValueError:
-                    status, err = json_error(400, "bad_content_length", "Content-Length is not a number")
+                    status, err = error_body(BadRequest("Content-Length is not a number", code="bad_content_length"))
                     await send_json(send, status, err)
                     return None
                 if declared > self.max_body:
-                    status, err = json_error(413, "body_too_large", f"request body is {declared} bytes; the limit is {self.max_body}")
+                    status, err = error_body(PayloadTooLarge(f"request body is {declared} bytes; the limit is {self.max_body}",
+                                                             code="body_too_large"))
                     await send_json(send, status, err, [_CLOSE])
                     return None
                 break
         msg = await receive()
         body = msg.get("body", b"")
         if len(body) > self.max_body:
-            status, err = json_error(413, "body_too_large", f"request body exceeds the limit of {self.max_body} bytes")
+            status, err = error_body(PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes",
+                                                     code="body_too_large"))
             await send_json(send, status, err, [_CLOSE])
             return None
         if not msg.get("more_body"):
@@ -496,7 +510,8 @@ class Dispatcher:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                status, err = json_error(413, "body_too_large", f"request body exceeds the limit of {self.max_body} bytes")
+                status, err = error_body(PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes",
+                                                     code="body_too_large"))
                 await send_json(send, status, err, [_CLOSE])
                 return None
             chunks.append(chunk)

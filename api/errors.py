@@ -1,18 +1,26 @@
 """Client-visible errors of the api, and the one place they become HTTP.
 
     ApiError                     {"error": code, "message": ...}
-    ├── NotFound                 404
-    ├── Conflict                 409 (route_conflict, job_finished, ...)
     ├── BadRequest               400
-    ├── Invalid                  422 (invalid_module, missing_config, ...)
-    ├── PayloadTooLarge          413
     ├── Unauthorized             401
-    ├── Unavailable              503 (quarantined, restarting)
-    ├── InsufficientStorage      507 (disk full: ENOSPC, EDQUOT, SQLITE_FULL)
-    └── Upstream                 502/504 (worker crashed or timed out)
+    ├── NotFound                 404
+    ├── MethodNotAllowed         405
+    ├── RequestTimeout           408 (headers or body too slow)
+    ├── Conflict                 409 (route_conflict, job_finished, ...)
+    ├── PayloadTooLarge          413
+    ├── Invalid                  422 (invalid_module, missing_config, ...)
+    ├── HeadersTooLarge          431
+    ├── InternalError            500 (a bug of ours, still JSON)
+    ├── BadGateway               502 (worker crashed)
+    ├── Unavailable              503 (quarantined, restarting, runtime down)
+    ├── GatewayTimeout           504 (handler or worker timed out)
+    └── InsufficientStorage      507 (disk full: ENOSPC, EDQUOT, SQLITE_FULL)
 
-builder.errors.BuildError subclasses carry their own status and code and are
-mapped by the same table.
+builder.errors.BuildError subclasses carry their own status and code;
+runtime.errors.RuntimeFailure codes are mapped by RUNTIME_STATUS
+(from_runtime). error_body is the one renderer: the control plane's exception
+handlers, the fast path (api/dispatch.py, api/http_server.py), the auth guard
+and the job event socket all answer through it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from contextlib import contextmanager
 import orjson
 
 from builder.errors import BuildError
+from runtime.errors import RuntimeFailure
 
 
 class ApiError(Exception):
@@ -114,18 +123,68 @@ def disk_full_is_507(what: str) -> Iterator[None]:
         raise
 
 
-class Upstream(ApiError):
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(ApiError):
+    status = 431
+    code = "headers_too_large"
+
+
+class InternalError(ApiError):
+    status = 500
+    code = "internal_error"
+
+
+class BadGateway(ApiError):
     status = 502
-    code = "worker_failed"
+    code = "worker_crashed"
 
 
-def error_body(exc: Exception) -> tuple[int, bytes]:
-    """Status and JSON body for any exception the control plane lets escape."""
-    if isinstance(exc, (ApiError, BuildError)):
-        body = {"error": exc.code, "message": exc.message, **exc.extra}
-        return exc.status, orjson.dumps(body)
-    return 500, orjson.dumps({"error": "internal_error", "message": "unexpected server error"})
+class GatewayTimeout(ApiError):
+    status = 504
+    code = "gateway_timeout"
 
 
-def json_error(status: int, code: str, message: str, **extra: object) -> tuple[int, bytes]:
-    return status, orjson.dumps({"error": code, "message": message, **extra})
+# runtime.errors.RuntimeFailure codes that are not the module's fault; every
+# other code (load_failed, abi_mismatch, missing_config, onload_failed, ...)
+# says the module is not loadable: 422.
+RUNTIME_STATUS: dict[str, type[ApiError]] = {
+    # The runtime is down or cannot host a worker now: retrying may help.
+    "runtime_unreachable": Unavailable,
+    "runtime_failed": Unavailable,
+    "agent_error": Unavailable,
+    "no_uid": Unavailable,
+    "no_sandbox": Unavailable,
+    "too_many_connections": Unavailable,
+    # The worker died between load and start (a crash, a kill): transient.
+    "no_such_worker": Unavailable,
+    # The worker did not answer load/start in time.
+    "worker_timeout": GatewayTimeout,
+    # The version is registered but its artifact is gone from the store: the
+    # request is fine, the server's state stands in its way (rebuild/redeploy).
+    "artifact_missing": Conflict,
+    "bad_state": Conflict,
+}
+
+
+def from_runtime(exc: RuntimeFailure) -> ApiError:
+    """The ApiError a runtime failure answers as; its code is kept."""
+    return RUNTIME_STATUS.get(exc.code, Invalid)(exc.message, code=exc.code)
+
+
+_UNEXPECTED = InternalError("unexpected server error")
+
+
+def error_body(exc: BaseException) -> tuple[int, bytes]:
+    """Status and JSON body for any exception: the one error renderer."""
+    if not isinstance(exc, (ApiError, BuildError)):
+        exc = _UNEXPECTED
+    return exc.status, orjson.dumps({"error": exc.code, "message": exc.message, **exc.extra})

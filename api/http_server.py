@@ -18,7 +18,7 @@ import logging
 import urllib.parse
 from typing import Any
 
-from api.errors import json_error
+from api.errors import ApiError, BadRequest, HeadersTooLarge, InternalError, PayloadTooLarge, RequestTimeout, error_body
 
 log = logging.getLogger("cweb.api")
 
@@ -65,7 +65,6 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
     uvicorn's internals are not the expected ones."""
     try:
         import httptools
-        import orjson
         from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:  # pragma: no cover - another uvicorn layout
         return "httptools"
@@ -176,9 +175,8 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
             # The rest of the body is not worth reading: answer, then a
             # lingering close (write() closes through close_or_linger).
             self.keep_alive = False
-            self.write(*json_reply(*json_error(413, "body_too_large",
-                                          f"request body exceeds the limit of {dispatcher.max_body} bytes"),
-                                   dispatcher.cors_headers(self.headers)))
+            too_large = PayloadTooLarge(f"request body exceeds the limit of {dispatcher.max_body} bytes", code="body_too_large")
+            self.write(*json_reply(*error_body(too_large), dispatcher.cors_headers(self.headers)))
 
         def go(self) -> None:
             """The whole request is in and it is its turn."""
@@ -198,7 +196,7 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
                 status, headers, out = await dispatcher.serve(self.method, self.path, self.query, self.headers, self.body)
             except Exception:  # a bug of ours: still an answer, never a hung connection
                 log.exception("module request %s %s failed", self.method, self.path)
-                status, headers, out = json_reply(*json_error(500, "internal_error", "the server failed to handle the request"))
+                status, headers, out = json_reply(*error_body(InternalError("the server failed to handle the request")))
             self.write(status, headers, out)
 
         def write(self, status: int, headers: list[tuple[bytes, bytes]] | bytes, body: bytes) -> None:
@@ -229,7 +227,7 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
             proto.on_response_complete()
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
-        _refusal: tuple[int, str, str] | None = None
+        _refusal: ApiError | None = None
         _deadline: float | None = None
         _why: tuple[str, str] = ("", "")
         _header_bytes = 0
@@ -293,12 +291,13 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
             if self._lingering:
                 self.transport.close()
             elif self._in_request:
-                self._send_json_and_close(408, code, message)
+                self._send_error_and_close(RequestTimeout(message, code=code))
             else:  # idle keep-alive, or a connection that never sent a byte: just close it
                 self.transport.close()
 
-        def _send_json_and_close(self, status: int, code: str, message: str) -> None:
-            body = orjson.dumps({"error": code, "message": message})
+        def _send_error_and_close(self, error: ApiError) -> None:
+            # Below the dispatcher (no request yet): the head is written here.
+            status, body = error_body(error)
             head = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]
@@ -310,8 +309,7 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
             self._header_bytes += n
             self._header_count += headers
             if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
-                self._refusal = (
-                    431, "headers_too_large",
+                self._refusal = HeadersTooLarge(
                     f"request line and headers are limited to {MAX_HEADER_BYTES} bytes and {MAX_HEADERS} headers",
                 )
                 raise _Refused()
@@ -422,11 +420,11 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
         def send_400_response(self, msg: str) -> None:
             self._disarm()
             if self._refusal is not None:
-                self._send_json_and_close(*self._refusal)
+                self._send_error_and_close(self._refusal)
             else:
-                self._send_json_and_close(
-                    400, "bad_http",
+                self._send_error_and_close(BadRequest(
                     "malformed HTTP request (invalid syntax, bad chunking, or conflicting Content-Length/Transfer-Encoding)",
-                )
+                    code="bad_http",
+                ))
 
     return LimitedHttpToolsProtocol

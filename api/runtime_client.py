@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from runtime import protocol
 from runtime.agent import read_secret
 from runtime.channel import Channel
+from runtime.errors import RuntimeFailure
 
 log = logging.getLogger("cweb.api")
 
@@ -55,13 +56,6 @@ def _frames(data: bytes | bytearray, owner: WorkerConn | EventsConn) -> list[byt
     elif owner.buf:
         owner.buf = bytearray()
     return frames
-
-
-class RuntimeError_(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class WorkerGone(Exception):
@@ -112,7 +106,7 @@ class AgentClient:
         line = await asyncio.wait_for(self.process.stdout.readline(), 30)
         if b"ready" not in line:
             ours.close()
-            raise RuntimeError_("runtime_failed", "the runtime agent did not start")
+            raise RuntimeFailure("runtime_failed", "the runtime agent did not start")
         self.embedded_sock = ours
 
     async def connect(self, attempts: int = 100) -> None:
@@ -131,7 +125,7 @@ class AgentClient:
                 sock.close()
                 await asyncio.sleep(0.1)
         else:
-            raise RuntimeError_("runtime_unreachable", f"cannot reach the runtime agent at {self.socket_path}")
+            raise RuntimeFailure("runtime_unreachable", f"cannot reach the runtime agent at {self.socket_path}")
         self._open(sock)
         await self.call("hello", timeout=10, secret=secret)
 
@@ -160,7 +154,7 @@ class AgentClient:
     def _on_close(self) -> None:
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(RuntimeError_("runtime_unreachable", "the runtime agent went away"))
+                fut.set_exception(RuntimeFailure("runtime_unreachable", "the runtime agent went away"))
         self.pending.clear()
         self.channel = None
         if not self.closing:
@@ -182,7 +176,7 @@ class AgentClient:
                 await self.connect(attempts=50)
                 await self.call("ping", timeout=10)
                 break
-            except (TimeoutError, RuntimeError_, OSError):
+            except (TimeoutError, RuntimeFailure, OSError):
                 await asyncio.sleep(1)
         if not self.closing and self.on_reconnect is not None:
             log.info("runtime agent is back; reloading modules")
@@ -191,7 +185,7 @@ class AgentClient:
     async def call_fds(self, op: str, timeout: float = 60.0, **args: object) -> tuple[dict, list[int]]:
         """One request; its answer and the descriptors that came with it (ours to close)."""
         if self.channel is None:
-            raise RuntimeError_("runtime_unreachable", "not connected to the runtime agent")
+            raise RuntimeFailure("runtime_unreachable", "not connected to the runtime agent")
         req_id = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
         self.pending[req_id] = fut
@@ -206,7 +200,7 @@ class AgentClient:
         if not msg.get("ok"):
             for fd in fds:
                 os.close(fd)
-            raise RuntimeError_(msg.get("error", "runtime_error"), msg.get("message", "runtime error"))
+            raise RuntimeFailure(msg.get("error", "runtime_error"), msg.get("message", "runtime error"))
         return msg, fds
 
     async def call(self, op: str, timeout: float = 60.0, **args: object) -> dict:
@@ -594,7 +588,7 @@ class WorkerPool:
         try:
             (sock,) = await self.connector(1)
             _, conn = await asyncio.get_running_loop().create_unix_connection(self._conn, sock=sock)
-        except (OSError, RuntimeError_, TimeoutError):
+        except (OSError, RuntimeFailure, TimeoutError):
             # The worker is going away; its exit (or the deadline) answers the backlog.
             return
         if self.dead:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def _int(env: dict, name: str, default: int) -> int:
     raw = env.get(name)
@@ -97,10 +95,6 @@ class Settings:
             job_max_result_bytes=_int(env, "CWEB_JOB_MAX_RESULT_BYTES", 1 << 20),
             job_event_retention_s=_float(env, "CWEB_JOB_EVENT_RETENTION_S", 30 * 86400.0),
         )
-
-    @property
-    def loopback_only(self) -> bool:
-        return self.host in LOOPBACK
 
     def resolved(self) -> Settings:
         """Fill in the paths that derive from data_dir."""

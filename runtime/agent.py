@@ -50,6 +50,7 @@ from pathlib import Path
 
 from runtime import limits, sandbox, services
 from runtime.channel import Channel, Lines, recv_blocking, send_blocking
+from runtime.errors import RuntimeFailure
 
 log = logging.getLogger("cweb.runtime")
 
@@ -58,13 +59,6 @@ PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 MAX_CONNECT = 200
 SECRET_FILE = "agent.secret"
 MODULES_DIR = "modules-data"
-
-
-class AgentError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -132,11 +126,11 @@ class Agent:
             if uid not in self.uids_in_use:
                 self.uids_in_use.add(uid)
                 return uid
-        raise AgentError("no_uid", "every worker uid of CWEB_WORKER_UIDS is in use")
+        raise RuntimeFailure("no_uid", "every worker uid of CWEB_WORKER_UIDS is in use")
 
     async def spawn(self) -> WorkerProc:
         if self.sandbox.kind == "refused":
-            raise AgentError("no_sandbox", "no worker sandbox works here (bubblewrap or Landlock); "
+            raise RuntimeFailure("no_sandbox", "no worker sandbox works here (bubblewrap or Landlock); "
                              "set CWEB_UNSAFE_WORKERS=1 to run modules unconfined")
         uid = self._allocate_uid()
         parent, child = socket.socketpair()
@@ -278,19 +272,19 @@ class Agent:
             return await asyncio.wait_for(w.replies.get(), timeout)
         except TimeoutError as exc:
             w.proc.kill()
-            raise AgentError("worker_timeout", f"worker did not answer {msg['op']} within {timeout:g}s") from exc
+            raise RuntimeFailure("worker_timeout", f"worker did not answer {msg['op']} within {timeout:g}s") from exc
 
     # ---- operations -----------------------------------------------------
 
     async def op_load(self, req: dict) -> dict:
         module_hash = str(req["hash"])
         if len(module_hash) != 64 or any(c not in "0123456789abcdef" for c in module_hash):
-            raise AgentError("bad_hash", "not a module hash")
+            raise RuntimeFailure("bad_hash", "not a module hash")
         path = os.path.join(self.store_dir, "artifacts", f"{module_hash}.so")
         try:
             artifact = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise AgentError("artifact_missing", f"artifact {module_hash[:12]} is not in the store") from exc
+            raise RuntimeFailure("artifact_missing", f"artifact {module_hash[:12]} is not in the store") from exc
         try:
             w = await self._take_worker()
         except BaseException:
@@ -322,13 +316,13 @@ class Agent:
             [artifact],
         )
         if reply.get("op") == "exited":
-            raise AgentError("load_crashed", f"the module crashed while loading ({_signal_name(reply['returncode'])})")
+            raise RuntimeFailure("load_crashed", f"the module crashed while loading ({_signal_name(reply['returncode'])})")
         if reply.get("op") == "error":
             await self._discard(w)
-            raise AgentError(str(reply.get("error", "load_failed")), str(reply.get("message", "load failed")))
+            raise RuntimeFailure(str(reply.get("error", "load_failed")), str(reply.get("message", "load failed")))
         if reply.get("op") != "loaded" or not isinstance(reply.get("describe"), dict):
             await self._discard(w)
-            raise AgentError("load_failed", "the worker answered the load out of protocol")
+            raise RuntimeFailure("load_failed", "the worker answered the load out of protocol")
         return {"worker_id": w.worker_id, "describe": reply["describe"]}
 
     async def op_start(self, req: dict) -> dict:
@@ -342,7 +336,7 @@ class Agent:
     async def _start(self, req: dict) -> dict:
         w = self._worker(req)
         if w.state != "loading":
-            raise AgentError("bad_state", f"worker {w.worker_id} is {w.state}")
+            raise RuntimeFailure("bad_state", f"worker {w.worker_id} is {w.state}")
         w.state = "starting"
         msg = {"op": "start"}
         if req.get("name"):
@@ -356,10 +350,10 @@ class Agent:
             msg["module_dir"] = path
         reply = await self._command(w, msg, limits.ONLOAD_TIMEOUT_S)
         if reply.get("op") == "exited":
-            raise AgentError("onload_crashed", f"onload crashed ({_signal_name(reply['returncode'])})")
+            raise RuntimeFailure("onload_crashed", f"onload crashed ({_signal_name(reply['returncode'])})")
         if reply.get("op") != "ready":
             await self._discard(w)
-            raise AgentError(str(reply.get("error", "onload_failed")), str(reply.get("message", "onload failed")))
+            raise RuntimeFailure(str(reply.get("error", "onload_failed")), str(reply.get("message", "onload failed")))
         w.state = "running"
         w.expected_exit = False
         return {}
@@ -369,11 +363,11 @@ class Agent:
         w = self._worker(req)
         count = int(req.get("count", 1))
         if not 1 <= count <= MAX_CONNECT:
-            raise AgentError("bad_count", f"count must be 1..{MAX_CONNECT}")
+            raise RuntimeFailure("bad_count", f"count must be 1..{MAX_CONNECT}")
         if w.state != "running" or w.exited.is_set():
-            raise AgentError("no_such_worker", f"worker {w.worker_id} is not running")
+            raise RuntimeFailure("no_such_worker", f"worker {w.worker_id} is not running")
         if w.connections + count > self.worker_limits.open_files // 2:
-            raise AgentError("too_many_connections", f"worker {w.worker_id} has {w.connections} connections")
+            raise RuntimeFailure("too_many_connections", f"worker {w.worker_id} has {w.connections} connections")
         ours, theirs = [], []
         for _ in range(count):
             a, b = socket.socketpair()
@@ -390,7 +384,7 @@ class Agent:
         w.state = "stopping"
         try:
             await self._command(w, {"op": "stop"}, float(req.get("timeout", limits.STOP_TIMEOUT_S)))
-        except AgentError:
+        except RuntimeFailure:
             pass
         try:
             await asyncio.wait_for(w.exited.wait(), limits.STOP_TIMEOUT_S)
@@ -426,7 +420,7 @@ class Agent:
         """<data_dir>/modules-data/<name>/: the module's own files (its
         database), kept across its versions and never shared with another."""
         if not services.valid_module_name(name):
-            raise AgentError("bad_name", f"module name {name[:40]!r} cannot name a directory")
+            raise RuntimeFailure("bad_name", f"module name {name[:40]!r} cannot name a directory")
         path = os.path.join(self.modules_dir, name)
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
@@ -434,7 +428,7 @@ class Agent:
     def _worker(self, req: dict) -> WorkerProc:
         w = self.workers.get(int(req["worker_id"]))
         if w is None:
-            raise AgentError("no_such_worker", f"worker {req['worker_id']} is not running")
+            raise RuntimeFailure("no_such_worker", f"worker {req['worker_id']} is not running")
         return w
 
     async def _discard(self, w: WorkerProc) -> None:
@@ -484,12 +478,12 @@ class Agent:
         fds: list[int] = []
         try:
             if handler is None:
-                raise AgentError("bad_op", f"unknown op {req.get('op')!r}")
+                raise RuntimeFailure("bad_op", f"unknown op {req.get('op')!r}")
             result = await handler(req)
             if isinstance(result, tuple):
                 result, fds = result
             resp = {"id": req.get("id"), "ok": True, **result}
-        except AgentError as exc:
+        except RuntimeFailure as exc:
             resp = {"id": req.get("id"), "ok": False, "error": exc.code, "message": exc.message}
         except Exception as exc:  # noqa: BLE001 - the api must always get an answer
             log.exception("agent op failed")

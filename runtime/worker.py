@@ -30,15 +30,7 @@ import threading
 
 from runtime import abi, limits
 from runtime.channel import ChannelError, Lines, recv_blocking, send_blocking
-
-
-class WorkerError(Exception):
-    """A load step failed; `code` is the stable error code sent to the api."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+from runtime.errors import RuntimeFailure
 
 
 def load_artifact(fd: int, expected_hash: str) -> ctypes.CDLL:
@@ -50,7 +42,7 @@ def load_artifact(fd: int, expected_hash: str) -> ctypes.CDLL:
     with os.fdopen(fd, "rb") as f:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != expected_hash:
-        raise WorkerError("artifact_corrupt", f"artifact {expected_hash[:12]} does not match its hash")
+        raise RuntimeFailure("artifact_corrupt", f"artifact {expected_hash[:12]} does not match its hash")
     mem = os.memfd_create("cweb-module", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = memoryview(data)
@@ -61,14 +53,14 @@ def load_artifact(fd: int, expected_hash: str) -> ctypes.CDLL:
         try:
             lib = ctypes.CDLL(f"/proc/self/fd/{mem}", mode=os.RTLD_NOW | os.RTLD_LOCAL)
         except OSError as exc:
-            raise WorkerError("load_failed", f"cannot load module: {exc}") from exc
+            raise RuntimeFailure("load_failed", f"cannot load module: {exc}") from exc
     finally:
         # The mapping keeps the code; the descriptor is no longer needed.
         os.close(mem)
     abi.bind(lib)
     version = lib.cweb_abi_version()
     if version != abi.ABI_VERSION:
-        raise WorkerError("abi_mismatch", f"module ABI {version}, runtime expects {abi.ABI_VERSION}")
+        raise RuntimeFailure("abi_mismatch", f"module ABI {version}, runtime expects {abi.ABI_VERSION}")
     return lib
 
 
@@ -79,9 +71,9 @@ def describe(lib: ctypes.CDLL) -> dict:
         buf = ctypes.create_string_buffer(cap)
         n = lib.cweb_abi_describe(buf, cap)
         if n == -1:
-            raise WorkerError("missing_config", "the module defines no `module_t config` symbol")
+            raise RuntimeFailure("missing_config", "the module defines no `module_t config` symbol")
         if n < 0:
-            raise WorkerError("describe_failed", "the module declaration could not be read")
+            raise RuntimeFailure("describe_failed", "the module declaration could not be read")
         if n < cap:
             return json.loads(buf.value.decode("utf-8", "replace"))
         cap = n + 1
@@ -127,14 +119,14 @@ class Worker:
             else:
                 for fd in fds:
                     os.close(fd)
-        except WorkerError as exc:
+        except RuntimeFailure as exc:
             self.send({"op": "error", "error": exc.code, "message": exc.message})
 
     def load(self, msg: dict, fds: list[int]) -> None:
         if len(fds) != 1 or self.lib is not None:
             for fd in fds:
                 os.close(fd)
-            raise WorkerError("load_failed", "a load needs exactly one artifact, once")
+            raise RuntimeFailure("load_failed", "a load needs exactly one artifact, once")
         self.lib = load_artifact(fds[0], msg["hash"])
         # No data dir: a worker reaches shared services through the broker only.
         self.lib.cweb_abi_init(b"", int(msg.get("max_response", 0)))

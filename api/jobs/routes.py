@@ -221,7 +221,7 @@ async def job_socket(websocket: WebSocket) -> None:
         stream = _service(websocket).stream(job_uuid, since)
         first = await anext(stream, None)  # NotFound surfaces here
     except ApiError as exc:  # unknown job, bad parameters: a JSON message and a policy close
-        await websocket.send_text(orjson.dumps({"error": exc.code, "message": exc.message}).decode())
+        await websocket.send_text(error_body(exc)[1].decode())
         await websocket.close(code=1008)
         return
 

@@ -204,12 +204,8 @@ int http_is_websocket_upgrade(http_request_t *req)
 static struct {
     size_t max_response;
     char data_dir[4096];
-    pthread_mutex_t events_lock;
-    int events_fd;
 } host = {
     .max_response = 16u << 20,
-    .events_lock = PTHREAD_MUTEX_INITIALIZER,
-    .events_fd = -1,
 };
 
 /* ------------------------------------------------------------------ */
