@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import ssl
@@ -12,16 +11,16 @@ import sys
 import uvicorn
 
 from api import auth
-from api.http_server import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, http_protocol
+from api.http_server import http_protocol
 from api.logs import configure_logging
 from api.settings import Settings
+from runtime.limits import make_undumpable
 
 log = logging.getLogger("cweb.api")
 
 # Used when present in the working directory, as c-web-modules does.
 DEFAULT_CERT = "server.crt"
 DEFAULT_KEY = "server.key"
-PR_SET_DUMPABLE = 4
 
 
 def resolve_tls(cert: str, key: str, cwd: str) -> tuple[str, str] | None:
@@ -45,15 +44,6 @@ def resolve_tls(cert: str, key: str, cwd: str) -> tuple[str, str] | None:
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"cannot use TLS certificate {cert} with key {key}: {exc}") from exc
     return os.path.abspath(cert), os.path.abspath(key)
-
-
-def _not_dumpable() -> None:
-    """Keep module workers (same uid, no CAP_SYS_PTRACE) out of this process's
-    /proc/<pid>/environ and /proc/<pid>/mem, where the API key lives."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CWEB_TLS_CERT"], os.environ["CWEB_TLS_KEY"] = (os.path.abspath(p) for p in tls)
     if settings.api_keys:
         log.info("API key required on deploy, module management and job control (%d key(s) configured)", len(settings.api_keys))
-    _not_dumpable()
+    # Module workers (same uid, no CAP_SYS_PTRACE) stay out of this process's
+    # /proc/<pid>/environ and /proc/<pid>/mem, where the API key lives.
+    make_undumpable()
 
     from api.app import create_app  # after the checks: refusing to start stays instant
 
@@ -104,11 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=http_protocol(
-            app,
-            float(os.environ.get("CWEB_HEADER_TIMEOUT") or HEADER_TIMEOUT_S),
-            float(os.environ.get("CWEB_BODY_TIMEOUT") or BODY_TIMEOUT_S),
-        ),
+        http=http_protocol(app, settings.header_timeout, settings.body_timeout),
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_message,
         ws_ping_interval=settings.ws_ping_interval,

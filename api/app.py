@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> Dispatcher:
         os.makedirs(settings.data_dir, exist_ok=True)
         os.makedirs(settings.run_dir, exist_ok=True)
         # A fresh shared cache per server run, and the signing key, before any worker starts.
-        cache_admin.prepare(settings.data_dir)
+        cache_admin.prepare(settings.data_dir, settings.cache_bytes)
         state.started_at = time.time()
         state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
         await state.registry.open()

@@ -1,8 +1,9 @@
 """The api's side of the module services (the broker itself runs in the
 runtime agent: runtime/services.py).
 
-At every start, prepare() reads the cache size the agent will use (env
-CWEB_CACHE_BYTES, reported by /metrics as cweb_cache_capacity_bytes) and
+At every start, prepare() is told the cache size the agent will use
+(Settings.cache_bytes from CWEB_CACHE_BYTES, reported by /metrics as
+cweb_cache_capacity_bytes) and
 removes what earlier releases kept in the data dir for services that now
 live outside it: cache.shm, the shared-memory cache every worker mapped.
 server.key.bin, the old HMAC key, is left alone (an operator may want it);
@@ -14,21 +15,13 @@ from __future__ import annotations
 import logging
 import os
 
-from runtime.services import DEFAULT_CACHE_BYTES, ServicesSettings, parse_size
-
 log = logging.getLogger("cweb.api")
 
-__all__ = ["DEFAULT_BYTES", "cache_bytes_from_env", "capacity", "parse_size", "prepare"]
+__all__ = ["capacity", "prepare"]
 
-DEFAULT_BYTES = DEFAULT_CACHE_BYTES
 LEGACY_CACHE_FILE = "cache.shm"
 
 _capacity = 0
-
-
-def cache_bytes_from_env(env: dict | None = None) -> int:
-    """The cache size from CWEB_CACHE_BYTES, clamped as the agent clamps it."""
-    return ServicesSettings.from_env(env).cache_bytes
 
 
 def capacity() -> int:
@@ -36,11 +29,11 @@ def capacity() -> int:
     return _capacity
 
 
-def prepare(data_dir: str, cache_bytes: int | None = None) -> None:
+def prepare(data_dir: str, cache_bytes: int) -> None:
     """Per-start housekeeping of the module services (see the module docstring)."""
     global _capacity
     os.makedirs(data_dir, exist_ok=True)
-    _capacity = cache_bytes if cache_bytes is not None else cache_bytes_from_env()
+    _capacity = cache_bytes
     try:
         os.unlink(os.path.join(data_dir, LEGACY_CACHE_FILE))
         log.info("removed %s: the module cache now lives in the runtime", LEGACY_CACHE_FILE)

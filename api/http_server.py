@@ -19,6 +19,7 @@ import urllib.parse
 from typing import Any
 
 from api.errors import ApiError, BadRequest, HeadersTooLarge, InternalError, PayloadTooLarge, RequestTimeout, error_body
+from api.settings import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 
 log = logging.getLogger("cweb.api")
 
@@ -26,10 +27,6 @@ log = logging.getLogger("cweb.api")
 # either the request is refused 431. httptools itself has no such limit.
 MAX_HEADER_BYTES = 64 << 10
 MAX_HEADERS = 256
-# Seconds a client has to send a request's line and headers (slowloris).
-HEADER_TIMEOUT_S = 15.0
-# Seconds a client has to send a request's whole body once its headers are in.
-BODY_TIMEOUT_S = 120.0
 # Lingering close: after answering a request whose body is not wanted (413),
 # the server stops parsing, shuts down its sending side once the answer is
 # flushed, and reads and discards what the client still sends for at most

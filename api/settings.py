@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from runtime.env import env_float, env_int
+from runtime.services import DEFAULT_CACHE_BYTES, ServicesSettings
 
-def _int(env: dict, name: str, default: int) -> int:
-    raw = env.get(name)
-    return int(raw) if raw not in (None, "") else default
-
-
-def _float(env: dict, name: str, default: float) -> float:
-    raw = env.get(name)
-    return float(raw) if raw not in (None, "") else default
+# Seconds a client has to send a request's line and headers (slowloris), and
+# its whole body once the headers are in; 408 after (api/http_server.py).
+HEADER_TIMEOUT_S = 15.0
+BODY_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -38,6 +36,10 @@ class Settings:
     ws_queue_limit: int = 256
     ws_ping_interval: float = 20.0
     request_timeout: float = 30.0
+    header_timeout: float = HEADER_TIMEOUT_S
+    body_timeout: float = BODY_TIMEOUT_S
+    # Size of the module cache the runtime agent holds (reported by /metrics).
+    cache_bytes: int = DEFAULT_CACHE_BYTES
     tls_cert: str = ""
     tls_key: str = ""
     log_json: bool = False
@@ -62,7 +64,7 @@ class Settings:
         keys = [k.strip() for k in env.get("CWEB_API_KEY", "").split(",") if k.strip()]
         return cls(
             host=env.get("CWEB_HOST", "127.0.0.1"),
-            port=_int(env, "CWEB_PORT", 8080),
+            port=env_int(env, "CWEB_PORT", 8080),
             data_dir=env.get("CWEB_DATA_DIR", "./data"),
             api_keys=keys,
             builder_url=env.get("CWEB_BUILDER_URL", ""),
@@ -70,16 +72,20 @@ class Settings:
             run_dir=env.get("CWEB_RUN_DIR", ""),
             workdir=env.get("CWEB_WORKDIR", ""),
             unsafe_builds=env.get("CWEB_UNSAFE_BUILDS", "") == "1",
-            max_source_bytes=_int(env, "CWEB_MAX_SOURCE_BYTES", 1 << 20),
-            max_body_bytes=_int(env, "CWEB_MAX_BODY_BYTES", 8 << 20),
-            max_response_bytes=_int(env, "CWEB_MAX_RESPONSE_BYTES", 16 << 20),
-            max_form_fields=_int(env, "CWEB_MAX_FORM_FIELDS", 1000),
-            worker_threads=_int(env, "CWEB_WORKER_THREADS", 8),
-            job_threads=_int(env, "CWEB_JOB_THREADS", 4),
-            ws_max_message=_int(env, "CWEB_WS_MAX_MESSAGE", 1 << 20),
-            ws_queue_limit=_int(env, "CWEB_WS_QUEUE", 256),
-            ws_ping_interval=_float(env, "CWEB_WS_PING_INTERVAL", 20.0),
-            request_timeout=_float(env, "CWEB_REQUEST_TIMEOUT", 30.0),
+            max_source_bytes=env_int(env, "CWEB_MAX_SOURCE_BYTES", 1 << 20),
+            max_body_bytes=env_int(env, "CWEB_MAX_BODY_BYTES", 8 << 20),
+            max_response_bytes=env_int(env, "CWEB_MAX_RESPONSE_BYTES", 16 << 20),
+            max_form_fields=env_int(env, "CWEB_MAX_FORM_FIELDS", 1000),
+            worker_threads=env_int(env, "CWEB_WORKER_THREADS", 8),
+            job_threads=env_int(env, "CWEB_JOB_THREADS", 4),
+            ws_max_message=env_int(env, "CWEB_WS_MAX_MESSAGE", 1 << 20),
+            ws_queue_limit=env_int(env, "CWEB_WS_QUEUE", 256),
+            ws_ping_interval=env_float(env, "CWEB_WS_PING_INTERVAL", 20.0),
+            request_timeout=env_float(env, "CWEB_REQUEST_TIMEOUT", 30.0),
+            header_timeout=env_float(env, "CWEB_HEADER_TIMEOUT", HEADER_TIMEOUT_S),
+            body_timeout=env_float(env, "CWEB_BODY_TIMEOUT", BODY_TIMEOUT_S),
+            # Parsed and clamped as the agent does (runtime/services.py).
+            cache_bytes=ServicesSettings.from_env(env).cache_bytes,
             tls_cert=env.get("CWEB_TLS_CERT", ""),
             tls_key=env.get("CWEB_TLS_KEY", ""),
             log_json=env.get("CWEB_LOG_JSON", "") == "1",
@@ -87,13 +93,13 @@ class Settings:
             cors_origins=env.get("CWEB_CORS_ORIGINS", "*"),
             cors_methods=env.get("CWEB_CORS_METHODS", "GET, POST, PUT, DELETE, OPTIONS"),
             cors_headers=env.get("CWEB_CORS_HEADERS", "Content-Type, Authorization"),
-            cors_max_age=_int(env, "CWEB_CORS_MAX_AGE", 600),
+            cors_max_age=env_int(env, "CWEB_CORS_MAX_AGE", 600),
             cors_credentials=env.get("CWEB_CORS_CREDENTIALS", "") == "1",
-            job_max_events=_int(env, "CWEB_JOB_MAX_EVENTS", 10_000),
-            job_max_event_bytes=_int(env, "CWEB_JOB_MAX_EVENT_BYTES", 64 << 10),
-            job_max_events_total_bytes=_int(env, "CWEB_JOB_MAX_EVENTS_BYTES", 16 << 20),
-            job_max_result_bytes=_int(env, "CWEB_JOB_MAX_RESULT_BYTES", 1 << 20),
-            job_event_retention_s=_float(env, "CWEB_JOB_EVENT_RETENTION_S", 30 * 86400.0),
+            job_max_events=env_int(env, "CWEB_JOB_MAX_EVENTS", 10_000),
+            job_max_event_bytes=env_int(env, "CWEB_JOB_MAX_EVENT_BYTES", 64 << 10),
+            job_max_events_total_bytes=env_int(env, "CWEB_JOB_MAX_EVENTS_BYTES", 16 << 20),
+            job_max_result_bytes=env_int(env, "CWEB_JOB_MAX_RESULT_BYTES", 1 << 20),
+            job_event_retention_s=env_float(env, "CWEB_JOB_EVENT_RETENTION_S", 30 * 86400.0),
         )
 
     def resolved(self) -> Settings:

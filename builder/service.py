@@ -33,16 +33,12 @@ from builder import limits
 from builder.errors import BuildError, SourceTooLarge
 from builder.local import BuildResult, LocalBuilder, sdk_tarball
 from builder.store import is_hash
+from runtime.env import env_int
 
 log = logging.getLogger("cweb.builder")
 
 # Multipart framing allowed on top of the source limit before 413.
 UPLOAD_OVERHEAD_BYTES = 64 << 10
-
-
-def _int(env: dict, name: str, default: int) -> int:
-    raw = env.get(name)
-    return int(raw) if raw not in (None, "") else default
 
 
 @dataclass
@@ -60,10 +56,10 @@ class BuilderSettings:
         env = dict(os.environ if env is None else env)
         return cls(
             host=env.get("CWEB_BUILDER_HOST", "127.0.0.1"),
-            port=_int(env, "CWEB_BUILDER_PORT", 8081),
+            port=env_int(env, "CWEB_BUILDER_PORT", 8081),
             store_dir=env.get("CWEB_STORE_DIR", "./data/store"),
             unsafe_builds=env.get("CWEB_UNSAFE_BUILDS", "") == "1",
-            max_source_bytes=_int(env, "CWEB_MAX_SOURCE_BYTES", limits.MAX_SOURCE_BYTES),
+            max_source_bytes=env_int(env, "CWEB_MAX_SOURCE_BYTES", limits.MAX_SOURCE_BYTES),
         )
 
 

@@ -17,37 +17,16 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+
+from runtime.files import write_atomic
+
+__all__ = ["Store", "is_hash", "write_atomic"]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_hash(value: str) -> bool:
     return isinstance(value, str) and _HEX64.fullmatch(value) is not None
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o444) -> None:
-    """Write data to path so that no reader ever sees a partial file."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Store:

@@ -51,6 +51,7 @@ from pathlib import Path
 from runtime import limits, sandbox, services
 from runtime.channel import Channel, Lines, recv_blocking, send_blocking
 from runtime.errors import RuntimeFailure
+from runtime.files import write_atomic
 
 log = logging.getLogger("cweb.runtime")
 
@@ -517,11 +518,7 @@ def _load_secret(run_dir: str) -> bytes:
         return given.encode()
     value = secrets.token_hex(32)
     path = os.path.join(run_dir, SECRET_FILE)
-    tmp = f"{path}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    os.replace(tmp, path)
+    write_atomic(path, value.encode(), 0o600)
     return value.encode()
 
 

@@ -39,6 +39,8 @@ import resource
 import struct
 from dataclasses import dataclass
 
+from runtime.env import env_int
+
 # Seconds a worker may take to dlopen and describe its artifact.
 LOAD_TIMEOUT_S = 20.0
 # Seconds a module's onload may run before the deploy is rejected.
@@ -140,11 +142,6 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def _int_env(env: dict, name: str, default: int) -> int:
-    raw = env.get(name)
-    return int(raw) if raw not in (None, "") else default
-
-
 # First uid and how many uids workers of a root server run as
 # (CWEB_WORKER_UIDS=FIRST-LAST): one per live worker, never shared by two.
 WORKER_UID_FIRST = 1_500_000_000
@@ -187,11 +184,11 @@ class WorkerLimits:
             if first <= 0 or count < 1:
                 raise ValueError("CWEB_WORKER_UIDS must be FIRST-LAST with 0 < FIRST <= LAST")
         return cls(
-            memory_bytes=_int_env(env, "CWEB_WORKER_MEMORY_BYTES", WORKER_MEMORY_BYTES),
-            cpu_seconds=_int_env(env, "CWEB_WORKER_CPU_SECONDS", WORKER_CPU_SECONDS),
-            open_files=_int_env(env, "CWEB_WORKER_OPEN_FILES", WORKER_OPEN_FILES),
-            file_bytes=_int_env(env, "CWEB_WORKER_FILE_BYTES", WORKER_FILE_BYTES),
-            processes=_int_env(env, "CWEB_WORKER_PROCESSES", WORKER_PROCESSES),
+            memory_bytes=env_int(env, "CWEB_WORKER_MEMORY_BYTES", WORKER_MEMORY_BYTES),
+            cpu_seconds=env_int(env, "CWEB_WORKER_CPU_SECONDS", WORKER_CPU_SECONDS),
+            open_files=env_int(env, "CWEB_WORKER_OPEN_FILES", WORKER_OPEN_FILES),
+            file_bytes=env_int(env, "CWEB_WORKER_FILE_BYTES", WORKER_FILE_BYTES),
+            processes=env_int(env, "CWEB_WORKER_PROCESSES", WORKER_PROCESSES),
             allow_fork=env.get("CWEB_WORKER_ALLOW_FORK", "") == "1",
             network=env.get("CWEB_WORKER_NETWORK", "") == "1",
             unsafe=env.get("CWEB_UNSAFE_WORKERS", "") == "1",

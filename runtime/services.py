@@ -56,6 +56,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from runtime.files import write_atomic
+
 log = logging.getLogger("cweb.services")
 
 HEADER = struct.Struct("<IBBHiI")
@@ -236,8 +238,8 @@ class Signer:
             )
             key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
             # The key first, the certificate last: a certificate on disk means the pair is complete.
-            _write_new(key_path, key_pem, 0o600)
-            _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            write_atomic(key_path, key_pem, 0o600)
+            write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         self._load(cert_path, key_path)
 
     @property
@@ -269,15 +271,6 @@ class Signer:
         return True
 
 
-def _write_new(path: str, data: bytes, mode: int) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class _Conn:
