@@ -52,7 +52,7 @@ def _is_control(path: str) -> bool:
 _HEAD_CACHE_MAX = 1024
 _DEFAULT_TYPE = (b"content-type", b"text/html; charset=utf-8")
 _JSON_TYPE = (b"content-type", b"application/json")
-_METHOD_CODES = protocol.METHODS
+_METHOD_CODES = protocol.METHOD_CODES
 _SKIP_HEADERS = {b"content-length", b"transfer-encoding", b"connection"}
 _CLOSE = (b"connection", b"close")
 # A module's header that would break the response framing is dropped (the

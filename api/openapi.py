@@ -43,7 +43,6 @@ TAGS = [
     {"name": LIVE_TAG, "description": "Routes served by the modules deployed now."},
 ]
 
-_METHODS = {"GET": "get", "POST": "post", "PUT": "put", "DELETE": "delete", "OPTIONS": "options", "PATCH": "patch", "HEAD": "head"}
 _REF = "#/components/schemas/{model}"
 
 _MODULE = {
@@ -281,7 +280,7 @@ def with_module_routes(base: dict, versions: Iterable[Any]) -> dict:
             }
             if r["method"] in ("POST", "PUT", "PATCH"):
                 op["requestBody"] = {"content": {"application/octet-stream": {}, "application/x-www-form-urlencoded": {}, "multipart/form-data": {}}}
-            paths.setdefault(r["path"], {})[_METHODS[r["method"]]] = op
+            paths.setdefault(r["path"], {})[r["method"].lower()] = op
     return doc
 
 

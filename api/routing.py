@@ -19,6 +19,7 @@ from typing import Any
 
 from api.errors import Conflict, Invalid
 from api.route_regex import MAX_PATH, RoutePattern, RouteRegexError
+from runtime.protocol import METHODS
 
 # Paths owned by the server; no module route or socket may live under them.
 RESERVED_PREFIXES = (
@@ -36,7 +37,6 @@ RESERVED_PREFIXES = (
     "/ui",
     "/_cweb",
 )
-METHODS = ("GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD")
 _META = set(".^$*+?()[]{}|\\")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 

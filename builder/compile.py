@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,16 @@ def sdk_digest() -> str:
                 h.update(f.read())
             h.update(b"\0")
     return h.hexdigest()
+
+
+def sdk_abi_version() -> int:
+    """CWEB_ABI_VERSION of the SDK's cweb.h: the ABI of every module built from
+    it, read from the header so the builder keeps no copy of it."""
+    with open(os.path.join(SDK_DIR, "cweb.h"), encoding="utf-8") as f:
+        found = re.search(r"^#define CWEB_ABI_VERSION (\d+)$", f.read(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError("cweb.h defines no CWEB_ABI_VERSION")
+    return int(found.group(1))
 
 
 def compiler_identity(gcc: str = "gcc") -> str:

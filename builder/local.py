@@ -18,7 +18,6 @@ from builder import cache, compile, diagnostics, elf, limits
 from builder.errors import BuildBusy, CompileFailed, SourceRejected, SourceTooLarge
 from builder.store import Store, write_atomic
 
-ABI_VERSION = 1
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SOURCE_NAME = "module.c"
 
@@ -72,6 +71,7 @@ class LocalBuilder:
         self.compiler = compile.Compiler(self.sandboxed)
         self.compiler_id = compile.compiler_identity()
         self.sdk_digest = compile.sdk_digest()
+        self.abi_version = compile.sdk_abi_version()
         self.max_source_bytes = max_source_bytes
         self.flags = compile.CFLAGS + compile.LDFLAGS
         self._slots = asyncio.Semaphore(limits.MAX_CONCURRENT_BUILDS)
@@ -88,7 +88,7 @@ class LocalBuilder:
             sdk_digest=self.sdk_digest,
             compiler=self.compiler_id,
             flags=self.flags,
-            abi_version=ABI_VERSION,
+            abi_version=self.abi_version,
         )
 
     async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True) -> BuildResult:
@@ -163,7 +163,7 @@ class LocalBuilder:
             "compiler": self.compiler_id,
             "flags": self.flags,
             "sdk_digest": self.sdk_digest,
-            "abi_version": ABI_VERSION,
+            "abi_version": self.abi_version,
             "sandbox": self.mode,
             "built_at": time.time(),
             "build_ms": round(build_ms, 2),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ctypes
 
-# Must equal CWEB_ABI_VERSION in builder/sdk/cweb.h.
+# The ABI this runtime loads: CWEB_ABI_VERSION of builder/sdk/cweb.h (the
+# builder reads it from there; tests/unit/test_wire_agreement.py checks this).
 ABI_VERSION = 1
 
 

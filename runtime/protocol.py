@@ -1,4 +1,6 @@
-"""Frames between the api and a worker; mirrors builder/sdk/cweb_wire.h.
+"""Frames between the api and a worker: the Python definition of
+builder/sdk/cweb_wire.h (tests/unit/test_wire_agreement.py compiles that
+header and fails when they disagree).
 
 Every frame is a little-endian u32 length and that many bytes, the first of
 which is the frame type. Strings are a u32 length, the bytes and a NUL the
@@ -7,6 +9,7 @@ length does not count (so the C side can point into the frame).
 
 from __future__ import annotations
 
+import enum
 import struct
 
 F_HTTP = 1
@@ -25,7 +28,18 @@ F_WS_SEND = 96
 F_WS_CLOSE_REQ = 97
 F_JOBS_CREATE = 98
 
-METHODS = {"GET": 0, "POST": 1, "PUT": 2, "DELETE": 3, "OPTIONS": 4, "PATCH": 5, "HEAD": 6}
+# The HTTP methods a route may declare, in http_method_t order (cweb.h): a
+# method's index is the method byte of an F_HTTP frame.
+METHODS = ("GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD")
+METHOD_CODES = {name: code for code, name in enumerate(METHODS)}
+
+
+class JobOutcome(enum.IntEnum):
+    """The outcome byte of F_JOB_END (enum cweb_job_outcome)."""
+
+    RESULT = 0  # set_result: data is the result JSON
+    ERROR = 1   # set_error: data is the error text
+    NONE = 2    # neither: the return code decides
 
 _U32 = struct.Struct("<I")
 _HTTP_HEAD = struct.Struct("<IBBH")  # frame length, type, method, route index
@@ -142,7 +156,7 @@ def decode_job_event(frame: bytes) -> tuple[str, bytes]:
 
 
 def decode_job_end(frame: bytes) -> tuple[int, int, bytes]:
-    """(outcome 0 result / 1 error / 2 none, return code, data) of JOB_END."""
+    """(outcome, return code, data) of JOB_END."""
     outcome, rc = struct.unpack_from("<Bi", frame, 1)
     data, _ = _read_str(frame, 6)
     return outcome, rc, data

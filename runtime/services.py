@@ -60,6 +60,8 @@ from runtime.files import write_atomic
 
 log = logging.getLogger("cweb.services")
 
+# The record layout and codes are also in builder/sdk/cweb_wire.h (the
+# worker's side); tests/unit/test_wire_agreement.py checks both agree.
 HEADER = struct.Struct("<IBBHiI")
 RECORD_PAYLOAD = 32 << 10
 OP_GET, OP_SET, OP_DEL, OP_SIGN, OP_VERIFY, OP_HELLO = 1, 2, 3, 4, 5, 6

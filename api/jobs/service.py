@@ -95,8 +95,6 @@ class JobState(StrEnum):
 TERMINAL = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELED.value}
 # Event types only the server writes; a module emitting one gets "module_" prepended.
 RESERVED_EVENTS = {"created", "started", "retry", "truncated"}
-# JOB_END outcome codes (builder/sdk/cweb_jobs.c).
-OUTCOME_RESULT, OUTCOME_ERROR, OUTCOME_NONE = 0, 1, 2
 
 
 # Payloads up to this size stay in memory while their job waits, so an attempt
@@ -640,12 +638,12 @@ class JobService:
             code, rc, data = protocol.decode_job_end(reply)
             # As in c-web-modules: the first set_result/set_error decides; the
             # return code counts only when the job set neither.
-            if code == OUTCOME_ERROR:
+            if code == protocol.JobOutcome.ERROR:
                 outcome = ("error", data[: limits.max_event_bytes].decode("utf-8", "replace"))
-            elif code == OUTCOME_RESULT and len(data) > limits.max_result_bytes:
+            elif code == protocol.JobOutcome.RESULT and len(data) > limits.max_result_bytes:
                 outcome = ("error", f"result_too_large: the job's result is {len(data)} bytes, over the limit of "
                                     f"{limits.max_result_bytes} (CWEB_JOB_MAX_RESULT_BYTES)")
-            elif code == OUTCOME_RESULT:
+            elif code == protocol.JobOutcome.RESULT:
                 outcome = ("done", data)
             elif rc != 0:
                 outcome = ("error", f"the job returned {rc}")

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "cweb.h"
+#include "cweb_wire.h"
 #include "cweb_internal.h"
 
 #include <errno.h>
@@ -28,20 +29,6 @@
 #include <unistd.h>
 
 #define CALL_TIMEOUT_MS 1000
-#define RECORD_PAYLOAD (32u << 10)
-#define HEADER_BYTES 16u
-#define OP_GET 1
-#define OP_SET 2
-#define OP_DEL 3
-#define OP_SIGN 4
-#define OP_VERIFY 5
-#define OP_HELLO 6
-#define REPLY 0x80
-#define F_FIRST 1
-#define F_LAST 2
-#define KEY_MAX 250u
-#define TOKEN_MAX (64u << 10)
-#define SIGNATURE_MAX (8u << 10)
 #define HELLO_MAX (64u << 10)
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -51,7 +38,7 @@ static uint32_t g_seq;
 static size_t g_max_value;
 static int g_crypto_ready;
 static char *g_cert_pem;
-static unsigned char g_rec[HEADER_BYTES + RECORD_PAYLOAD];
+static unsigned char g_rec[CWEB_BROKER_HEADER_BYTES + CWEB_BROKER_RECORD_PAYLOAD];
 
 static uint64_t mono_ms(void)
 {
@@ -105,11 +92,11 @@ static int call_locked(uint8_t op, const void *key, size_t klen, const void *val
     uint32_t seq = ++g_seq;
     size_t total = klen + vlen, off = 0;
     do {
-        size_t n = total - off < RECORD_PAYLOAD ? total - off : RECORD_PAYLOAD;
-        unsigned char h[HEADER_BYTES];
+        size_t n = total - off < CWEB_BROKER_RECORD_PAYLOAD ? total - off : CWEB_BROKER_RECORD_PAYLOAD;
+        unsigned char h[CWEB_BROKER_HEADER_BYTES];
         put32(h, seq);
         h[4] = op;
-        h[5] = (uint8_t)((off == 0 ? F_FIRST : 0) | (off + n >= total ? F_LAST : 0));
+        h[5] = (uint8_t)((off == 0 ? CWEB_BROKER_FIRST : 0) | (off + n >= total ? CWEB_BROKER_LAST : 0));
         h[6] = (unsigned char)klen;
         h[7] = (unsigned char)(klen >> 8);
         put32(h + 8, (uint32_t)arg);
@@ -155,10 +142,10 @@ static int call_locked(uint8_t op, const void *key, size_t klen, const void *val
         }
         if (r <= 0)
             return -EPIPE;
-        if ((size_t)r < HEADER_BYTES || get32(g_rec) != seq || g_rec[4] != (REPLY | op))
+        if ((size_t)r < CWEB_BROKER_HEADER_BYTES || get32(g_rec) != seq || g_rec[4] != (CWEB_BROKER_REPLY | op))
             continue;               /* the late answer of a call that gave up */
         uint8_t flags = g_rec[5];
-        if (flags & F_FIRST) {
+        if (flags & CWEB_BROKER_FIRST) {
             started = 1;
             have = 0;
             status = (int32_t)get32(g_rec + 8);
@@ -167,13 +154,13 @@ static int call_locked(uint8_t op, const void *key, size_t klen, const void *val
         } else if (!started) {
             continue;
         }
-        size_t n = (size_t)r - HEADER_BYTES;
+        size_t n = (size_t)r - CWEB_BROKER_HEADER_BYTES;
         if (have < cap && out) {
             size_t c = cap - have < n ? cap - have : n;
-            memcpy((char *)out + have, g_rec + HEADER_BYTES, c);
+            memcpy((char *)out + have, g_rec + CWEB_BROKER_HEADER_BYTES, c);
         }
         have += n;
-        if (flags & F_LAST)
+        if (flags & CWEB_BROKER_LAST)
             return status;
     }
 }
@@ -198,7 +185,7 @@ static int hello_locked(void)
     size_t got = 0;
     if (!buf)
         return -ENOMEM;
-    int rc = call_locked(OP_HELLO, NULL, 0, NULL, 0, 0, buf, HELLO_MAX, &got);
+    int rc = call_locked(CWEB_BROKER_HELLO, NULL, 0, NULL, 0, 0, buf, HELLO_MAX, &got);
     if (rc < 0 || got > HELLO_MAX) {
         free(buf);
         return rc < 0 ? rc : -EPROTO;
@@ -230,7 +217,7 @@ static int fail(int neg_errno)
 static int key_ok(const char *key, size_t *klen)
 {
     *klen = key ? strlen(key) : 0;
-    return *klen > 0 && *klen <= KEY_MAX;
+    return *klen > 0 && *klen <= CWEB_BROKER_KEY_MAX;
 }
 
 int cweb_cache_set(struct cweb_context *ctx, const char *key, const void *data, size_t len, int ttl_seconds)
@@ -241,7 +228,7 @@ int cweb_cache_set(struct cweb_context *ctx, const char *key, const void *data, 
         return fail(-EINVAL);
     if (g_hello && len > g_max_value)
         return fail(-E2BIG);
-    int rc = call(OP_SET, key, klen, data, len, ttl_seconds, NULL, 0, NULL);
+    int rc = call(CWEB_BROKER_SET, key, klen, data, len, ttl_seconds, NULL, 0, NULL);
     /* Refused for its size before this worker knew the limit. */
     if (rc == -EMSGSIZE)
         rc = -E2BIG;
@@ -256,7 +243,7 @@ ssize_t cweb_cache_get(struct cweb_context *ctx, const char *key, void *buf, siz
         return fail(-EINVAL);
     if (!buf)
         cap = 0;
-    int rc = call(OP_GET, key, klen, NULL, 0, cap > INT_MAX ? INT_MAX : (int32_t)cap, buf, cap, NULL);
+    int rc = call(CWEB_BROKER_GET, key, klen, NULL, 0, cap > INT_MAX ? INT_MAX : (int32_t)cap, buf, cap, NULL);
     return rc < 0 ? fail(rc) : (ssize_t)rc;
 }
 
@@ -266,7 +253,7 @@ int cweb_cache_del(struct cweb_context *ctx, const char *key)
     size_t klen;
     if (!key_ok(key, &klen))
         return fail(-EINVAL);
-    int rc = call(OP_DEL, key, klen, NULL, 0, 0, NULL, 0, NULL);
+    int rc = call(CWEB_BROKER_DEL, key, klen, NULL, 0, 0, NULL, 0, NULL);
     return rc < 0 ? fail(rc) : 0;
 }
 
@@ -278,11 +265,11 @@ static int sign_token(struct crypto *crypto, const char *token, char *signed_tok
     if (!crypto || crypto->status != CRYPTO_LOADED || !token || !signed_token)
         return -1;
     size_t n = strlen(token);
-    if (n > TOKEN_MAX)
+    if (n > CWEB_BROKER_TOKEN_MAX)
         return -1;
-    char sig[SIGNATURE_MAX];
+    char sig[CWEB_BROKER_SIGNATURE_MAX];
     size_t got = 0;
-    int rc = call(OP_SIGN, NULL, 0, token, n, 0, sig, sizeof(sig), &got);
+    int rc = call(CWEB_BROKER_SIGN, NULL, 0, token, n, 0, sig, sizeof(sig), &got);
     if (rc < 0 || got >= sizeof(sig) || got >= signed_token_len)
         return -1;
     memcpy(signed_token, sig, got);
@@ -295,9 +282,9 @@ static int verify_token(struct crypto *crypto, const char *signed_token, const c
     if (!crypto || crypto->status != CRYPTO_LOADED || !signed_token || (!token && token_len))
         return -1;
     size_t slen = strlen(signed_token);
-    if (slen > SIGNATURE_MAX || token_len > TOKEN_MAX)
+    if (slen > CWEB_BROKER_SIGNATURE_MAX || token_len > CWEB_BROKER_TOKEN_MAX)
         return -1;
-    return call(OP_VERIFY, signed_token, slen, token, token_len, 0, NULL, 0, NULL) == 0 ? 0 : -1;
+    return call(CWEB_BROKER_VERIFY, signed_token, slen, token, token_len, 0, NULL, 0, NULL) == 0 ? 0 : -1;
 }
 
 struct crypto cweb_g_crypto = {

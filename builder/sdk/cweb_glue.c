@@ -115,7 +115,10 @@ char *cweb_kv_map_get(const http_kv_store_t *store, const char *key)
 /* ------------------------------------------------------------------ */
 /* names and status codes                                              */
 
-const char *http_methods[] = {"GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD", NULL};
+const char *http_methods[CWEB_METHOD_COUNT + 1] = {
+    [HTTP_GET] = "GET", [HTTP_POST] = "POST", [HTTP_PUT] = "PUT", [HTTP_DELETE] = "DELETE",
+    [HTTP_OPTIONS] = "OPTIONS", [HTTP_PATCH] = "PATCH", [HTTP_HEAD] = "HEAD", [CWEB_METHOD_COUNT] = NULL,
+};
 
 /* The status line text of every http_error_t, c-web-modules' table; the
  * code sent is its leading number. HTTP_000_UNKNOWN answers 400, as there. */
@@ -508,8 +511,8 @@ static int handle_http(struct conn *c, struct reader *r)
     if (get_kv(r, &c->headers) != 0 || get_kv(r, &c->data) != 0 || r->bad)
         return -1;
     parse_query(req.query, &c->qbuf, &c->params);
-    req.method = method < 7 ? (http_method_t)method : HTTP_ERR;
-    req.method_name = method < 7 ? http_methods[method] : "";
+    req.method = method < CWEB_METHOD_COUNT ? (http_method_t)method : HTTP_ERR;
+    req.method_name = method < CWEB_METHOD_COUNT ? http_methods[method] : "";
     req.version = HTTP_VERSION_1_1;
     req.content_length = (int)body_len;
     req.keep_alive = 1;

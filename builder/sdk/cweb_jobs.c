@@ -13,8 +13,6 @@
 
 #include <time.h>
 
-enum { OUTCOME_RESULT = 0, OUTCOME_ERROR = 1, OUTCOME_NONE = 2 };
-
 /* Frame lengths are u32: anything near that would wrap and desynchronise the
  * connection. The api's own caps (CWEB_JOB_MAX_*) are far below this. */
 #define JOB_TEXT_MAX ((size_t)1 << 30)
@@ -66,7 +64,7 @@ static int job_finish(job_ctx_t *job, int outcome, const char *text)
         return -1;
     int rc = -1;
     pthread_mutex_lock(&j->lock);
-    if (j->outcome == OUTCOME_NONE) {
+    if (j->outcome == CWEB_OUTCOME_NONE) {
         j->data = copy;
         j->outcome = outcome;
         copy = NULL;
@@ -79,12 +77,12 @@ static int job_finish(job_ctx_t *job, int outcome, const char *text)
 
 static int job_set_result(job_ctx_t *job, const char *result_json)
 {
-    return job_finish(job, OUTCOME_RESULT, result_json ? result_json : "null");
+    return job_finish(job, CWEB_OUTCOME_RESULT, result_json ? result_json : "null");
 }
 
 static int job_set_error(job_ctx_t *job, const char *error_text)
 {
-    return job_finish(job, OUTCOME_ERROR, error_text ? error_text : "error");
+    return job_finish(job, CWEB_OUTCOME_ERROR, error_text ? error_text : "error");
 }
 
 static int job_is_canceled(job_ctx_t *job)
@@ -118,7 +116,7 @@ int cweb_job_run(int fd, struct reader *r, struct buf *out)
     snprintf(j->uuid, sizeof(j->uuid), "%s", uuid);
     j->fd = fd;
     j->index = idx;
-    j->outcome = OUTCOME_NONE;
+    j->outcome = CWEB_OUTCOME_NONE;
     pthread_mutex_init(&j->lock, NULL);
     j->pub.job_uuid = j->uuid;
     j->pub.emit_event = job_emit;
@@ -154,7 +152,7 @@ int cweb_job_run(int fd, struct reader *r, struct buf *out)
 
     const char *data = j->data ? j->data : "";
     if (strlen(data) > JOB_TEXT_MAX) {
-        j->outcome = OUTCOME_ERROR;
+        j->outcome = CWEB_OUTCOME_ERROR;
         data = "result_too_large: the job's result or error is over 1 GiB";
     }
     out->len = 0;
