@@ -14,7 +14,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable
 
-from runtime import protocol
+from runtime import agent_protocol, protocol
 from runtime.agent import read_secret
 from runtime.channel import Channel
 from runtime.errors import RuntimeFailure
@@ -189,7 +189,7 @@ class AgentClient:
         req_id = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
         self.pending[req_id] = fut
-        self.channel.send({"id": req_id, "op": op, **args})
+        self.channel.send(agent_protocol.request(req_id, op, args))
         try:
             msg, fds = await asyncio.wait_for(fut, timeout)
         except TimeoutError:

@@ -1,17 +1,12 @@
 """The runtime agent: starts, supervises and stops one worker per module hash.
 
-The api drives it with JSON lines (runtime/channel.py). Requests carry an
-`id` and get exactly one answer with the same `id`; unsolicited events
-(`exited`, `log`) carry an `event` key instead:
+The api drives it with JSON lines (runtime/channel.py); every operation and
+event, with its fields, is in runtime/agent_protocol.py. For example:
 
     {"id": 1, "op": "load", "hash": H}      -> {"id": 1, "ok": true, "worker_id": 7, "describe": {...}}
-    {"id": 2, "op": "start", "worker_id": 7} -> {"id": 2, "ok": true}          (onload ran)
     {"id": 3, "op": "connect", "worker_id": 7, "count": 8}
-                                             -> {"id": 3, "ok": true, "fds": 8} + 8 descriptors
-    {"id": 4, "op": "stop", "worker_id": 7}  -> {"id": 4, "ok": true}          (unload ran, process gone)
-    {"id": 5, "op": "kill", "worker_id": 7}  -> {"id": 5, "ok": true}
-    {"id": 6, "op": "logs", "hash": H, "tail": 100} -> {"id": 6, "ok": true, "lines": [...]}
-    {"event": "exited", "worker_id": 7, "hash": H, "returncode": -11, "expected": false}
+                                             -> {"id": 3, "ok": true} + 8 descriptors
+    {"event": "exited", "worker_id": 7, "hash": H, "returncode": -11, "reason": ..., "expected": false}
 
 Only the api can send these. Embedded (the api starts the agent), the
 channel is a socketpair the agent inherits (--control-fd): it has no name,
@@ -48,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import limits, sandbox, services
+from runtime import agent_protocol, limits, sandbox, services
 from runtime.channel import Channel, Lines, recv_blocking, send_blocking
 from runtime.errors import RuntimeFailure
 from runtime.files import write_atomic
@@ -218,7 +213,7 @@ class Agent:
                 "line": line.decode("utf-8", "replace").rstrip("\n")[:4096],
             }
             self.logs.setdefault(w.hash, collections.deque(maxlen=limits.LOG_RING_LINES)).append(entry)
-            self.broadcast({"event": "log", **entry})
+            self.broadcast(agent_protocol.event("log", **entry))
 
     async def _wait_exit(self, w: WorkerProc) -> None:
         rc = await w.proc.wait()
@@ -233,14 +228,14 @@ class Agent:
         if w.worker_id in self.workers:
             del self.workers[w.worker_id]
             self.broadcast(
-                {
-                    "event": "exited",
-                    "worker_id": w.worker_id,
-                    "hash": w.hash,
-                    "returncode": rc,
-                    "reason": _signal_name(rc),
-                    "expected": w.expected_exit,
-                }
+                agent_protocol.event(
+                    "exited",
+                    worker_id=w.worker_id,
+                    hash=w.hash,
+                    returncode=rc,
+                    reason=_signal_name(rc),
+                    expected=w.expected_exit,
+                )
             )
 
     def _ensure_spare(self) -> None:
@@ -475,12 +470,12 @@ class Agent:
             self.clients.add(ch)
 
     async def _answer(self, req: dict, ch: Channel) -> None:
-        handler = getattr(self, f"op_{req.get('op')}", None)
+        spec = agent_protocol.dispatched(req.get("op"))
         fds: list[int] = []
         try:
-            if handler is None:
+            if spec is None:
                 raise RuntimeFailure("bad_op", f"unknown op {req.get('op')!r}")
-            result = await handler(req)
+            result = await getattr(self, f"op_{spec.name}")(req)
             if isinstance(result, tuple):
                 result, fds = result
             resp = {"id": req.get("id"), "ok": True, **result}
