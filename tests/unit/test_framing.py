@@ -85,8 +85,10 @@ def test_a_large_frame_is_ingested_in_time_linear_in_its_size() -> None:
     arrives whole, once."""
     small, large = 16 << 20, 64 << 20
     _ingest(WorkerConn(), 1 << 20)  # warm up the allocator
-    t_small, got_small = _ingest(WorkerConn(), small)
-    t_large, got_large = _ingest(WorkerConn(), large)
+    # The fastest of three runs each: on a shared machine one run can lose the
+    # CPU for longer than the whole ingest takes, and that is not the code's cost.
+    t_small, got_small = min((_ingest(WorkerConn(), small) for _ in range(3)), key=lambda r: r[0])
+    t_large, got_large = min((_ingest(WorkerConn(), large) for _ in range(3)), key=lambda r: r[0])
     assert [len(got_small), len(got_large)] == [1, 1]
     kind, data = protocol.decode_job_event(got_large[0])
     assert ("blob", large) == (kind, len(data))
