@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     if tls:
         settings.tls_cert, settings.tls_key = tls
         log.info("TLS on: HTTPS and WSS with certificate %s", tls[0])
-        # The embedded runtime agent signs module tokens with this key pair.
-        os.environ["CWEB_TLS_CERT"], os.environ["CWEB_TLS_KEY"] = (os.path.abspath(p) for p in tls)
+        # The embedded runtime agent signs module tokens with this key pair
+        # (Settings.agent_settings hands it over).
     if settings.api_keys:
         log.info("API key required on deploy, module management and job control (%d key(s) configured)", len(settings.api_keys))
     # Module workers (same uid, no CAP_SYS_PTRACE) stay out of this process's

@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> Dispatcher:
         else:
             # Embedded: the agent inherits its end of a socketpair; no path.
             state.agent = AgentClient("", on_event)
-            await state.agent.spawn_embedded(settings.store_dir, settings.run_dir, settings.data_dir, settings.workdir)
+            await state.agent.spawn_embedded(settings.agent_settings())
         await state.agent.connect()
         await state.agent.describe()
         state.host = ModuleHost(settings, state.agent, state.registry)

@@ -18,6 +18,7 @@ from runtime import agent_protocol, protocol
 from runtime.agent import read_secret
 from runtime.channel import Channel
 from runtime.errors import RuntimeFailure
+from runtime.settings import AgentSettings
 
 log = logging.getLogger("cweb.api")
 
@@ -84,9 +85,10 @@ class AgentClient:
         # Called after the agent came back (restarted): every worker it had is gone.
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
 
-    async def spawn_embedded(self, store: str, run_dir: str, data_dir: str, workdir: str) -> None:
-        """Start `python -m runtime` as our child, on an inherited socketpair, and wait until it is up."""
-        self.spawn_args = (store, run_dir, data_dir, workdir)
+    async def spawn_embedded(self, settings: AgentSettings) -> None:
+        """Start `python -m runtime` as our child, on an inherited socketpair,
+        with its settings as one JSON argument, and wait until it is up."""
+        self.spawn_args = (settings,)
         project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = project_root
@@ -96,8 +98,7 @@ class AgentClient:
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "runtime",
-                "--control-fd", str(theirs.fileno()), "--store", store, "--run-dir", run_dir,
-                "--data-dir", data_dir, "--workdir", workdir, "--parent-pid", str(os.getpid()),
+                "--control-fd", str(theirs.fileno()), "--settings", settings.to_json(), "--parent-pid", str(os.getpid()),
                 stdout=asyncio.subprocess.PIPE, env=env, pass_fds=(theirs.fileno(),),
             )
         finally:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
 from runtime.env import env_float, env_int
-from runtime.services import DEFAULT_CACHE_BYTES, ServicesSettings
+from runtime.settings import AgentSettings
 
 # Seconds a client has to send a request's line and headers (slowloris), and
 # its whole body once the headers are in; 408 after (api/http_server.py).
@@ -38,8 +39,9 @@ class Settings:
     request_timeout: float = 30.0
     header_timeout: float = HEADER_TIMEOUT_S
     body_timeout: float = BODY_TIMEOUT_S
-    # Size of the module cache the runtime agent holds (reported by /metrics).
-    cache_bytes: int = DEFAULT_CACHE_BYTES
+    # The embedded runtime agent's settings (worker limits, cache size, ...),
+    # read here from the same environment and handed to it by agent_settings().
+    runtime: AgentSettings = field(default_factory=AgentSettings)
     tls_cert: str = ""
     tls_key: str = ""
     log_json: bool = False
@@ -84,8 +86,7 @@ class Settings:
             request_timeout=env_float(env, "CWEB_REQUEST_TIMEOUT", 30.0),
             header_timeout=env_float(env, "CWEB_HEADER_TIMEOUT", HEADER_TIMEOUT_S),
             body_timeout=env_float(env, "CWEB_BODY_TIMEOUT", BODY_TIMEOUT_S),
-            # Parsed and clamped as the agent does (runtime/services.py).
-            cache_bytes=ServicesSettings.from_env(env).cache_bytes,
+            runtime=AgentSettings.from_env(env),
             tls_cert=env.get("CWEB_TLS_CERT", ""),
             tls_key=env.get("CWEB_TLS_KEY", ""),
             log_json=env.get("CWEB_LOG_JSON", "") == "1",
@@ -116,6 +117,20 @@ class Settings:
                 candidate = tempfile.mkdtemp(prefix="cweb-run-")
             self.run_dir = candidate
         return self
+
+    @property
+    def cache_bytes(self) -> int:
+        """Size of the module cache the agent holds (reported by /metrics)."""
+        return self.runtime.services.cache_bytes
+
+    def agent_settings(self) -> AgentSettings:
+        """What the embedded agent runs with: the runtime settings read from
+        the environment, with this server's paths, TLS pair and log format."""
+        return dataclasses.replace(
+            self.runtime, store_dir=self.store_dir, run_dir=self.run_dir, data_dir=self.data_dir,
+            workdir=self.workdir, log_json=self.log_json, secret="",
+            services=dataclasses.replace(self.runtime.services, tls_cert=self.tls_cert, tls_key=self.tls_key),
+        )
 
     @property
     def store_dir(self) -> str:

@@ -47,6 +47,7 @@ from runtime import agent_protocol, limits, sandbox, services
 from runtime.channel import Channel, Lines, recv_blocking, send_blocking
 from runtime.errors import RuntimeFailure
 from runtime.files import write_atomic
+from runtime.settings import AgentSettings
 
 log = logging.getLogger("cweb.runtime")
 
@@ -83,7 +84,8 @@ def _signal_name(returncode: int | None) -> str:
 
 
 class Agent:
-    def __init__(self, store_dir: str, run_dir: str, data_dir: str, workdir: str) -> None:
+    def __init__(self, settings: AgentSettings) -> None:
+        store_dir, run_dir, data_dir, workdir = settings.store_dir, settings.run_dir, settings.data_dir, settings.workdir
         self.store_dir = store_dir
         self.run_dir = run_dir
         self.data_dir = data_dir
@@ -94,9 +96,9 @@ class Agent:
         self.next_id = 1
         self.clients: set[Channel] = set()
         self.logs: dict[str, collections.deque] = {}
-        # Read once here, in the parent: the preexec hook only makes system calls.
-        self.worker_limits = limits.WorkerLimits.from_env()
-        self.services = services.Broker(data_dir)
+        # Prepared here, in the parent: the preexec hook only makes system calls.
+        self.worker_limits = settings.workers
+        self.services = services.Broker(data_dir, settings.services)
         # Modules' own directories (their databases): the one place a worker may write.
         self.modules_dir = os.path.join(os.path.abspath(data_dir), MODULES_DIR)
         os.makedirs(self.modules_dir, exist_ok=True)
@@ -506,9 +508,8 @@ def _chown_tree(path: str, uid: int) -> None:
             os.chown(os.path.join(root, name), uid, uid, follow_symlinks=False)
 
 
-def _load_secret(run_dir: str) -> bytes:
+def _load_secret(run_dir: str, given: str) -> bytes:
     """CWEB_RUNTIME_SECRET, else a fresh one written to <run dir>/agent.secret (0600)."""
-    given = os.environ.get("CWEB_RUNTIME_SECRET", "")
     if given:
         return given.encode()
     value = secrets.token_hex(32)
@@ -526,24 +527,24 @@ def read_secret(socket_path: str) -> str:
         return f.read().strip()
 
 
-async def serve(args: argparse.Namespace) -> None:
-    os.makedirs(args.run_dir, exist_ok=True)
+async def serve(settings: AgentSettings, control_fd: int = -1, parent_pid: int = 0) -> None:
+    os.makedirs(settings.run_dir, exist_ok=True)
     limits.make_undumpable()
-    agent = Agent(args.store, args.run_dir, args.data_dir, args.workdir)
+    agent = Agent(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     listener: socket.socket | None = None
-    if args.control_fd >= 0:
+    if control_fd >= 0:
         # Embedded: the api is our parent and our only client; if it goes, so do we.
-        agent.attach_client(socket.socket(fileno=args.control_fd), None, on_close=stop.set)
+        agent.attach_client(socket.socket(fileno=control_fd), None, on_close=stop.set)
     else:
-        secret = _load_secret(args.run_dir)
+        secret = _load_secret(settings.run_dir, settings.secret)
         try:
-            os.unlink(args.socket)
+            os.unlink(settings.socket)
         except FileNotFoundError:
             pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(args.socket)
+        listener.bind(settings.socket)
         listener.listen(16)
         listener.setblocking(False)
 
@@ -564,8 +565,8 @@ async def serve(args: argparse.Namespace) -> None:
     agent._ensure_spare()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if args.parent_pid:
-        asyncio.create_task(_watch_parent(args.parent_pid, stop))
+    if parent_pid:
+        asyncio.create_task(_watch_parent(parent_pid, stop))
     print("cweb-runtime ready", flush=True)
     await stop.wait()
     if listener is not None:
@@ -603,25 +604,31 @@ def check(socket_path: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m runtime", description="cweb runtime agent")
-    p.add_argument("--socket", default=os.environ.get("CWEB_RUNTIME_SOCKET", "/run/cweb/agent.sock"))
+    p.add_argument("--settings", default="", help="all settings as one JSON object (embedded: the api's; no environment is read)")
+    p.add_argument("--socket", help="env CWEB_RUNTIME_SOCKET, default /run/cweb/agent.sock")
     p.add_argument("--control-fd", type=int, default=-1, help="inherited socket to the api (embedded)")
-    p.add_argument("--store", default=os.environ.get("CWEB_STORE_DIR", "./data/store"))
-    p.add_argument("--run-dir", default=os.environ.get("CWEB_RUN_DIR", "/run/cweb"))
-    p.add_argument("--data-dir", default=os.environ.get("CWEB_DATA_DIR", "./data"))
-    p.add_argument("--workdir", default=os.environ.get("CWEB_WORKDIR", os.getcwd()))
+    p.add_argument("--store", help="env CWEB_STORE_DIR, default ./data/store")
+    p.add_argument("--run-dir", help="env CWEB_RUN_DIR, default /run/cweb")
+    p.add_argument("--data-dir", help="env CWEB_DATA_DIR, default ./data")
+    p.add_argument("--workdir", help="env CWEB_WORKDIR, default the current directory")
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--check", action="store_true", help="ping the agent at --socket and exit")
     args = p.parse_args(argv)
+    settings = AgentSettings.from_json(args.settings) if args.settings else AgentSettings.from_env()
+    for name, attr in (("socket", "socket"), ("store", "store_dir"), ("run_dir", "run_dir"),
+                       ("data_dir", "data_dir"), ("workdir", "workdir")):
+        if getattr(args, name):
+            setattr(settings, attr, getattr(args, name))
     if args.check:
-        sys.exit(check(args.socket))
+        sys.exit(check(settings.socket))
     handler = logging.StreamHandler()
-    if os.environ.get("CWEB_LOG_JSON", "") == "1":
+    if settings.log_json:
         # Embedded, our stderr is the server's log: the same JSON lines as the api's.
         handler.setFormatter(_JsonLines())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    asyncio.run(serve(args))
+    asyncio.run(serve(settings, args.control_fd, args.parent_pid))
 
 
 class _JsonLines(logging.Formatter):

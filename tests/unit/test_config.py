@@ -12,6 +12,7 @@ from api.settings import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, Settings
 from runtime.env import env_float, env_int
 from runtime.files import write_atomic
 from runtime.services import DEFAULT_CACHE_BYTES, MAX_CACHE_BYTES, MIN_CACHE_BYTES
+from runtime.settings import AgentSettings
 
 
 @pytest.mark.parametrize(("env", "want"), [
@@ -68,3 +69,28 @@ def test_write_atomic_leaves_the_old_file_when_it_fails(tmp_path: Path) -> None:
         write_atomic(str(path), "not bytes", 0o644)  # type: ignore[arg-type]
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["kept"]
+
+
+def test_the_agent_gets_every_runtime_setting_from_the_api_explicitly(tmp_path: Path) -> None:
+    env = {
+        "CWEB_DATA_DIR": str(tmp_path), "CWEB_WORKER_MEMORY_BYTES": str(300 << 20), "CWEB_WORKER_ALLOW_FORK": "1",
+        "CWEB_WORKER_UIDS": "70000-70009", "CWEB_WORKER_SANDBOX": "landlock", "CWEB_CACHE_BYTES": "3M",
+        "CWEB_LOG_JSON": "1", "CWEB_RUNTIME_SECRET": "never-on-argv",
+    }
+    s = Settings.from_env(env).resolved()
+    s.tls_cert, s.tls_key = "/certs/c.pem", "/certs/k.pem"
+    text = s.agent_settings().to_json()
+    assert "never-on-argv" not in text
+    got = AgentSettings.from_json(text)
+    assert (got.store_dir, got.run_dir, got.data_dir, got.workdir) == (s.store_dir, s.run_dir, s.data_dir, s.workdir)
+    assert got.log_json is True and got.secret == ""
+    w = got.workers
+    assert (w.memory_bytes, w.allow_fork, w.uid_first, w.uid_count, w.sandbox) == (300 << 20, True, 70000, 10, "landlock")
+    assert (got.services.cache_bytes, got.services.tls_cert, got.services.tls_key) == (3 << 20, "/certs/c.pem", "/certs/k.pem")
+
+
+def test_the_standalone_agent_reads_its_own_environment() -> None:
+    a = AgentSettings.from_env({"CWEB_RUNTIME_SOCKET": "/run/x/agent.sock", "CWEB_WORKER_CPU_SECONDS": "9",
+                                "CWEB_RUNTIME_SECRET": "s3"})
+    assert (a.socket, a.workers.cpu_seconds, a.secret) == ("/run/x/agent.sock", 9, "s3")
+    assert "s3" not in repr(a)
