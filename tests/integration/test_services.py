@@ -863,6 +863,20 @@ def test_rollback_serves_the_old_version_without_compiling(server: Server) -> No
     assert h1 == listed["module_hash"]
 
 
+def test_rollback_to_a_version_whose_artifact_is_gone_is_409_and_keeps_serving(server: Server) -> None:
+    """The registry still knows the version but its artifact left the store:
+    the runtime's artifact_missing is a 409 (the server's state, not the
+    request, is in the way), and the active version keeps answering."""
+    svc = Svc(server, unique("rbgone"))
+    h1 = deployed(server, service_module(svc.name, "v1"))["module_hash"]
+    deployed(server, service_module(svc.name, "v2"))
+    (server.data_dir / "store" / "artifacts" / f"{h1}.so").unlink()
+    with server.client() as c:
+        r = c.post(f"/modules/{svc.name}/rollback", json={"module_hash": h1})
+    assert (409, "artifact_missing") == (r.status_code, r.json()["error"]), r.text
+    assert "v2" == svc.version()
+
+
 def test_rollback_keeps_running_jobs_on_their_version(server: Server) -> None:
     """A job running when its module is rolled back finishes on the hash it
     started on; the routes switch to the old version at once."""
