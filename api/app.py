@@ -132,7 +132,7 @@ def create_app(settings: Settings) -> Dispatcher:
                 await host_box["host"].on_agent_event(event)
 
         if settings.runtime_socket:
-            state.agent = AgentClient(settings.runtime_socket, on_event)
+            state.agent = AgentClient(settings.runtime_socket, on_event, settings.runtime.secret)
         else:
             # Embedded: the agent inherits its end of a socketpair; no path.
             state.agent = AgentClient("", on_event)

@@ -70,8 +70,10 @@ class AgentClient:
     the channel has no name anything else could connect to. With
     socket_path (compose), the connection opens with the agent's secret."""
 
-    def __init__(self, socket_path: str, on_event: Callable[[dict], Awaitable[None] | None]) -> None:
+    def __init__(self, socket_path: str, on_event: Callable[[dict], Awaitable[None] | None], secret: str = "") -> None:
         self.socket_path = socket_path
+        # CWEB_RUNTIME_SECRET, from Settings; "" = read the agent's secret file.
+        self.secret = secret
         self.on_event = on_event
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future] = {}
@@ -120,7 +122,7 @@ class AgentClient:
             sock.setblocking(False)
             try:
                 await asyncio.get_running_loop().sock_connect(sock, self.socket_path)
-                secret = read_secret(self.socket_path)
+                secret = read_secret(self.socket_path, self.secret)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 sock.close()

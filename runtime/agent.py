@@ -518,9 +518,8 @@ def _load_secret(run_dir: str, given: str) -> bytes:
     return value.encode()
 
 
-def read_secret(socket_path: str) -> str:
-    """The api's side: the secret next to the agent's socket (or in the environment)."""
-    given = os.environ.get("CWEB_RUNTIME_SECRET", "")
+def read_secret(socket_path: str, given: str) -> str:
+    """The api's side: the secret given (CWEB_RUNTIME_SECRET), else the one next to the agent's socket."""
     if given:
         return given
     with open(os.path.join(os.path.dirname(socket_path), SECRET_FILE)) as f:
@@ -581,14 +580,14 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def check(socket_path: str) -> int:
+def check(socket_path: str, secret: str) -> int:
     """`--check`: 0 if the agent at socket_path answers a ping (container health)."""
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(3)
         s.connect(socket_path)
         parser = Lines()
-        send_blocking(s, {"id": 0, "op": "hello", "secret": read_secret(socket_path)})
+        send_blocking(s, {"id": 0, "op": "hello", "secret": read_secret(socket_path, secret)})
         send_blocking(s, {"id": 1, "op": "ping"})
         while True:
             msgs = recv_blocking(s, parser, accept_fds=False)
@@ -620,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name):
             setattr(settings, attr, getattr(args, name))
     if args.check:
-        sys.exit(check(settings.socket))
+        sys.exit(check(settings.socket, settings.secret))
     handler = logging.StreamHandler()
     if settings.log_json:
         # Embedded, our stderr is the server's log: the same JSON lines as the api's.
