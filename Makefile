@@ -4,7 +4,8 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-APT_PACKAGES := gcc libc6-dev libssl-dev libsqlite3-dev libjansson-dev bubblewrap libseccomp2
+# libseccomp2: the workers' seccomp filter (pyseccomp loads it with ctypes).
+APT_PACKAGES := gcc libc6-dev libssl-dev libsqlite3-dev libjansson-dev bubblewrap libseccomp2 libseccomp2
 TEST_APT_PACKAGES := chromium wrk nginx-light
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
@@ -46,6 +47,8 @@ bench: install-test
 # Both container images (cweb-api:dev, cweb-builder:dev) from this checkout;
 # offline, debian:bookworm-slim is made with debootstrap first.
 images:
+	@# A Docker engine and docker-compose (to run the images with docker-compose.yml).
+	scripts/ensure-docker.sh
 	scripts/images.sh
 
 clean:
