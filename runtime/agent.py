@@ -344,7 +344,9 @@ class Agent:
             # resolves /proc/self/fd/N to a path outside the sandbox.)
             path = self._module_dir(str(req["name"]))
             if w.uid is not None:
-                _chown_tree(path, w.uid)
+                # The module decides how many files its directory holds: the
+                # walk runs off the agent's loop, so only this start waits.
+                await asyncio.to_thread(_chown_tree, path, w.uid)
             msg["module_dir"] = path
         reply = await self._command(w, msg, limits.ONLOAD_TIMEOUT_S)
         if reply.get("op") == "exited":
