@@ -92,7 +92,10 @@ def test_a_large_frame_is_ingested_in_time_linear_in_its_size() -> None:
     assert [len(got_small), len(got_large)] == [1, 1]
     kind, data = protocol.decode_job_event(got_large[0])
     assert ("blob", large) == (kind, len(data))
-    assert t_large < 8 * t_small + 0.05, (t_small, t_large)
+    # The 0.5 s of slack absorbs first-touch page faults of the large buffer
+    # (64 MB of fresh memory took 0.11 s against 16 MB in 0.007 s on a quiet
+    # machine); the quadratic code took 2.1 s and 47.8 s, far past the bound.
+    assert t_large < 8 * t_small + 0.5, (t_small, t_large)
     assert t_large < 2.0, t_large
 
 
