@@ -57,6 +57,7 @@ class State:
     metrics: Metrics
     logs: observe.LogHub
     builds: observe.BuildHistory
+    changes: observe.Changes
     jobs: JobService
     job_store: JobStore
     started_at: float
@@ -141,6 +142,8 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.agent.describe()
         state.host = ModuleHost(settings, state.agent, state.registry)
         state.host.metrics = state.metrics
+        state.host.sockets.metrics = state.metrics
+        state.host.on_change = state.changes.publish
         state.agent.on_reconnect = state.host.reload_all
         state.host.on_activate = state.logs.activated
         host_box["host"] = state.host
@@ -152,6 +155,7 @@ def create_app(settings: Settings) -> Dispatcher:
         state.jobs = JobService(state.job_store, state.host, limits=JobLimits.from_settings(settings))
         await state.jobs.start()
         job_metrics = asyncio.create_task(state.metrics.follow_jobs(state.jobs))
+        feeds = [asyncio.create_task(state.changes.follow_jobs(state.jobs)), asyncio.create_task(state.changes.tick_stats(state.metrics))]
         dispatcher.metrics = state.metrics
         try:
             await state.builder.glue_object()
@@ -164,6 +168,8 @@ def create_app(settings: Settings) -> Dispatcher:
         log.info("cweb ready on %s:%d (data dir %s, builds: %s)", settings.host, settings.port, settings.data_dir, state.builder.mode)
         yield
         job_metrics.cancel()
+        for task in feeds:
+            task.cancel()
         state.host.sockets.close_all()
         await state.jobs.stop()
         await state.job_store.close()
@@ -173,6 +179,8 @@ def create_app(settings: Settings) -> Dispatcher:
     state.metrics = Metrics()
     state.logs = observe.LogHub()
     state.builds = observe.BuildHistory()
+    state.changes = observe.Changes()
+    state.builds.on_record = state.changes.publish
     # Swagger UI and ReDoc assets come from the fastapi-offline package, served
     # under /docs/static: the docs work with no route to a CDN.
     app = FastAPIOffline(

@@ -9,6 +9,7 @@ they read `host.table`, which a deploy replaces in one assignment.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import time
@@ -31,6 +32,8 @@ log = logging.getLogger("cweb.api")
 CRASH_LIMIT = 5
 CRASH_WINDOW_S = 60.0
 RESTART_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
+# Crash, restart and quarantine records kept for the status page (all modules together).
+HISTORY = 500
 
 
 @dataclass(eq=False)
@@ -98,6 +101,21 @@ class ModuleHost:
         self.on_jobs_create = None
         # Set by the jobs service: whether jobs pinned to a version still need it.
         self.jobs_pending_for = None
+        # Crashes, restarts and quarantines, newest last (GET /_cweb/history).
+        self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY)
+        # Set by create_app: told of every change of what serves (api/observe.py Changes).
+        self.on_change: Any = None
+
+    def _note(self, event: str, v: Version, **extra: Any) -> None:
+        entry = {"ts": time.time(), "event": event, "module": v.name, "module_hash": v.module_hash, **extra}
+        if event in ("crashed", "replaced", "restarted", "quarantined", "restart_failed"):
+            self.history.append(entry)
+        if self.on_change is not None:
+            self.on_change("module", entry)
+
+    def loaded_versions(self) -> list[Version]:
+        """Every version with a worker: active, retiring, pinned."""
+        return [*self.active.values(), *self.retiring, *self.pinned.values()]
 
     # ---- loading -----------------------------------------------------------
 
@@ -206,6 +224,8 @@ class ModuleHost:
                 self._retire(previous)
             await self.sockets.migrate(version)
             version.phases["swap_ms"] = round((time.perf_counter() - t2) * 1000, 2)
+            self._note(action if action != "deploy" else "activated", version,
+                       previous_hash=previous.module_hash if previous else None)
             return version, previous, False
 
     def _rebuild(self) -> None:
@@ -346,6 +366,7 @@ class ModuleHost:
             self._rebuild()
             self.sockets.close_module(name)
             self._retire(v)
+            self._note("removed", v)
 
     def get(self, name: str) -> Version:
         v = self.active.get(name)
@@ -395,21 +416,24 @@ class ModuleHost:
         log.warning("module %s (%s) worker crashed: %s", v.name, v.module_hash[:12], event.get("reason"))
         now = time.monotonic()
         v.crashes = [t for t in v.crashes if now - t < CRASH_WINDOW_S]
+        self._note("crashed" if not v.replacing else "replaced", v, reason=event.get("reason") or "",
+                   returncode=event.get("returncode"))
         if not v.replacing:
             v.crashes.append(now)
         v.replacing = False
         if len(v.crashes) >= CRASH_LIMIT:
             if self.metrics is not None:
-                self.metrics.quarantines.labels(v.name).inc()
+                self.metrics.quarantines.labels(v.name, v.module_hash).inc()
             v.state = "quarantined"
             v.ready.set()
             self.sockets.close_module(v.name, code=CLOSE_INTERNAL)
             log.error("module %s quarantined after %d crashes in %.0f s", v.name, len(v.crashes), CRASH_WINDOW_S)
+            self._note("quarantined", v, crashes=len(v.crashes))
             return
         v.state = "restarting"
         v.ready.clear()
         if self.metrics is not None:
-            self.metrics.restarts.labels(v.name).inc()
+            self.metrics.restarts.labels(v.name, v.module_hash).inc()
         await asyncio.sleep(RESTART_BACKOFF_S[min(max(len(v.crashes) - 1, 0), len(RESTART_BACKOFF_S) - 1)])
         if self.active.get(v.name) is not v:
             return
@@ -421,6 +445,7 @@ class ModuleHost:
             v.state = "quarantined"
             v.ready.set()
             self.sockets.close_module(v.name, code=CLOSE_INTERNAL)
+            self._note("restart_failed", v, reason=str(exc))
             return
         if self.active.get(v.name) is not v:
             await self._discard(worker_id)
@@ -430,4 +455,5 @@ class ModuleHost:
         self.by_worker[worker_id] = v
         v.state = "active"
         v.ready.set()
+        self._note("restarted", v, worker_id=worker_id)
         await self.sockets.migrate(v)

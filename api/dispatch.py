@@ -354,6 +354,10 @@ class Dispatcher:
             # OPTIONS route still gets the requests that are not preflights).
             return 200, [(b"content-length", b"0"), *cors.preflight(headers)], b""
         if entry is None:
+            # Off the matched path: counted by reason, never by path (unbounded labels).
+            if self.metrics is not None:
+                reason = "method_not_allowed" if allowed else "no_route"
+                self.metrics.unmatched[reason] = self.metrics.unmatched.get(reason, 0) + 1
             if allowed:
                 return json_reply(*error_body(MethodNotAllowed(f"{method} is not allowed on {path}", allowed=list(allowed))),
                                   [(b"allow", ", ".join(allowed).encode()), *self.cors_headers(headers)])

@@ -2,17 +2,27 @@
 
     cweb_requests_total{module,route,status}     module route requests (fast path)
     cweb_request_seconds{module,route}           their latency (histogram)
+    cweb_unmatched_requests_total{reason}        requests no module route took (no_route, method_not_allowed, no_socket)
     cweb_ws_connections{module}                  open module WebSocket connections
-    cweb_ws_messages_total{direction}            socket messages in (from clients) / out
-    cweb_jobs{state}                             jobs by state, counted in the jobs DB
-    cweb_job_seconds{state}                      start -> terminal event (histogram)
+    cweb_ws_messages_total{module,direction}     socket messages in (from clients) / out
+    cweb_jobs{module,state}                      jobs by state, counted in the jobs DB
+    cweb_job_seconds{module,state}               start -> terminal event (histogram)
     cweb_builds_total{outcome}                   compiled, cache_hit, failed
     cweb_build_seconds                           compile time of builds that compiled
-    cweb_worker_restarts_total{module}           workers restarted after a crash
-    cweb_quarantines_total{module}               modules quarantined for crashing
+    cweb_worker_restarts_total{module,module_hash}  workers restarted after a crash
+    cweb_quarantines_total{module,module_hash}   modules quarantined for crashing
+    cweb_module_info{module,module_hash,state}   1 per loaded version (join on module_hash)
     cweb_modules                                 active modules
     cweb_store_artifacts, cweb_store_bytes       artifacts in the content-addressed store
     cweb_cache_capacity_bytes                    size of the cross-module cache
+    cweb_build_info{version,abi,python}          1, the running server's version
+    process_*                                    prometheus-client's process collector (CPU, memory, fds)
+
+No label takes a value from the request: paths that match no route are
+counted by reason only, so a scanner cannot grow the series count. What
+users must watch (README "Metrics"): `route` grows with the routes
+modules declare, `module_hash` with the versions deployed (restarts and
+quarantines keep a series per version that crashed), `module` with modules.
 
 Counters on the request path are bumped through pre-bound children; values
 that live elsewhere (sockets, jobs, the store) are read at scrape time.
@@ -22,17 +32,20 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import importlib.metadata
 import os
+import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from api import cache_admin
+from runtime import abi
 
 if TYPE_CHECKING:
     from api.deploy import ModuleHost
@@ -50,10 +63,21 @@ class _ScrapeTime(Collector):
 
     def collect(self) -> Iterator[Metric]:
         v = self.values
-        ws = CounterMetricFamily("cweb_ws_messages", "Module WebSocket messages since start", labels=["direction"])
-        ws.add_metric(["in"], v.get("ws_in", 0))
-        ws.add_metric(["out"], v.get("ws_out", 0))
+        ws = CounterMetricFamily("cweb_ws_messages", "Module WebSocket messages since start", labels=["module", "direction"])
+        for direction in ("in", "out"):
+            for module, n in v.get("ws_" + direction, {}).items():
+                ws.add_metric([module, direction], n)
         yield ws
+        unmatched = CounterMetricFamily("cweb_unmatched_requests", "Requests no module route or socket took, by reason",
+                                        labels=["reason"])
+        for reason, n in v.get("unmatched", {}).items():
+            unmatched.add_metric([reason], n)
+        yield unmatched
+        info = GaugeMetricFamily("cweb_module_info", "Loaded module versions (1 each); join on module_hash",
+                                 labels=["module", "module_hash", "state"])
+        for module, module_hash, state in v.get("versions", ()):
+            info.add_metric([module, module_hash, state], 1)
+        yield info
         yield GaugeMetricFamily("cweb_store_artifacts", "Artifacts in the content-addressed store", value=v.get("artifacts", 0))
         yield GaugeMetricFamily("cweb_store_bytes", "Bytes of artifacts in the content-addressed store", value=v.get("store_bytes", 0))
         yield GaugeMetricFamily("cweb_cache_capacity_bytes", "Size of the cross-module cache shared by modules", value=v.get("cache_bytes", 0))
@@ -94,6 +118,13 @@ class _RequestStats(Collector):
         yield latency
 
 
+def server_version() -> str:
+    try:
+        return importlib.metadata.version("cweb")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Metrics:
     def __init__(self, store_dir: str = "", data_dir: str = "") -> None:
         # The *_created series double the output and nobody graphs them. Process-wide,
@@ -103,19 +134,28 @@ class Metrics:
         self.data_dir = data_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self._requests = _RequestStats()
+        self._requests = self.request_stats = _RequestStats()
         r.register(self._requests)
         # observe_request(module, route, status, seconds), bound once: it runs per request.
         self.observe_request = self._requests.observe
         self.ws_connections = Gauge("cweb_ws_connections", "Open module WebSocket connections", ["module"], registry=r)
-        self.jobs = Gauge("cweb_jobs", "Jobs by state", ["state"], registry=r)
-        self.job_seconds = Histogram("cweb_job_seconds", "Job duration from start to its terminal event", ["state"],
+        self.jobs = Gauge("cweb_jobs", "Jobs by module and state", ["module", "state"], registry=r)
+        self.job_seconds = Histogram("cweb_job_seconds", "Job duration from start to its terminal event", ["module", "state"],
                                      buckets=JOB_BUCKETS, registry=r)
         self.builds = Counter("cweb_builds_total", "Builds by outcome", ["outcome"], registry=r)
         self.build_seconds = Histogram("cweb_build_seconds", "Build time of compiled (not cached) builds", registry=r)
-        self.restarts = Counter("cweb_worker_restarts_total", "Worker processes restarted after a crash", ["module"], registry=r)
-        self.quarantines = Counter("cweb_quarantines_total", "Modules quarantined after repeated crashes", ["module"], registry=r)
+        self.restarts = Counter("cweb_worker_restarts_total", "Worker processes restarted after a crash",
+                                ["module", "module_hash"], registry=r)
+        self.quarantines = Counter("cweb_quarantines_total", "Modules quarantined after repeated crashes",
+                                   ["module", "module_hash"], registry=r)
         self.modules = Gauge("cweb_modules", "Active modules", registry=r)
+        build = Gauge("cweb_build_info", "The running server (always 1)", ["version", "abi", "python"], registry=r)
+        build.labels(server_version(), str(abi.ABI_VERSION), platform.python_version()).set(1)
+        # CPU, resident memory, open descriptors of the api process (Linux /proc).
+        ProcessCollector(registry=r)
+        # Requests no route took, by reason: bumped off the matched path only
+        # (api/dispatch.py serve's 404/405, api/sockets.py's refused upgrade).
+        self.unmatched: dict[str, int] = {}
         self._scrape = _ScrapeTime()
         r.register(self._scrape)
 
@@ -126,27 +166,30 @@ class Metrics:
         self.ws_connections.clear()
         for name in host.active:
             self.ws_connections.labels(name).set(host.sockets.count(name))
-        for state, n in (await jobs.counts()).items():
-            self.jobs.labels(state).set(n)
-        values = await asyncio.to_thread(_disk_sizes, store_dir or self.store_dir, data_dir or self.data_dir)
-        values["ws_in"] = host.sockets.messages_in
-        values["ws_out"] = host.sockets.messages_out
+        self.jobs.clear()
+        for (module, state), n in (await jobs.counts_by_module()).items():
+            self.jobs.labels(module, state).set(n)
+        values: dict = await asyncio.to_thread(_disk_sizes, store_dir or self.store_dir, data_dir or self.data_dir)
+        values["ws_in"] = dict(host.sockets.messages_in)
+        values["ws_out"] = dict(host.sockets.messages_out)
+        values["unmatched"] = dict(self.unmatched)
+        values["versions"] = [(v.name, v.module_hash, v.state) for v in host.loaded_versions()]
         self._scrape.values = values
         return generate_latest(self.registry)
 
     async def follow_jobs(self, jobs: JobService) -> None:
         """Observe job durations from the live event stream of every job."""
         q = jobs.subscribe("*")
-        started: dict[str, float] = {}
+        started: dict[str, tuple[float, str]] = {}
         try:
             while True:
                 ev = await q.get()
                 if ev["type"] == "started":
-                    started[ev["job_uuid"]] = ev["ts"]
+                    started[ev["job_uuid"]] = (ev["ts"], jobs.module_of(ev["job_uuid"]))
                 elif ev["type"] in ("done", "failed", "canceled"):
-                    t0 = started.pop(ev["job_uuid"], None)
+                    t0, module = started.pop(ev["job_uuid"], (None, ""))
                     if t0 is not None:
-                        self.job_seconds.labels(ev["type"]).observe(max(0.0, ev["ts"] - t0))
+                        self.job_seconds.labels(module, ev["type"]).observe(max(0.0, ev["ts"] - t0))
                 if len(started) > 100_000:
                     started.clear()
         except asyncio.CancelledError:

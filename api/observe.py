@@ -5,6 +5,8 @@ worker health and the status page.
     GET /modules/{name}/logs         what the module printed; ?tail=N, ?follow=1 (NDJSON)
     GET /_cweb/builds                the last builds with diagnostics
     GET /_cweb/workers               worker processes with module, hash, state
+    GET /_cweb/history               crashes, restarts and quarantines, per module
+    GET /_cweb/events                what changes, as Server-Sent Events (the status page's live feed)
     GET /ui  (and / when no module serves it)   the status page (static/ui.html)
     GET /redoc                       ReDoc, with fastapi-offline's bundle minus its CDN logo
 
@@ -51,6 +53,78 @@ PAGE_CSP = (
 )
 # An idle follow stream sends an empty line this often (keeps proxies and the client's read alive).
 FOLLOW_KEEPALIVE_S = 15.0
+# Changes a /_cweb/events follower may fall behind by; past it, it is told to resync.
+CHANGES_QUEUE = 1000
+# How often request totals are compared and, when they moved, sent to followers.
+STATS_INTERVAL_S = 1.0
+# Job events that change what the jobs table shows (progress and custom events do not).
+JOB_STATE_EVENTS = frozenset({"created", "started", "retry", "done", "failed", "canceled"})
+
+
+class Changes:
+    """Fans out what changed (module versions, crashes, builds, job states,
+    per-module request totals) to followers of GET /_cweb/events, so the
+    status page fetches only what an event says moved instead of polling
+    every table."""
+
+    def __init__(self) -> None:
+        self.followers: set[asyncio.Queue] = set()
+        self.wanted = asyncio.Event()  # set while anyone follows: the stats ticker runs only then
+
+    def publish(self, kind: str, data: Any) -> None:
+        for q in self.followers:
+            if q.qsize() < CHANGES_QUEUE:
+                q.put_nowait((kind, data))
+            elif q.qsize() == CHANGES_QUEUE:
+                q.put_nowait(("resync", {}))  # one past the bound: this follower reloads everything
+
+    def follow(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue()
+        self.followers.add(q)
+        self.wanted.set()
+        return q
+
+    def unfollow(self, q: asyncio.Queue) -> None:
+        self.followers.discard(q)
+        if not self.followers:
+            self.wanted.clear()
+
+    async def follow_jobs(self, jobs: Any) -> None:
+        """Job state changes from every job's event stream (not its progress)."""
+        q = jobs.subscribe("*")
+        try:
+            while True:
+                ev = await q.get()
+                if ev["type"] in JOB_STATE_EVENTS and self.followers:
+                    self.publish("job", {"job_uuid": ev["job_uuid"], "type": ev["type"]})
+        finally:
+            jobs.unsubscribe("*", q)
+
+    async def tick_stats(self, metrics: Any) -> None:
+        """Per-module request totals, sent when they moved (once a second at most)."""
+        last: dict = {}
+        while True:
+            await self.wanted.wait()
+            now = module_totals(metrics)
+            if now != last:
+                self.publish("stats", {"ts": time.time(), "modules": now})
+                last = now
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+
+def module_totals(metrics: Any) -> dict[str, dict[str, float]]:
+    """module -> requests, errors (5xx: crashes, timeouts, the module's own), seconds (summed latency)."""
+    out: dict[str, dict[str, float]] = {}
+    stats = metrics.request_stats
+    for (module, _route, status), n in list(stats.counts.items()):
+        t = out.setdefault(module, {"requests": 0, "errors": 0, "seconds": 0.0})
+        t["requests"] += n
+        if status >= 500:
+            t["errors"] += n
+    for (module, _route), hist in list(stats.hists.items()):
+        t = out.setdefault(module, {"requests": 0, "errors": 0, "seconds": 0.0})
+        t["seconds"] = round(t["seconds"] + hist[-1], 6)
+    return out
 
 
 class LogHub:
@@ -93,11 +167,15 @@ class LogHub:
 class BuildHistory:
     def __init__(self) -> None:
         self.entries: collections.deque = collections.deque(maxlen=BUILD_HISTORY)
+        # Set by create_app: told of every build (api/observe.py Changes).
+        self.on_record: Any = None
 
     def record(self, **entry: Any) -> None:
         entry.setdefault("at", time.time())
         entry.setdefault("diagnostics", [])
         self.entries.appendleft(entry)
+        if self.on_record is not None:
+            self.on_record("build", {"file": entry.get("file"), "outcome": entry.get("outcome")})
         outcome = entry.get("outcome")
         log.log(logging.WARNING if outcome == "failed" else logging.INFO, "build %s %s%s", outcome, entry.get("file"),
                 f": {entry.get('message')}" if entry.get("message") else "",
@@ -184,6 +262,43 @@ async def workers(request: Request) -> dict:
         out.append({**w, "module": v.name if v else None, "version_state": v.state if v else None,
                     "restarts": len(v.crashes) if v else 0})
     return {"sandbox": reply.get("sandbox"), "workers": out}
+
+
+@router.get("/_cweb/history", tags=["observability"])
+async def history(request: Request, module: str | None = Query(None, max_length=128)) -> dict:
+    """Crashes (with the signal), restarts and quarantines, newest first; ?module= narrows to one module."""
+    entries = [e for e in reversed(_state(request).host.history) if module is None or e["module"] == module]
+    return {"history": entries}
+
+
+def _sse(kind: str, data: Any) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+@router.get("/_cweb/events", tags=["observability"])
+async def events(request: Request) -> StreamingResponse:
+    """What changes, as Server-Sent Events: `hello` (request totals now), then
+    `module` (activated, rollback, removed, crashed, restarted, quarantined),
+    `build`, `job` (state changes), `stats` (per-module request totals when
+    they moved, at most once a second) and `resync` (fell behind: reload)."""
+    st = _state(request)
+    q = st.changes.follow()
+
+    async def stream():
+        try:
+            yield _sse("hello", {"ts": time.time(), "modules": module_totals(st.metrics)})
+            while True:
+                try:
+                    kind, data = await asyncio.wait_for(q.get(), FOLLOW_KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield _sse(kind, data)
+        finally:
+            st.changes.unfollow(q)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
 
 @router.get("/ui", include_in_schema=False)

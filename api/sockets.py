@@ -103,8 +103,11 @@ class SocketHub:
         self.timeout = timeout
         self.conns: dict[int, Conn] = {}
         self.ids = itertools.count(1)
-        self.messages_in = 0
-        self.messages_out = 0
+        # module -> socket messages from clients / to clients
+        self.messages_in: dict[str, int] = {}
+        self.messages_out: dict[str, int] = {}
+        # Set by create_app: counts upgrades no socket path took.
+        self.metrics: Any = None
 
     def count(self, module: str) -> int:
         return sum(1 for c in self.conns.values() if c.module == module)
@@ -118,6 +121,8 @@ class SocketHub:
         path = scope["path"]
         entry = self.host.table.match_socket(path)
         if entry is None:
+            if self.metrics is not None:
+                self.metrics.unmatched["no_socket"] = self.metrics.unmatched.get("no_socket", 0) + 1
             # Before accept, a close is answered as HTTP 403.
             await send({"type": "websocket.close", "code": CLOSE_POLICY})
             return
@@ -136,7 +141,7 @@ class SocketHub:
                 msg = await receive()
                 kind = msg["type"]
                 if kind == "websocket.receive":
-                    self.messages_in += 1
+                    self.messages_in[conn.module] = self.messages_in.get(conn.module, 0) + 1
                     if conn.closed:
                         continue
                     text = msg.get("text")
@@ -174,7 +179,7 @@ class SocketHub:
                 return
             finally:
                 conn.blocked = False
-            self.messages_out += 1
+            self.messages_out[conn.module] = self.messages_out.get(conn.module, 0) + 1
 
     def _close(self, conn: Conn, code: int, flush: bool = False) -> None:
         """Queue the close; nothing queued after it is sent.
@@ -382,7 +387,7 @@ class SocketHub:
         try:
             waiting_on = coro.send(None)
         except StopIteration:
-            self.messages_out += 1
+            self.messages_out[conn.module] = self.messages_out.get(conn.module, 0) + 1
             return
         except Exception:  # noqa: BLE001 - the client went away; its receive loop sees it
             return

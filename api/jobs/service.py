@@ -840,6 +840,20 @@ class JobService:
         rows = await self.store.read(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         return {s.value: 0 for s in JobState} | dict(rows)
 
+    async def counts_by_module(self) -> dict[tuple[str, str], int]:
+        """(module, state) -> jobs; every state of a module that has any job, zeros included."""
+        rows = await self.store.read(lambda c: c.execute("SELECT module, state, COUNT(*) FROM jobs GROUP BY module, state").fetchall())
+        out: dict[tuple[str, str], int] = {}
+        for module in {r[0] for r in rows}:
+            out.update({(module, s.value): 0 for s in JobState})
+        out.update({(m, st): n for m, st, n in rows})
+        return out
+
+    def module_of(self, job_uuid: str) -> str:
+        """The module a running job's attempt runs in ("" once it is no longer running)."""
+        v = self.running_version.get(job_uuid)
+        return v.name if v is not None else ""
+
     # ---- live events --------------------------------------------------------------------
 
     def subscribe(self, job_uuid: str) -> asyncio.Queue:

@@ -355,7 +355,7 @@ def test_metrics_count_builds_by_outcome(quiet: Server) -> None:
 
 
 def test_metrics_job_gauges_follow_a_job_through_its_states(quiet: Server) -> None:
-    """cweb_jobs{state} counts a running job, then a canceled one; the duration is observed."""
+    """cweb_jobs{module,state} counts a running job, then a canceled one; the duration is observed under its module."""
     name = unique("metjobs")
     deployed(quiet, job_module(name))
     before = scrape(quiet)
@@ -364,12 +364,13 @@ def test_metrics_job_gauges_follow_a_job_through_its_states(quiet: Server) -> No
         wait_for(lambda: c.get(f"/jobs/{job_uuid}").json()["state"] == "running", what="the job to run")
         running = scrape(quiet)
         assert 200 == c.post(f"/jobs/{job_uuid}/cancel").status_code
-    wait_for(lambda: sample(scrape(quiet), "cweb_jobs", state="canceled") == sample(before, "cweb_jobs", state="canceled") + 1,
-             what="the canceled gauge")
+    wait_for(lambda: sample(scrape(quiet), "cweb_jobs", module=name, state="canceled") == 1, what="the canceled gauge")
     after = scrape(quiet)
-    assert 1 == sample(running, "cweb_jobs", state="running") - sample(before, "cweb_jobs", state="running")
-    assert sample(before, "cweb_jobs", state="running") == sample(after, "cweb_jobs", state="running")
-    wait_for(lambda: sample(scrape(quiet), "cweb_job_seconds_count", state="canceled") - sample(before, "cweb_job_seconds_count", state="canceled") == 1,
+    assert 0 == sample(before, "cweb_jobs", module=name, state="running")
+    assert 1 == sample(running, "cweb_jobs", module=name, state="running")
+    assert 0 == sample(after, "cweb_jobs", module=name, state="running")
+    assert ("cweb_jobs", frozenset({"module": name, "state": "done"}.items())) in after, "every state of the module, zeros too"
+    wait_for(lambda: sample(scrape(quiet), "cweb_job_seconds_count", module=name, state="canceled") == 1,
              what="the job duration to be observed")
 
 
@@ -384,8 +385,9 @@ def test_metrics_count_socket_connections_and_messages(quiet: Server) -> None:
         assert "You: hi" == ws.recv(timeout=10)
         during = scrape(quiet)
     assert 1 == sample(during, "cweb_ws_connections", module=name)
-    assert 1 == sample(during, "cweb_ws_messages_total", direction="in") - sample(before, "cweb_ws_messages_total", direction="in")
-    assert 1 == sample(during, "cweb_ws_messages_total", direction="out") - sample(before, "cweb_ws_messages_total", direction="out")
+    assert 1 == sample(during, "cweb_ws_messages_total", module=name, direction="in")
+    assert 1 == sample(during, "cweb_ws_messages_total", module=name, direction="out")
+    assert 0 == sample(before, "cweb_ws_messages_total", module=name, direction="in")
     wait_for(lambda: sample(scrape(quiet), "cweb_ws_connections", module=name) == 0, what="the connection gauge to drop")
 
 
@@ -397,16 +399,18 @@ def test_metrics_count_a_worker_restart_after_a_crash(quiet: Server) -> None:
 {HANDLER.format(fn="fine")} {{ (void)ctx; (void)req; snprintf(res->body, HTTP_RESPONSE_SIZE, "fine"); return 0; }}
 """
     deployed(quiet, module(name, [(f"/{name}/boom", "GET", "boom"), (f"/{name}", "GET", "fine")], code))
-    assert 0 == sample(scrape(quiet), "cweb_worker_restarts_total", module=name)
+    module_hash = get(quiet, f"/modules/{name}").json()["module_hash"]
+    assert 0 == sample(scrape(quiet), "cweb_worker_restarts_total", module=name, module_hash=module_hash)
     with quiet.client() as c:
         assert 502 == c.get(f"/{name}/boom").status_code
         wait_for(lambda: c.get(f"/modules/{name}").json()["state"] == "active" and c.get(f"/{name}").status_code == 200,
                  what="the module to be back")
         workers = [w for w in c.get("/_cweb/workers").json()["workers"] if w["module"] == name]
     after = scrape(quiet)
-    assert 1 == sample(after, "cweb_worker_restarts_total", module=name)
+    assert 1 == sample(after, "cweb_worker_restarts_total", module=name, module_hash=module_hash)
     assert 1 == sample(after, "cweb_requests_total", module=name, route=f"/{name}/boom", status="502")
-    assert 0 == sample(after, "cweb_quarantines_total", module=name)
+    assert 0 == sample(after, "cweb_quarantines_total", module=name, module_hash=module_hash)
+    assert 1 == sample(after, "cweb_module_info", module=name, module_hash=module_hash, state="active")
     assert [1] == [w["restarts"] for w in workers]
 
 
@@ -416,7 +420,7 @@ def test_metrics_count_a_quarantine_after_repeated_crashes(quiet: Server) -> Non
     code = f"""
 {HANDLER.format(fn="boom")} {{ (void)ctx; (void)req; (void)res; raise(SIGSEGV); return 0; }}
 """
-    deployed(quiet, module(name, [(f"/{name}", "GET", "boom")], code))
+    module_hash = deployed(quiet, module(name, [(f"/{name}", "GET", "boom")], code))["module_hash"]
     with quiet.client() as c:
         for _ in range(20):
             state = wait_for(lambda: (s := c.get(f"/modules/{name}").json()["state"]) in ("active", "quarantined") and s,
@@ -427,8 +431,96 @@ def test_metrics_count_a_quarantine_after_repeated_crashes(quiet: Server) -> Non
         assert "quarantined" == c.get(f"/modules/{name}").json()["state"]
         assert 503 == c.get(f"/{name}").status_code
     after = scrape(quiet)
-    assert 1 == sample(after, "cweb_quarantines_total", module=name)
-    assert 4 == sample(after, "cweb_worker_restarts_total", module=name)
+    assert 1 == sample(after, "cweb_quarantines_total", module=name, module_hash=module_hash)
+    assert 4 == sample(after, "cweb_worker_restarts_total", module=name, module_hash=module_hash)
+    assert 1 == sample(after, "cweb_module_info", module=name, module_hash=module_hash, state="quarantined")
+
+
+def test_metrics_count_unmatched_requests_by_reason_without_the_path(quiet: Server) -> None:
+    """A 404, a 405 and a refused socket upgrade are counted by reason; the path is never a label."""
+    name = unique("metmiss")
+    deployed(quiet, route_module(name, f"/{name}"))
+    before = scrape(quiet)
+    with quiet.client() as c:
+        for i in range(3):
+            assert 404 == c.get(f"/{name}-nothing-{i}").status_code
+        assert 405 == c.post(f"/{name}").status_code
+        assert 200 == c.get(f"/{name}").status_code
+    with pytest.raises(Exception):  # noqa: B017 - refused before accept: an HTTP 403 to the client
+        ws_connect(f"ws://127.0.0.1:{quiet.port}/{name}-no-socket", open_timeout=30)
+    after = scrape(quiet)
+
+    def delta(reason: str) -> float:
+        return sample(after, "cweb_unmatched_requests_total", reason=reason) - sample(before, "cweb_unmatched_requests_total", reason=reason)
+
+    assert (3, 1, 1) == (delta("no_route"), delta("method_not_allowed"), delta("no_socket"))
+    text = get(quiet, "/metrics").text
+    assert "-nothing-" not in text and "-no-socket" not in text
+
+
+def test_metrics_expose_build_info_process_metrics_and_loaded_versions(quiet: Server) -> None:
+    """cweb_build_info names the version and ABI; process_* come from the api process; every loaded version has an info series."""
+    name = unique("metinfo")
+    first = deployed(quiet, route_module(name, f"/{name}", body="one"))["module_hash"]
+    second = deployed(quiet, route_module(name, f"/{name}", body="two"))["module_hash"]
+    samples = scrape(quiet)
+    info = [dict(labels) for (metric, labels) in samples if metric == "cweb_build_info"]
+    assert 1 == len(info) and info[0]["abi"] == "1" and info[0]["version"] not in ("", "unknown")
+    assert 1 == samples[("cweb_build_info", frozenset(info[0].items()))]
+    assert sample(samples, "process_resident_memory_bytes") > 10 << 20
+    assert sample(samples, "process_open_fds") > 3
+    assert sample(samples, "process_cpu_seconds_total") > 0
+    assert 1 == sample(samples, "cweb_module_info", module=name, module_hash=second, state="active")
+    assert 0 == sample(samples, "cweb_module_info", module=name, module_hash=first, state="active")
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs of a text/event-stream, comments skipped."""
+    kind = ""
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[len("event: "):]
+        elif line.startswith("data: "):
+            yield kind, json.loads(line[len("data: "):])
+
+
+def test_events_stream_tells_deploys_builds_requests_and_crashes(server: Server) -> None:
+    """GET /_cweb/events: hello, then a build, the activation, request totals that moved, the crash and the restart."""
+    name = unique("evfeed")
+    code = f"""
+{HANDLER.format(fn="boom")} {{ (void)ctx; (void)req; (void)res; raise(SIGSEGV); return 0; }}
+{HANDLER.format(fn="fine")} {{ (void)ctx; (void)req; snprintf(res->body, HTTP_RESPONSE_SIZE, "fine"); return 0; }}
+"""
+    seen: list[tuple[str, dict]] = []
+    with httpx.Client(base_url=server.url, timeout=30) as c, c.stream("GET", "/_cweb/events") as r:
+        assert 200 == r.status_code
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.iter_lines())
+        seen.append(next(events))
+        assert "hello" == seen[0][0]
+        module_hash = deployed(server, module(name, [(f"/{name}/boom", "GET", "boom"), (f"/{name}", "GET", "fine")], code))["module_hash"]
+        for _ in range(3):
+            assert 200 == c.get(f"/{name}").status_code
+        assert 502 == c.get(f"/{name}/boom").status_code
+
+        def mine(kind: str, event: str) -> bool:
+            return any(k == kind and d.get("module") == name and d.get("event") == event for k, d in seen)
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (mine("module", "restarted")
+                                                   and any(k == "stats" and d["modules"].get(name, {}).get("errors") == 1 for k, d in seen)):
+            seen.append(next(events))
+    kinds = [k for k, _ in seen]
+    assert "build" in kinds
+    assert mine("module", "activated") and mine("module", "crashed") and mine("module", "restarted")
+    crash = next(d for k, d in seen if k == "module" and d.get("event") == "crashed" and d["module"] == name)
+    assert module_hash == crash["module_hash"] and crash["reason"]  # a signal name or "exit status N" (through bwrap)
+    totals = [d["modules"][name] for k, d in seen if k == "stats" and name in d["modules"]]
+    assert totals[-1]["requests"] == 4 and totals[-1]["errors"] == 1 and totals[-1]["seconds"] > 0
+
+    history = get(server, "/_cweb/history", params={"module": name}).json()["history"]
+    assert ["restarted", "crashed"] == [h["event"] for h in history]
+    assert all(h["module_hash"] == module_hash for h in history)
 
 
 # ---------------------------------------------------------------------------
