@@ -34,11 +34,11 @@ run: install
 	$(VPY) -m api
 
 test: install-test
-	$(VPY) -m ruff check api builder runtime tests bench
+	$(VPY) -m ruff check api builder runtime tests bench cweb_testing
 	$(VPY) -m pytest -q tests
 
 lint: install-test
-	$(VPY) -m ruff check api builder runtime tests bench
+	$(VPY) -m ruff check api builder runtime tests bench cweb_testing
 
 bench: install-test
 	@scripts/ensure-system.sh nginx-light wrk

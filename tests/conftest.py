@@ -18,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "example"
+# A module author's project, run in a subprocess by tests/integration/test_testing_plugin.py.
+collect_ignore = ["user_project"]
 
 
 def free_port() -> int:

@@ -1,0 +1,87 @@
+"""cweb_testing as its users meet it: the sample project in tests/user_project
+run by pytest in a subprocess, the plugin coming in through its pytest11
+entry point (nothing passes -p), against real servers and example modules."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PROJECT = ROOT / "tests" / "user_project"
+# The sample project's tests: every one passes (test_my_modules.py); the demo fails on purpose.
+SAMPLE_TESTS = [
+    "test_route_answers", "test_state_is_clean_for_each_test", "test_route_with_query_and_logs",
+    "test_job_finishes_with_its_result", "test_job_reports_a_bad_payload", "test_socket_echoes",
+    "test_refused_deploy_names_file_line_and_column", "test_control_plane_needs_the_key",
+    "test_a_server_of_its_own_with_tls",
+]
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def run_pytest(*args: str, cwd: Path = PROJECT, timeout: float = 840) -> subprocess.CompletedProcess:
+    """pytest as a user runs it in their project: no CWEB_* or PYTEST_* settings of ours leak in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CWEB_", "PYTEST_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args],
+        cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def sample_run() -> subprocess.CompletedProcess:
+    """One run of the sample project plus the demo of a refused deploy (one server start)."""
+    registered = [ep.value for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "cweb"]
+    assert ["cweb_testing.plugin"] == registered, "the pytest11 entry point is not installed: pip install -e '.[test]'"
+    return run_pytest("test_my_modules.py", "demo_refused_deploy.py")
+
+
+def test_sample_project_passes_with_the_plugin_from_its_entry_point(sample_run: subprocess.CompletedProcess) -> None:
+    out = sample_run.stdout + sample_run.stderr
+    passed = sorted(line.split("::")[1].split()[0] for line in out.splitlines() if line.startswith("PASSED test_my_modules.py::"))
+    assert sorted(SAMPLE_TESTS) == passed, out[-6000:]
+    assert f"{len(SAMPLE_TESTS)} passed" in out and "1 failed" in out, out[-6000:]
+
+
+def test_refused_deploy_fails_the_test_with_file_line_and_column(sample_run: subprocess.CompletedProcess) -> None:
+    """The demo's failure reads like gcc: file:line:col, the line, a caret; then the server's log."""
+    out = sample_run.stdout
+    assert 1 == sample_run.returncode, out[-6000:]
+    assert "FAILED demo_refused_deploy.py::test_deploy_broken_module" in out
+    assert "DeployError: cweb refused broken.c: 422 compile_failed" in out
+    assert "broken.c:6:18: error: expected expression before ';' token" in out
+    assert "    6 |     int answer = ;" in out
+    assert "      |                  ^" in out
+    assert "cweb server log (last 40 lines)" in out
+    assert "build failed broken.c" in out
+
+
+def test_bad_cweb_env_option_stops_the_run_as_a_usage_error(tmp_path: Path) -> None:
+    """--cweb-env takes CWEB_NAME=VALUE; anything else ends the run before any server starts."""
+    (tmp_path / "test_nothing.py").write_text("def test_nothing(cweb):\n    assert cweb.url\n")
+    done = run_pytest("--cweb-env", "REQUEST_TIMEOUT=5", cwd=tmp_path, timeout=120)
+    assert 4 == done.returncode, done.stdout + done.stderr
+    assert "--cweb-env takes CWEB_NAME=VALUE, not 'REQUEST_TIMEOUT=5'" in done.stderr
+
+
+def test_cweb_env_option_reaches_the_server(tmp_path: Path) -> None:
+    """--cweb-env sets a limit on the session's server: a body over CWEB_MAX_BODY_BYTES is 413."""
+    (tmp_path / "test_limit.py").write_text(
+        "from pathlib import Path\n"
+        f"COUNTER = Path({str(ROOT / 'example' / 'counter.c')!r})\n"
+        "def test_limit(cweb):\n"
+        "    cweb.deploy(COUNTER)\n"
+        "    assert 200 == cweb.get('/counter').status_code\n"
+        "    assert 413 == cweb.request('GET', '/counter', content=b'x' * 4096).status_code\n"
+    )
+    done = run_pytest("--cweb-env", "CWEB_MAX_BODY_BYTES=1024", cwd=tmp_path, timeout=300)
+    assert 0 == done.returncode, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "PASSED test_limit.py::test_limit" in done.stdout
