@@ -259,15 +259,31 @@ def create_app(settings: Settings) -> Dispatcher:
         state.metrics.builds.labels("cache_hit" if result.cache_hit else "compiled").inc()
         if not result.cache_hit:
             state.metrics.build_seconds.observe(result.build_ms / 1000)
-        state.builds.record(file=filename, outcome="cache_hit" if result.cache_hit else "compiled", module_hash=result.module_hash,
-                            build_ms=round(result.build_ms, 2), diagnostics=result.warnings)
+        built = "cache_hit" if result.cache_hit else "compiled"
+        record = {"file": filename, "module_hash": result.module_hash, "build_ms": round(result.build_ms, 2)}
         base = result.summary()
+        try:
+            if check:
+                # A dry run: the server's own validation (declaration, route
+                # conflicts with what is active, regexes), not only the compile.
+                decl = await state.host.dry_run(result.module_hash)
+            else:
+                with disk_full_is_507("the deploy"):
+                    version, previous, noop = await state.host.activate(
+                        result.module_hash, source_sha256=result.source_sha256, build_key=result.build_key
+                    )
+        except ApiError as exc:
+            # Compiled, then refused: recorded as a rejection, never as a green build.
+            state.builds.record(**record, outcome="rejected", error=exc.code, message=exc.message,
+                                diagnostics=result.warnings, check=bool(check), built=built)
+            raise
+        state.builds.record(**record, outcome=built, diagnostics=result.warnings, check=bool(check))
         if check:
-            return {"ok": True, **base}
-        with disk_full_is_507("the deploy"):
-            version, previous, noop = await state.host.activate(
-                result.module_hash, source_sha256=result.source_sha256, build_key=result.build_key
-            )
+            return {"ok": True, **base, "name": decl["name"],
+                    "routes": [{"method": r["method"], "path": r["path"]} for r in decl["routes"]],
+                    "websockets": [{"path": w["path"]} for w in decl["websockets"]],
+                    "jobs": [{"name": j["name"]} for j in decl["jobs"]],
+                    "warnings": base["warnings"] + declaration_warnings(decl, display_name(filename))}
         summary = version.summary()
         return {
             **summary,

@@ -228,6 +228,19 @@ class ModuleHost:
                        previous_hash=previous.module_hash if previous else None)
             return version, previous, False
 
+    async def dry_run(self, module_hash: str) -> dict:
+        """Everything a deploy checks short of running onload: load the
+        artifact in a worker, validate its declaration, check its routes
+        against the active modules; then discard the worker. Returns the
+        declaration; raises what a deploy of it would."""
+        worker_id, desc = await self._load(module_hash)
+        try:
+            decl = routing.validate_declaration(desc)
+            routing.check_conflicts(decl, list(self.active.values()))
+        finally:
+            await self._discard(worker_id)
+        return decl
+
     def _rebuild(self) -> None:
         ordered = sorted(self.active.values(), key=lambda v: v.deployed_at)
         self.table = routing.RouteTable(ordered)

@@ -177,7 +177,7 @@ RUNTIME_STATUS: dict[str, type[ApiError]] = {
 
 def from_runtime(exc: RuntimeFailure) -> ApiError:
     """The ApiError a runtime failure answers as; its code is kept."""
-    return RUNTIME_STATUS.get(exc.code, Invalid)(exc.message, code=exc.code)
+    return RUNTIME_STATUS.get(exc.code, Invalid)(exc.message, code=exc.code, **exc.extra)
 
 
 _UNEXPECTED = InternalError("unexpected server error")

@@ -177,8 +177,11 @@ class BuildHistory:
         if self.on_record is not None:
             self.on_record("build", {"file": entry.get("file"), "outcome": entry.get("outcome")})
         outcome = entry.get("outcome")
-        log.log(logging.WARNING if outcome == "failed" else logging.INFO, "build %s %s%s", outcome, entry.get("file"),
-                f": {entry.get('message')}" if entry.get("message") else "",
+        # "build rejected x.c: route_conflict: ...": compiled, then refused by the deploy.
+        detail = f": {entry.get('error')}: {entry.get('message')}" if outcome == "rejected" else (
+            f": {entry.get('message')}" if entry.get("message") else "")
+        log.log(logging.WARNING if outcome in ("failed", "rejected") else logging.INFO, "build %s %s%s%s", outcome, entry.get("file"),
+                " (check)" if entry.get("check") else "", detail,
                 extra=module_fields(None, entry.get("module_hash"), file=entry.get("file"), outcome=outcome,
                                     build_ms=entry.get("build_ms"), error=entry.get("error")))
 

@@ -79,11 +79,31 @@ def compile_path(path: str, what: str = "route") -> RoutePattern | None:
         ) from exc
 
 
+# A path segment written in another framework's placeholder syntax
+# (Express ":id", Flask "<id>", OpenAPI "{id}"): cweb has none.
+_PLACEHOLDER = re.compile(r"(?<=/)(:[A-Za-z_][A-Za-z0-9_]*|<[A-Za-z_][A-Za-z0-9_:]*>|\{[A-Za-z_][A-Za-z0-9_]*\})(?=/|$)")
+
+
+def _refuse_placeholders(path: str, what: str) -> None:
+    """Refused, not translated: a placeholder deploys as a literal path that
+    404s forever, and a silent translation would hide which requests match
+    (and cweb hands no named segments to the handler; it reads req->path)."""
+    found = _PLACEHOLDER.findall(path)
+    if found:
+        regex = _PLACEHOLDER.sub("[^/]+", path)
+        raise Invalid(
+            f"{what} path {path} uses the placeholder {found[0]}; cweb routes are exact paths or regular "
+            f"expressions matched in full: declare {regex!r} and read the segment from req->path",
+            code="route_placeholder", path=path, suggestion=regex,
+        )
+
+
 def check_path(path: Any, what: str) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
         raise Invalid(f"{what} path {path!r} must be a string starting with '/'", code="invalid_module")
     if len(path) > 1024 or any(ord(c) < 0x20 for c in path):
         raise Invalid(f"{what} path {path[:64]!r} is too long or has control characters", code="invalid_module")
+    _refuse_placeholders(path, what)
     if is_reserved(path):
         raise Invalid(f"{what} path {path} is under a reserved prefix ({', '.join(RESERVED_PREFIXES)})", code="reserved_path")
     pattern = compile_path(path, what)
@@ -109,9 +129,23 @@ def validate_declaration(desc: dict) -> dict:
         count = desc.get(field, 0)
         if count < 0 or count > desc.get(limit_key, 0):
             raise Invalid(f".{field} = {count}, but a module may declare 0..{desc.get(limit_key)} {what}", code="invalid_module")
+    # Slots filled past .size are never served: with .size left out (0)
+    # the module would deploy with nothing, so that is refused; a short
+    # .size is a warning below.
+    for field, key, what in (("size", "unsized_routes", "routes"), ("ws_size", "unsized_websockets", "websockets"),
+                             ("job_size", "unsized_jobs", "jobs")):
+        extra = desc.get(key, 0)
+        if extra and desc.get(field, 0) == 0:
+            raise Invalid(f"the module declares {extra} {what} but .{field} is 0 (left out?): "
+                          f"add .{field} = {extra} to its module_t config", code="missing_size")
     # c-web-modules skips a slot below .size that declares no path or no
     # method (or job name, or socket path): so does cweb, with a warning.
     warnings: list[str] = []
+    for field, key, what in (("size", "unsized_routes", "routes"), ("ws_size", "unsized_websockets", "websockets"),
+                             ("job_size", "unsized_jobs", "jobs")):
+        if desc.get(key, 0):
+            warnings.append(f".{field} = {desc.get(field)}, but {desc[key]} more {what} are declared after that "
+                            f"and are not served")
     routes = []
     seen: set[tuple[str, str]] = set()
     for i, r in enumerate(desc.get("routes", [])):

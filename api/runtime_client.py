@@ -203,7 +203,8 @@ class AgentClient:
         if not msg.get("ok"):
             for fd in fds:
                 os.close(fd)
-            raise RuntimeFailure(msg.get("error", "runtime_error"), msg.get("message", "runtime error"))
+            extra = {k: v for k, v in msg.items() if k not in ("id", "ok", "error", "message", "fds")}
+            raise RuntimeFailure(msg.get("error", "runtime_error"), msg.get("message", "runtime error"), **extra)
         return msg, fds
 
     async def call(self, op: str, timeout: float = 60.0, **args: object) -> dict:

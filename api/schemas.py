@@ -98,9 +98,15 @@ class DeployResult(ModuleInfo):
 
 
 class CheckResult(Model):
-    """POST /mgnt?check=1: the source compiles; nothing was activated."""
+    """POST /mgnt?check=1: a dry run. The source compiles, the artifact loads
+    in a worker, its declaration is valid and its routes conflict with no
+    active module; onload did not run and nothing was activated."""
 
     ok: Literal[True]
+    name: str = Field(examples=["hello"])
+    routes: list[Route]
+    websockets: list[SocketPath]
+    jobs: list[JobName]
     module_hash: str = Field(examples=[HASH])
     source_sha256: str
     build_key: str
@@ -266,13 +272,17 @@ class JobEventList(Model):
 
 class Build(Model):
     file: str = Field(examples=["hello.c"])
-    outcome: Literal["compiled", "cache_hit", "failed"]
+    outcome: Literal["compiled", "cache_hit", "failed", "rejected"] = Field(
+        description="failed: did not compile; rejected: compiled, then refused by the deploy (route conflict, "
+                    "reserved path, invalid regex, missing config, onload crash...), `error` says why")
     at: float
     module_hash: str | None = None
     build_ms: float | None = None
     diagnostics: list[Diagnostic] = Field(description="Warnings of a success, errors of a failure")
     error: str | None = None
     message: str | None = None
+    check: bool | None = Field(None, description="A dry run (cweb check, POST /mgnt?check=1): nothing was activated")
+    built: str | None = Field(None, description="rejected only: how the artifact was built (compiled or cache_hit)")
 
 
 class BuildList(Model):

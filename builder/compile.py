@@ -28,7 +28,10 @@ SDK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk")
 GLUE_HEADERS = frozenset({"cweb_wire.h", "cweb_frame.h", "cweb_internal.h"})
 
 # The fixed compile flags; paths are the in-sandbox ones.
-CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-fdiagnostics-color=never", "-fmax-errors=50"]
+# -Werror=incompatible-pointer-types: a handler with the wrong signature
+# would otherwise build with a warning and answer 200 empty (gcc 14 makes
+# it an error by default; gcc 12 does not).
+CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-Werror=incompatible-pointer-types", "-fdiagnostics-color=never", "-fmax-errors=50"]
 # --wrap: the glue sees the module's free/realloc of the response buffer it
 # handed out (builder/sdk/cweb_glue.c, "Response buffers").
 LDFLAGS = ["-shared", "-Wl,-z,defs", "-Wl,--wrap=free,--wrap=realloc", "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"]

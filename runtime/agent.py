@@ -35,6 +35,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -72,6 +73,30 @@ class WorkerProc:
     uid: int | None = None
     replies: asyncio.Queue = field(default_factory=asyncio.Queue)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # The stdout/stderr readers: a dead worker's last lines are in once they end.
+    readers: list = field(default_factory=list)
+    # When the artifact was handed to it: its output since then is this worker's.
+    loaded_at: float = 0.0
+    # Why the agent itself ended the worker, if it did (stop, discard, kill).
+    ended_by: str = ""
+
+
+def _crash_signal(returncode: int | None, output: list[str]) -> str:
+    """The signal a worker died of: the one the module's crash handler
+    named in its output (exact even when bubblewrap or our kill of a
+    half-dead process stands between), else its return code (bubblewrap
+    reports a signalled child as 128 + N)."""
+    for line in reversed(output):
+        m = _FATAL_LINE.search(line)
+        if m:
+            return m.group(1)
+    if returncode is not None and 128 < returncode < 128 + 65:
+        returncode = 128 - returncode
+    return _signal_name(returncode)
+
+
+# The first line of the crash report builder/sdk/cweb_glue.c writes.
+_FATAL_LINE = re.compile(r"cweb: fatal signal (SIG[A-Z0-9]+)")
 
 
 def _signal_name(returncode: int | None) -> str:
@@ -188,14 +213,22 @@ class Agent:
             # The worker closed its control socket or broke the protocol: it
             # cannot be driven any more.
             if box and not box[0].exited.is_set():
-                box[0].proc.kill()
+                asyncio.create_task(self._kill_unless_exiting(box[0]))
 
         w = WorkerProc(proc=proc, control=Channel(parent, on_message, on_close), uid=uid)
         box.append(w)
-        asyncio.create_task(self._read_output(w, proc.stdout, "stdout"))
-        asyncio.create_task(self._read_output(w, proc.stderr, "stderr"))
+        w.readers = [asyncio.create_task(self._read_output(w, proc.stdout, "stdout")),
+                     asyncio.create_task(self._read_output(w, proc.stderr, "stderr"))]
         asyncio.create_task(self._wait_exit(w))
         return w
+
+    async def _kill_unless_exiting(self, w: WorkerProc) -> None:
+        # A dying worker closes its control socket first: let it finish
+        # dying of its own signal, so that is what gets reported.
+        try:
+            await asyncio.wait_for(asyncio.shield(w.exited.wait()), limits.OUTPUT_DRAIN_S)
+        except TimeoutError:
+            w.proc.kill()
 
     async def _read_output(self, w: WorkerProc, stream: asyncio.StreamReader | None, name: str) -> None:
         assert stream is not None
@@ -208,17 +241,31 @@ class Agent:
                 return
             if not w.hash:
                 continue
-            entry = {
-                "ts": time.time(),
-                "stream": name,
-                "module_hash": w.hash,
-                "line": line.decode("utf-8", "replace").rstrip("\n")[:4096],
-            }
-            self.logs.setdefault(w.hash, collections.deque(maxlen=limits.LOG_RING_LINES)).append(entry)
-            self.broadcast(agent_protocol.event("log", **entry))
+            self._log(w, name, line.decode("utf-8", "replace").rstrip("\n")[:4096])
+
+    def _log(self, w: WorkerProc, stream: str, line: str) -> None:
+        entry = {"ts": time.time(), "stream": stream, "module_hash": w.hash, "line": line}
+        self.logs.setdefault(w.hash, collections.deque(maxlen=limits.LOG_RING_LINES)).append(entry)
+        self.broadcast(agent_protocol.event("log", **entry))
+
+    async def _last_output(self, w: WorkerProc) -> list[str]:
+        """What a worker that just died printed since its load (once its
+        readers have drained the pipes)."""
+        if w.readers:
+            await asyncio.wait(w.readers, timeout=limits.OUTPUT_DRAIN_S)
+        return [f"{e['stream']}: {e['line']}" for e in self.logs.get(w.hash, ()) if e["ts"] >= w.loaded_at
+                and e["stream"] != "cweb"][-limits.CRASH_OUTPUT_LINES:]
 
     async def _wait_exit(self, w: WorkerProc) -> None:
         rc = await w.proc.wait()
+        reason = _signal_name(rc)
+        if w.hash and w.ended_by != "asked":
+            # Where the module's author looks (cweb logs): how the worker ended,
+            # after what it printed last (its crash report among it).
+            reason = _crash_signal(rc, await self._last_output(w))
+            number = getattr(signal.Signals, reason, None) if reason.startswith("SIG") else None
+            how = f"worker exited: {reason}" + (f" (signal {int(number)})" if number else "")
+            self._log(w, "cweb", how + (f", killed by the runtime: {w.ended_by}" if w.ended_by else ""))
         w.exited.set()
         if w.uid is not None:
             # bwrap --die-with-parent: nothing of this worker outlives it.
@@ -235,7 +282,7 @@ class Agent:
                     worker_id=w.worker_id,
                     hash=w.hash,
                     returncode=rc,
-                    reason=_signal_name(rc),
+                    reason=reason,
                     expected=w.expected_exit,
                 )
             )
@@ -269,6 +316,7 @@ class Agent:
         try:
             return await asyncio.wait_for(w.replies.get(), timeout)
         except TimeoutError as exc:
+            w.ended_by = w.ended_by or f"no answer to {msg['op']} within {timeout:g}s"
             w.proc.kill()
             raise RuntimeFailure("worker_timeout", f"worker did not answer {msg['op']} within {timeout:g}s") from exc
 
@@ -298,6 +346,7 @@ class Agent:
         w.worker_id = self.next_id
         self.next_id += 1
         w.hash = module_hash
+        w.loaded_at = time.time()
         w.state = "loading"
         self.workers[w.worker_id] = w
         w.expected_exit = True  # until it is running, an exit is a load failure, not a crash
@@ -314,7 +363,9 @@ class Agent:
             [artifact],
         )
         if reply.get("op") == "exited":
-            raise RuntimeFailure("load_crashed", f"the module crashed while loading ({_signal_name(reply['returncode'])})")
+            output = await self._last_output(w)
+            sig = _crash_signal(reply["returncode"], output)
+            raise RuntimeFailure("load_crashed", f"the module crashed while loading ({sig})", signal=sig, output=output)
         if reply.get("op") == "error":
             await self._discard(w)
             raise RuntimeFailure(str(reply.get("error", "load_failed")), str(reply.get("message", "load failed")))
@@ -350,7 +401,9 @@ class Agent:
             msg["module_dir"] = path
         reply = await self._command(w, msg, limits.ONLOAD_TIMEOUT_S)
         if reply.get("op") == "exited":
-            raise RuntimeFailure("onload_crashed", f"onload crashed ({_signal_name(reply['returncode'])})")
+            output = await self._last_output(w)
+            sig = _crash_signal(reply["returncode"], output)
+            raise RuntimeFailure("onload_crashed", f"onload crashed ({sig})", signal=sig, output=output)
         if reply.get("op") != "ready":
             await self._discard(w)
             raise RuntimeFailure(str(reply.get("error", "onload_failed")), str(reply.get("message", "onload failed")))
@@ -381,6 +434,7 @@ class Agent:
     async def op_stop(self, req: dict) -> dict:
         w = self._worker(req)
         w.expected_exit = True
+        w.ended_by = "asked"
         w.state = "stopping"
         try:
             await self._command(w, {"op": "stop"}, float(req.get("timeout", limits.STOP_TIMEOUT_S)))
@@ -396,6 +450,8 @@ class Agent:
     async def op_kill(self, req: dict) -> dict:
         w = self._worker(req)
         w.expected_exit = bool(req.get("expected", False))
+        # An unexpected kill is the api replacing a worker that does not return.
+        w.ended_by = "asked" if w.expected_exit else "a handler or job did not return in time"
         if not w.exited.is_set():
             w.proc.kill()
         await w.exited.wait()
@@ -433,6 +489,7 @@ class Agent:
 
     async def _discard(self, w: WorkerProc) -> None:
         w.expected_exit = True
+        w.ended_by = w.ended_by or "asked"
         if not w.exited.is_set():
             w.proc.kill()
             await w.exited.wait()
@@ -484,7 +541,7 @@ class Agent:
                 result, fds = result
             resp = {"id": req.get("id"), "ok": True, **result}
         except RuntimeFailure as exc:
-            resp = {"id": req.get("id"), "ok": False, "error": exc.code, "message": exc.message}
+            resp = {**exc.extra, "id": req.get("id"), "ok": False, "error": exc.code, "message": exc.message}
         except Exception as exc:  # noqa: BLE001 - the api must always get an answer
             log.exception("agent op failed")
             resp = {"id": req.get("id"), "ok": False, "error": "agent_error", "message": str(exc)}
@@ -493,6 +550,7 @@ class Agent:
     async def shutdown(self) -> None:
         for w in list(self.workers.values()) + ([self.spare] if self.spare else []):
             w.expected_exit = True
+            w.ended_by = "asked"
             if not w.exited.is_set():
                 w.proc.terminate()
         for w in list(self.workers.values()):

@@ -11,7 +11,8 @@ re-raised in the api from an agent reply.
                  agent_error (a bug of the agent's)
         client   runtime_failed, runtime_unreachable (api/runtime_client.py)
 
-The code crosses the wire as the reply's "error"; api/errors.py maps it to
+The code crosses the wire as the reply's "error" (extra fields beside it);
+api/errors.py maps it to
 HTTP (runtime_status).
 """
 
@@ -21,7 +22,10 @@ from __future__ import annotations
 class RuntimeFailure(Exception):
     """A runtime operation failed; `code` is the stable code sent to the api."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **extra: object) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # JSON-able details that travel with the code (a crashed onload's
+        # output, its signal) and end up in the api's error body.
+        self.extra = extra

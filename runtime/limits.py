@@ -49,6 +49,10 @@ ONLOAD_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 # Lines of module output kept per module hash.
 LOG_RING_LINES = 2000
+# Lines of a worker's last output that a failed load or onload answers with.
+CRASH_OUTPUT_LINES = 100
+# How long a dead worker's output pipes may take to drain before its exit is reported.
+OUTPUT_DRAIN_S = 2.0
 
 # Address space of one worker (bytes; CWEB_WORKER_MEMORY_BYTES). Counts
 # virtual memory: the interpreter, thread stacks and malloc arenas included.

@@ -43,7 +43,9 @@ log = logging.getLogger("cweb.runtime")
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What modules link against (builder/compile.py LDFLAGS) and the runtime loads.
-MODULE_LIBRARIES = ("ssl", "crypto", "sqlite3", "jansson", "pthread", "m", "dl", "c")
+# gcc_s: glibc's backtrace() loads it for the crash report a fatal signal
+# writes (builder/sdk/cweb_glue.c); inside the sandbox it must be there already.
+MODULE_LIBRARIES = ("ssl", "crypto", "sqlite3", "jansson", "pthread", "m", "dl", "c", "gcc_s")
 # Extension modules of the standard library a worker may import: only their
 # libraries are bound (not those of, say, _tkinter or readline).
 WORKER_EXTENSIONS = frozenset({

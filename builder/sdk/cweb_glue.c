@@ -13,6 +13,8 @@
 #include "cweb_frame.h"
 
 #include <errno.h>
+#include <execinfo.h>
+#include <signal.h>
 #include <strings.h>
 #include <unistd.h>
 #include <sys/uio.h>
@@ -212,6 +214,82 @@ static struct {
 };
 
 /* ------------------------------------------------------------------ */
+/* crash reports                                                       */
+
+/* What this thread is running for the module ("GET", "/items/[0-9]+";
+ * "onload", ""; "job", "resize"): a fatal signal names it. */
+static __thread const char *t_doing_kind;
+static __thread const char *t_doing_what;
+
+void cweb_crash_context(const char *kind, const char *what)
+{
+    t_doing_kind = kind;
+    t_doing_what = what;
+}
+
+static void put_err(const char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0) {
+        ssize_t w = write(STDERR_FILENO, s, n);
+        if (w <= 0)
+            return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+/* On a fatal signal: one line naming the signal and what the thread was
+ * running, then the native backtrace, on stderr (the module's log), then
+ * the signal's default action so the runtime sees the process die of it.
+ * Only write(2) and backtrace_symbols_fd (which does not allocate) run
+ * here; backtrace() was called once at init so it needs no dlopen now. */
+static void cweb_fatal(int sig)
+{
+    char num[12];
+    int i = (int)sizeof(num) - 1;
+    num[i] = '\0';
+    int v = sig;
+    do {
+        num[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && i > 0);
+    const char *name = sigabbrev_np(sig);
+    put_err("cweb: fatal signal SIG");
+    put_err(name ? name : "?");
+    put_err(" (");
+    put_err(num + i);
+    put_err(")");
+    if (t_doing_kind) {
+        put_err(" in ");
+        put_err(t_doing_kind);
+        if (t_doing_what && *t_doing_what) {
+            put_err(" ");
+            put_err(t_doing_what);
+        }
+    }
+    put_err("\ncweb: backtrace (newest first):\n");
+    void *frames[64];
+    int n = backtrace(frames, 64);
+    backtrace_symbols_fd(frames, n, STDERR_FILENO);
+    raise(sig); /* SA_RESETHAND | SA_NODEFER: the default action, now */
+}
+
+static void install_crash_handler(void)
+{
+    void *warm[1];
+    backtrace(warm, 1); /* loads libgcc's unwinder outside a signal handler */
+    static const int fatal[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGSYS};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = cweb_fatal;
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    for (size_t k = 0; k < sizeof(fatal) / sizeof(fatal[0]); k++)
+        sigaction(fatal[k], &sa, NULL);
+}
+
+/* ------------------------------------------------------------------ */
 /* entry ABI: version, describe, lifecycle                             */
 
 ABI int cweb_abi_version(void)
@@ -226,6 +304,7 @@ ABI int cweb_abi_init(const char *data_dir, unsigned long long max_response)
     if (max_response)
         host.max_response = (size_t)max_response;
     cweb_services_init(host.data_dir);
+    install_crash_handler();
     /* stdout is a pipe to the log collector: keep printf lines prompt. */
     setvbuf(stdout, NULL, _IOLBF, 0);
     return 0;
@@ -276,6 +355,20 @@ ABI long cweb_abi_describe(char *buf, size_t cap)
         json_array_append_new(jobs, jo);
     }
     json_object_set_new(o, "jobs", jobs);
+    /* Slots filled past .size (a forgotten or short .size): never served,
+     * counted so the runtime can say so. */
+    int unsized = 0;
+    for (int i = m->size < 0 ? 0 : m->size; i < MAX_ROUTES; i++)
+        unsized += m->routes[i].path != NULL || m->routes[i].handler != NULL;
+    json_object_set_new(o, "unsized_routes", json_integer(unsized));
+    unsized = 0;
+    for (int i = m->ws_size < 0 ? 0 : m->ws_size; i < MAX_WEBSOCKETS; i++)
+        unsized += m->websockets[i].path != NULL;
+    json_object_set_new(o, "unsized_websockets", json_integer(unsized));
+    unsized = 0;
+    for (int i = m->job_size < 0 ? 0 : m->job_size; i < MAX_JOBS; i++)
+        unsized += m->jobs[i].name != NULL || m->jobs[i].run != NULL;
+    json_object_set_new(o, "unsized_jobs", json_integer(unsized));
     json_object_set_new(o, "has_onload", json_boolean(m->onload != NULL));
     json_object_set_new(o, "has_unload", json_boolean(m->unload != NULL));
     char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
@@ -291,8 +384,12 @@ ABI long cweb_abi_describe(char *buf, size_t cap)
 
 ABI void cweb_abi_onload(void)
 {
-    if (&config != NULL && config.onload)
+    if (&config != NULL && config.onload) {
+        cweb_crash_context("onload", "");
+        fflush(stdout);
         config.onload(&cweb_g_ctx);
+        cweb_crash_context(NULL, NULL);
+    }
     cweb_services_after_handler();
 }
 
@@ -531,7 +628,9 @@ static int handle_http(struct conn *c, struct reader *r)
     res.status = HTTP_200_OK;
 
     t_body = c->body;
+    cweb_crash_context(config.routes[route].method, config.routes[route].path);
     config.routes[route].handler(&cweb_g_ctx, &req, &res);
+    cweb_crash_context(NULL, NULL);
     t_body = NULL;
     cweb_services_after_handler();
 

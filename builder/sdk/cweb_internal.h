@@ -31,6 +31,10 @@ void cweb_services_after_handler(void);
  * (cweb_scheduler.c). */
 void cweb_services_retire(void);
 
+/* Names what the calling thread runs for the module, for the crash report
+ * a fatal signal writes (cweb_glue.c); (NULL, NULL) when it is done. */
+void cweb_crash_context(const char *kind, const char *what);
+
 /* The module's declaration (weak: absent when the module forgot it). */
 extern module_t config __attribute__((weak));
 

@@ -135,7 +135,9 @@ int cweb_job_run(int fd, struct reader *r, struct buf *out)
     int rc = -1;
     if (&config != NULL && idx < config.job_size && idx < MAX_JOBS && config.jobs[idx].run) {
         job_payload_t p = {payload, payload_len};
+        cweb_crash_context("job", config.jobs[idx].name);
         rc = config.jobs[idx].run(&cweb_g_ctx, &p, &j->pub);
+        cweb_crash_context(NULL, NULL);
     } else {
         job_set_error(&j->pub, "job not found in module");
     }

@@ -242,6 +242,7 @@ int cweb_ws_frame(int fd, uint8_t type, struct reader *r, struct buf *out)
         return -1;
     const websocket_info_t *info = &config.websockets[idx];
     websocket_t *ws;
+    cweb_crash_context("websocket", info->path);
     switch (type) {
     case CWEB_F_WS_OPEN:
         ws = ws_open(id);
@@ -271,8 +272,10 @@ int cweb_ws_frame(int fd, uint8_t type, struct reader *r, struct buf *out)
         }
         break;
     default:
+        cweb_crash_context(NULL, NULL);
         return -1;
     }
+    cweb_crash_context(NULL, NULL);
     cweb_services_after_handler();
     return cweb_send_ack(fd);
 }
