@@ -513,11 +513,12 @@ def test_json_flag_prints_compile_error_json(peer: Peer, tmp_path: Path) -> None
 
 
 def test_check_compiles_without_deploying(peer: Peer, tmp_path: Path) -> None:
-    """`cweb check` posts to /mgnt?check=1 and reports success."""
+    """`cweb check` posts to /mgnt?check=1 (the server's dry run) and reports what would deploy."""
     (tmp_path / "hello.c").write_text("int a;\n")
-    peer.on("POST", "/mgnt?check=1", Reply(200, {"ok": True, "module_hash": HASH_A, "warnings": []}))
+    peer.on("POST", "/mgnt?check=1", Reply(200, {"ok": True, "module_hash": HASH_A, "warnings": [], "name": "hello",
+                                                  "routes": [{"method": "GET", "path": "/hello"}]}))
     result = run_cweb("--server", peer.url, "check", "hello.c", cwd=tmp_path)
-    assert (0, "ok hello.c compiles (a1b2c3d4e5f6, 0 warnings)\n") == (result.returncode, result.stdout)
+    assert (0, "ok hello.c would deploy as hello (a1b2c3d4e5f6, GET /hello, 0 warnings)\n") == (result.returncode, result.stdout)
     assert ["/mgnt?check=1"] == [r.path for r in peer.seen]
 
 
