@@ -180,7 +180,12 @@ class Agent:
         if self.worker_limits.in_bwrap:
             seccomp_fd = self.worker_limits.bwrap_filter()
             fds.append(seccomp_fd)
-        argv = self.sandbox.command([sys.executable, "-m", "runtime.worker"], seccomp_fd)
+        # A worker needs the standard library and runtime/ only: without
+        # site (-S -s) it skips every .pth file of the installation, which
+        # on some machines import whole packages at each interpreter start.
+        # Landlock confines from inside the worker, with landlockpy.
+        flags = [] if self.sandbox.kind == "landlock" else ["-s", "-S"]
+        argv = self.sandbox.command([sys.executable, *flags, "-m", "runtime.worker"], seccomp_fd)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,

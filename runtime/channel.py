@@ -15,7 +15,6 @@ returns that byte), so by the time its line is complete they are queued.
 from __future__ import annotations
 
 import array
-import asyncio
 import collections
 import json
 import os
@@ -126,6 +125,10 @@ class Channel:
         self.parser = Lines()
         self.out: collections.deque[list] = collections.deque()  # [bytes, fds]
         self.closed = False
+        # Imported here: workers use only the blocking half of this module,
+        # and asyncio is a fifth of a worker's start-up imports.
+        import asyncio
+
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.fd, self._readable)
 
