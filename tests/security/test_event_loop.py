@@ -5,6 +5,9 @@ same server keeps answering within a small bound."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 
 import httpx
@@ -17,33 +20,47 @@ from tests.security.conftest import OK_BODY, SENTINEL_PATH, SecServer, auth, mod
 STALL_BOUND_S = 0.75
 
 
-async def _sentinel_latencies(url: str, stop: asyncio.Event, out: list[float]) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            r = await c.get(SENTINEL_PATH)
-            out.append(time.perf_counter() - t0)
-            assert r.status_code == 200, r.text
-            await asyncio.sleep(0.02)
+# The sentinel runs in a process of its own: in the test's process it would
+# also time the attacking client's own event loop (60 concurrent httpx
+# requests cost the client more CPU than the server), not the server's.
+SENTINEL_SCRIPT = """
+import http.client, json, select, sys, time
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection(host, port, timeout=30)
+latencies = []
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0.02)[0]:
+    t0 = time.perf_counter()
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    latencies.append(time.perf_counter() - t0)
+    if r.status != 200:
+        sys.exit(f"sentinel answered {r.status}: {body[:200]!r}")
+print(json.dumps(latencies), flush=True)
+"""
 
 
 def under_attack(s: SecServer, attack) -> tuple[list[float], object]:
     """Run attack(client) while timing the sentinel route; (latencies, attack's result)."""
+    url = httpx.URL(s.url)
+    probe = subprocess.Popen([sys.executable, "-c", SENTINEL_SCRIPT, url.host, str(url.port), SENTINEL_PATH],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
 
-    async def main() -> tuple[list[float], object]:
-        stop = asyncio.Event()
-        latencies: list[float] = []
-        probe = asyncio.create_task(_sentinel_latencies(s.url, stop, latencies))
-        await asyncio.sleep(0.1)
-        try:
+        async def main() -> object:
             async with httpx.AsyncClient(base_url=s.url, timeout=60, limits=httpx.Limits(max_connections=64)) as c:
-                result = await attack(c)
-        finally:
-            stop.set()
-            await probe
-        return latencies, result
+                return await attack(c)
 
-    return asyncio.run(main())
+        result = asyncio.run(main())
+        out, _ = probe.communicate("stop\n", timeout=60)
+    finally:
+        probe.kill()
+        probe.wait()
+    assert probe.returncode == 0, f"sentinel failed: {out!r}"
+    return json.loads(out), result
 
 
 def test_pathological_route_regex_does_not_stall_the_server(healthy: SecServer) -> None:
