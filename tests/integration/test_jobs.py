@@ -14,7 +14,6 @@ calls of the cancel hook, `jobs_create` from a route and from `onload`).
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import signal
@@ -1112,33 +1111,6 @@ def test_ws_with_a_bad_since_event_id_is_refused(lab: Lab) -> None:
     got, code = ws_read_all(ws_url(lab.server, job_uuid).replace("?id=", "?since_event_id=x&id="))
     assert "invalid_since_event_id" == got[0]["error"]
     assert 1008 == code
-
-
-# ---------------------------------------------------------------------------
-# the examples
-
-
-def test_example_job_sum(server: Server) -> None:
-    """example/job_sum.c: {"n": N} -> {"n": N, "sum": N(N+1)/2}; a bad payload fails with a message."""
-    deploy_ok(server, (ROOT / "example" / "job_sum.c").read_text())
-    assert {"n": 100, "sum": 5050} == wait_job(server, submit(server, "job_sum", "sum", {"n": 100}))["result"]
-    bad = wait_job(server, submit(server, "job_sum", "sum", {"n": "many"}))
-    assert "failed" == bad["state"] and "non-negative integer" in bad["error"]
-
-
-def test_example_job_hash_streams_progress_and_honours_cancel(server: Server) -> None:
-    """example/job_hash.c hashes in chunks with progress events; a huge input is canceled promptly."""
-    deploy_ok(server, (ROOT / "example" / "job_hash.c").read_text())
-    job_uuid = submit(server, "job_hash", "sha256", {"text": "abc", "repeat": 100000, "chunk": 25000})
-    job = wait_job(server, job_uuid)
-    assert {"sha256": hashlib.sha256(b"abc" * 100000).hexdigest(), "bytes": 300000} == job["result"]
-    progress = [e["data"]["done"] for e in events(server, job_uuid) if e["type"] == "progress"]
-    assert [0, 75000, 150000, 225000, 300000] == progress
-    endless = submit(server, "job_hash", "sha256", {"text": "x" * 1000, "repeat": 10**12, "chunk": 1000})
-    wait_event(server, endless, "progress")
-    t0 = time.monotonic()
-    assert "canceled" == route(server, "POST", f"/jobs/{endless}/cancel").json()["state"]
-    assert time.monotonic() - t0 < 3
 
 
 # ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLES, Server, unique, wait_for
+from tests.conftest import Server, unique, wait_for
 
 # A module exposing every context service under /@NAME@/...; @TAG@ is what
 # GET /@NAME@/version answers (change it to make a new artifact).
@@ -939,31 +939,3 @@ def test_artifact_provenance_and_source(server: Server) -> None:
     assert source == src.text
     assert (404, "artifact_not_found") == (missing.status_code, missing.json()["error"])
     assert 404 == bad.status_code
-
-
-# ---------------------------------------------------------------------------
-# the examples
-
-
-def test_examples_share_cache_defer_work_and_store_values(make_server) -> None:
-    server = make_server()
-    for name in ("cache_writer.c", "cache_reader.c", "deferred.c", "kvstore.c"):
-        deployed(server, (EXAMPLES / name).read_bytes().decode(), name)
-    with server.client() as c:
-        assert 404 == c.get("/greeting").status_code
-        assert 201 == c.post("/greeting", content=b"hello from the writer").status_code
-        assert "hello from the writer" == c.get("/greeting").text
-        assert 200 == c.delete("/greeting").status_code
-        assert 404 == c.get("/greeting").status_code
-
-        assert 202 == c.post("/deferred/now", content=b"first").status_code
-        assert 202 == c.post("/deferred/later", params={"ms": 200}, content=b"second").status_code
-        assert wait_for(lambda: c.get("/deferred/log").text == "now: first\nlater: second\n", 5)
-
-        assert 201 == c.post("/kv/colour", content=b"blue").status_code
-        assert 201 == c.post("/kv/shape", content=b"round").status_code
-        assert "blue" == c.get("/kv/colour").text
-        assert {"colour": "blue", "shape": "round"} == c.get("/kv").json()
-        assert 200 == c.delete("/kv/colour").status_code
-        assert 404 == c.get("/kv/colour").status_code
-        assert 404 == c.get("/kv/no-such-key").status_code
