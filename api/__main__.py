@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import ssl
 import sys
 
@@ -46,6 +47,30 @@ def resolve_tls(cert: str, key: str, cwd: str) -> tuple[str, str] | None:
     return os.path.abspath(cert), os.path.abspath(key)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying "ready" once the port is bound (the app's
+    lifespan, where the runtime and modules come up, runs before the bind)."""
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            cfg = self.config
+            log.info("cweb ready on %s://%s:%d", "https" if cfg.is_ssl else "http", cfg.host, cfg.port)
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on (in use, not ours), checked
+    before the slow start so the answer is immediate; None if it can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc} (pick another with --port or CWEB_PORT)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     p = argparse.ArgumentParser(prog="python -m api", description="cweb server")
@@ -61,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     settings.insecure_no_auth = args.insecure_no_auth
     configure_logging(settings.log_json)
 
-    problem = auth.startup_problem(settings)
+    problem = auth.startup_problem(settings) or port_problem(settings.host, settings.port)
     if problem:
         print(f"cweb: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -91,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     from api.app import create_app  # after the checks: refusing to start stays instant
 
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -112,7 +137,23 @@ def main(argv: list[str] | None = None) -> None:
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
     )
+    server = _Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C during start-up: uvicorn's own handler is not installed yet
+    if not server.started:
+        sys.exit(1)
+
+
+def run() -> None:
+    """main() with Ctrl-C an ordinary way to stop, at any moment: no traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("cweb: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -165,7 +165,8 @@ def create_app(settings: Settings) -> Dispatcher:
         # collector's sight, a full collection no longer walks it (tail latency).
         gc.collect()
         gc.freeze()
-        log.info("cweb ready on %s:%d (data dir %s, builds: %s)", settings.host, settings.port, settings.data_dir, state.builder.mode)
+        # "ready" comes once the port is bound (api/__main__.py).
+        log.info("cweb started: %d module(s), data dir %s, builds: %s", len(state.host.active), settings.data_dir, state.builder.mode)
         yield
         job_metrics.cancel()
         for task in feeds:

@@ -102,6 +102,9 @@ class AgentClient:
                 sys.executable, "-m", "runtime",
                 "--control-fd", str(theirs.fileno()), "--settings", settings.to_json(), "--parent-pid", str(os.getpid()),
                 stdout=asyncio.subprocess.PIPE, env=env, pass_fds=(theirs.fileno(),),
+                # Its own process group: a Ctrl-C on the terminal stops the
+                # api, which stops the agent; the agent does not die first.
+                start_new_session=True,
             )
         finally:
             theirs.close()

@@ -35,6 +35,8 @@ class Diagnostic(Model):
     column: int = Field(examples=[9])
     severity: str = Field(description="error, warning, note or fatal error", examples=["error"])
     message: str = Field(examples=["expected expression before ';' token"])
+    excerpt: list[str] | None = Field(None, description="gcc's source line, caret and fix-it hint under the message",
+                                      examples=[["    2 | int x = ;", "      |         ^"]])
 
 
 class Error(Model):
@@ -44,6 +46,9 @@ class Error(Model):
     message: str = Field(description="What went wrong, for humans")
     diagnostics: list[Diagnostic] | None = Field(None, description="Compile errors only: the parsed compiler messages")
     log: str | None = Field(None, description="Compile errors only: the raw compiler output")
+    signal: str | None = Field(None, description="onload_crashed, load_crashed: the signal the module died of", examples=["SIGSEGV"])
+    output: list[str] | None = Field(None, description="onload_crashed, load_crashed: what the module printed before, "
+                                                       "its crash report (signal, backtrace) last")
 
 
 # ---- deploy -------------------------------------------------------------------

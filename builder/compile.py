@@ -31,10 +31,13 @@ GLUE_HEADERS = frozenset({"cweb_wire.h", "cweb_frame.h", "cweb_internal.h"})
 # -Werror=incompatible-pointer-types: a handler with the wrong signature
 # would otherwise build with a warning and answer 200 empty (gcc 14 makes
 # it an error by default; gcc 12 does not).
-CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-Werror=incompatible-pointer-types", "-fdiagnostics-color=never", "-fmax-errors=50"]
+# -g: the linker names the source line of an undefined reference (the
+# debug sections are stripped from the artifact again: --strip-debug).
+CFLAGS = ["-std=gnu11", "-O2", "-g", "-fPIC", "-Wall", "-Werror=incompatible-pointer-types", "-fdiagnostics-color=never",
+          "-fmax-errors=50"]
 # --wrap: the glue sees the module's free/realloc of the response buffer it
 # handed out (builder/sdk/cweb_glue.c, "Response buffers").
-LDFLAGS = ["-shared", "-Wl,-z,defs", "-Wl,--wrap=free,--wrap=realloc", "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"]
+LDFLAGS = ["-shared", "-Wl,-z,defs", "-Wl,--strip-debug", "-Wl,--wrap=free,--wrap=realloc", "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"]
 SANDBOX_SDK = "/sdk"
 SANDBOX_GLUE = "/glue/glue.o"
 SANDBOX_BUILD = "/build"

@@ -740,8 +740,12 @@ def test_cli_logs_prints_and_follows_module_output(server: Server, tmp_path: Pat
     assert re.search(rf"\d\d:\d\d:\d\d {info['module_hash'][:8]} stdout {marker} first", r.stdout), r.stdout
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+    # Started with SIGINT ignored, as every background job of a non-interactive
+    # shell is (a CI runner, `make test &`): it timed out there, because Python
+    # installs no Ctrl-C handler then and the follower never ended.
     follower = subprocess.Popen([sys.executable, str(CLI), "--server", server.url, "logs", name, "-f", "-n", "0"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         got: list[str] = []
         reader = threading.Thread(target=lambda: got.extend(iter(follower.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]

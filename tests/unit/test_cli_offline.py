@@ -943,3 +943,47 @@ def test_https_self_signed_needs_cacert(tls_peer: tuple[Peer, Path], tmp_path: P
     assert 0 == run_cweb("--server", peer.url, "--cacert", str(cert), "modules", cwd=tmp_path).returncode
     assert 0 == run_cweb("--server", peer.url, "modules", cwd=tmp_path, env={"CWEB_CACERT": str(cert)}).returncode
     assert 2 == len(peer.seen)
+
+
+# --------------------------------------------------------------------------
+# a server that answers before reading the whole upload
+
+
+def test_deploy_shows_the_413_of_a_server_that_closed_before_the_body_ended(tmp_path: Path) -> None:
+    """A server refusing an upload by its Content-Length answers 413 and
+    closes without reading the rest: the client's send fails (broken pipe,
+    reset). The CLI shows the server's answer, exit 1, not "cannot reach" (3)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    body = json.dumps({"error": "source_too_large", "message": "the upload exceeds 1114112 bytes"}).encode()
+    answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+    served = []
+
+    def serve() -> None:
+        listener.settimeout(30)
+        for _ in range(2):  # urllib's attempt, then the CLI's re-send that reads the answer
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                conn.sendall(answer)
+                served.append(head.split(b"\r\n", 1)[0])
+                # Closing with unread data makes the kernel send a reset.
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    big = tmp_path / "big.c"
+    big.write_bytes(b"/*" + b"x" * (24 << 20) + b"*/\n")
+    result = run_cweb("--server", f"127.0.0.1:{port}", "deploy", str(big), cwd=tmp_path, timeout=60)
+    listener.close()
+    assert 1 == result.returncode, result.stderr
+    assert "source_too_large: the upload exceeds 1114112 bytes" in result.stderr
+    assert "cannot reach" not in result.stderr
+    assert served and all(line.startswith(b"POST /mgnt") for line in served)

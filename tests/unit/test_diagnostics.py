@@ -44,7 +44,8 @@ def test_error_has_file_line_column_and_message(tmp_path: Path) -> None:
     src = "int f(void)\n{\n    return 0\n}\n"
     rc, diags = syntax(tmp_path, "err.c", src)
     assert 1 == rc
-    assert [{"file": "err.c", "line": 3, "column": 13, "severity": "error", "message": "expected ';' before '}' token"}] == diags
+    assert [{"file": "err.c", "line": 3, "column": 13, "severity": "error", "message": "expected ';' before '}' token",
+             "excerpt": ["    3 |     return 0", "      |             ^", "      |             ;", "    4 | }", "      | ~"]}] == diags
 
 
 def test_warning_is_a_warning(tmp_path: Path) -> None:
@@ -59,6 +60,7 @@ def test_warning_is_a_warning(tmp_path: Path) -> None:
             "column": 9,
             "severity": "warning",
             "message": "unused variable 'unused_thing' [-Wunused-variable]",
+            "excerpt": ["    3 |     int unused_thing;", "      |         ^~~~~~~~~~~~"],
         }
     ] == diags
 
@@ -69,7 +71,8 @@ def test_fatal_missing_include_is_an_error(tmp_path: Path) -> None:
     rc, diags = syntax(tmp_path, "fatal.c", src)
     assert 1 == rc
     assert [
-        {"file": "fatal.c", "line": 2, "column": 10, "severity": "error", "message": "no_such_header.h: No such file or directory"}
+        {"file": "fatal.c", "line": 2, "column": 10, "severity": "error", "message": "no_such_header.h: No such file or directory",
+         "excerpt": ['    2 | #include "no_such_header.h"', "      |          ^~~~~~~~~~~~~~~~~~"]}
     ] == diags
 
 
@@ -112,6 +115,15 @@ def test_linker_undefined_reference_is_the_only_error(tmp_path: Path) -> None:
     assert 1 == rc
     assert "undefined reference to `missing_fn'" in out
     assert [{"file": "link.c", "line": 0, "column": 0, "severity": "error", "message": "undefined reference to `missing_fn'"}] == parse(out)
+
+
+def test_linker_error_names_the_line_with_debug_information(tmp_path: Path) -> None:
+    """Compiled with -g (as the builder does), ld names the line of the call."""
+    src = "void missing_fn(void);\nint main(void)\n{\n    missing_fn();\n    return 0;\n}\n"
+    rc, out = gcc(tmp_path, "link.c", src, "-g", "-o", "link")
+    assert 1 == rc
+    diags = parse(out.replace(str(tmp_path) + "/", ""))
+    assert [{"file": "link.c", "line": 4, "column": 0, "severity": "error", "message": "undefined reference to `missing_fn'"}] == diags
 
 
 def test_collect2_summary_alone_is_skipped() -> None:

@@ -1,0 +1,164 @@
+"""The author's loop against a real server (issue 18): how the server starts
+and stops (port taken, Ctrl-C on a terminal), what a followed log does when
+the server goes away, gcc's excerpt and link errors with their line.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT, Server, free_port, route_module, unique, wait_for
+
+CLI = ROOT / "cweb"
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def cweb(*args: str, cwd: Path, server: Server, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CLI), "--server", server.url, *args], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_until(fd: int, done, timeout: float) -> bytes:
+    """Read a pty until done(output) or EOF or timeout; the output."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not done(out):
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the other side is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_server_on_a_taken_port_says_so_at_once_and_never_ready(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+        env["PYTHONPATH"] = str(ROOT)
+        run = subprocess.run([sys.executable, "-m", "api", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert 2 == run.returncode, run.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "--port" in run.stderr, run.stderr
+    assert "cweb ready" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_server_logs_ready_only_once_listening(make_server) -> None:
+    server = make_server()
+    lines = server.logs().splitlines()
+    ready = [i for i, line in enumerate(lines) if "cweb ready on http://127.0.0.1:" in line]
+    started = [i for i, line in enumerate(lines) if "cweb started:" in line]
+    assert len(ready) == 1 and started and started[0] < ready[0], lines
+
+
+def start_in_pty(port: int, data: Path) -> tuple[int, int]:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the server, on the terminal
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+        env["PYTHONPATH"] = str(ROOT)
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "-m", "api", "--port", str(port), "--data-dir", str(data)], env)
+    return pid, fd
+
+
+def test_ctrl_c_stops_the_server_without_a_traceback_at_start_and_when_ready(tmp_path: Path) -> None:
+    """^C on the terminal, once while the server is still importing and
+    starting, once when it is ready: no traceback, no "lost the runtime
+    agent" (the agent is not in the terminal's process group)."""
+    for when in ("starting", "ready"):
+        port = free_port()
+        pid, fd = start_in_pty(port, tmp_path / f"data-{when}")
+        try:
+            if when == "starting":
+                out = read_until(fd, lambda o: False, 0.8)
+            else:
+                out = read_until(fd, lambda o: b"cweb ready on" in o, 60)
+                assert b"cweb ready on" in out, out.decode(errors="replace")
+            os.write(fd, b"\x03")
+            out += read_until(fd, lambda o: False, 20)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            os.close(fd)
+        text = out.decode(errors="replace")
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, (when, text)
+        assert "lost the runtime agent" not in text, (when, text)
+        assert os.waitstatus_to_exitcode(status) in (0, 130), (when, status, text)
+
+
+def test_logs_follow_exits_3_with_a_message_when_the_server_goes_away(make_server, tmp_path: Path) -> None:
+    server = make_server()
+    name = unique("gone")
+    assert 200 == server.deploy(route_module(name, f"/{name}")).status_code
+    follower = subprocess.Popen([sys.executable, str(CLI), "--server", server.url, "logs", name, "-f"], cwd=tmp_path,
+                                env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Subscribed once the server counts a follower of the module.
+        time.sleep(1.0)
+        assert follower.poll() is None
+        server.stop()
+        follower.wait(30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    err = follower.stderr.read()  # type: ignore[union-attr]
+    assert 3 == follower.returncode, err
+    assert "closed the log stream" in err or "cannot reach" in err, err
+    assert "Traceback" not in err
+
+
+def test_compile_errors_keep_gccs_excerpt_and_link_errors_their_line(server: Server, tmp_path: Path) -> None:
+    src = tmp_path / "typo.c"
+    src.write_text("#include <cweb.h>\nint f(void) {\n    int x = 1\n    return x;\n}\n")
+    r = cweb("deploy", str(src), cwd=tmp_path, server=server)
+    assert 1 == r.returncode
+    lines = r.stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if f"{src}:4:5: error:" in line)
+    assert "|     return x;" in lines[first + 1] and lines[first + 2].strip().startswith("|") and "^" in lines[first + 2], r.stderr
+
+    name = unique("link")
+    src = tmp_path / "link.c"
+    src.write_text(route_module(name, f"/{name}", extra="int not_defined_anywhere(void);")
+                   .replace("(void)ctx; (void)req;", "(void)ctx; (void)req; not_defined_anywhere();"))
+    wanted = next(i for i, line in enumerate(src.read_text().splitlines(), 1) if "not_defined_anywhere();" in line)
+    r = server.deploy(src.read_text(), "link.c")
+    assert 422 == r.status_code, r.text
+    diags = [d for d in r.json()["diagnostics"] if "undefined reference" in d["message"]]
+    assert diags and ("link.c", wanted) == (diags[0]["file"], diags[0]["line"]), r.json()["diagnostics"]
+    r = cweb("deploy", str(src), cwd=tmp_path, server=server)
+    assert f"{src}:{wanted}: error: undefined reference to `not_defined_anywhere'" in r.stderr, r.stderr
+
+
+def test_sigint_to_a_follower_started_with_sigint_ignored_still_ends_it(server: Server, tmp_path: Path) -> None:
+    name = unique("ign")
+    assert 200 == server.deploy(route_module(name, f"/{name}")).status_code
+    follower = subprocess.Popen([sys.executable, str(CLI), "--server", server.url, "logs", name, "-f"], cwd=tmp_path,
+                                env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert not wait_for(lambda: follower.poll() is not None, 1.5), "follows until told to stop"
+        follower.send_signal(signal.SIGINT)
+        follower.wait(20)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert 130 == follower.returncode
+    assert "Traceback" not in follower.stderr.read()  # type: ignore[union-attr]
