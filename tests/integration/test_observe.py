@@ -701,7 +701,8 @@ def test_cli_check_compiles_without_deploying(server: Server, tmp_path: Path) ->
     (tmp_path / "ok.c").write_text(route_module(name, f"/{name}"))
     r = cweb("check", "ok.c", cwd=tmp_path, server=server)
     assert 0 == r.returncode, r.stderr
-    assert r.stdout.startswith("ok ok.c compiles (")
+    assert r.stdout.startswith(f"ok ok.c would deploy as {name} ("), r.stdout
+    assert f"GET /{name}" in r.stdout
     assert 404 == get(server, f"/modules/{name}").status_code, "check does not deploy"
 
 

@@ -700,10 +700,11 @@ def test_logs_asks_for_n_lines_and_prints_them(peer: Peer, tmp_path: Path) -> No
 
 
 def test_logs_follow_prints_streamed_lines(peer: Peer, tmp_path: Path) -> None:
-    """-f reads newline-delimited JSON until the server closes the stream."""
+    """-f reads newline-delimited JSON; a stream the server ends is the server going away (exit 3)."""
     peer.on("GET", "/modules/hello/logs", Reply(200, stream=LOG_LINES))
     result = run_cweb("--server", peer.url, "--json", "logs", "hello", "-f", cwd=tmp_path)
-    assert 0 == result.returncode
+    assert 3 == result.returncode
+    assert "closed the log stream" in result.stderr
     assert "1" == peer.seen[0].query["follow"]
     assert LOG_LINES == [json.loads(line) for line in result.stdout.splitlines()]
 
