@@ -162,3 +162,31 @@ def test_sigint_to_a_follower_started_with_sigint_ignored_still_ends_it(server: 
             follower.wait()
     assert 130 == follower.returncode
     assert "Traceback" not in follower.stderr.read()  # type: ignore[union-attr]
+
+
+def test_readme_quick_start_port_and_data_dir_from_the_environment(tmp_path: Path) -> None:
+    """README: `CWEB_PORT=... CWEB_DATA_DIR=... make run` (make passes the
+    environment to `python -m api`): the server listens there and keeps its
+    state there."""
+    import httpx
+
+    port = free_port()
+    data = tmp_path / "elsewhere"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+    env.update({"PYTHONPATH": str(ROOT), "CWEB_PORT": str(port), "CWEB_DATA_DIR": str(data)})
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(healthy, 60), (tmp_path / "server.log").read_text()
+        assert (data / "registry.db").is_file()
+        assert f"cweb ready on http://127.0.0.1:{port}" in (tmp_path / "server.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()

@@ -94,3 +94,14 @@ def test_the_standalone_agent_reads_its_own_environment() -> None:
                                 "CWEB_RUNTIME_SECRET": "s3"})
     assert (a.socket, a.workers.cpu_seconds, a.secret) == ("/run/x/agent.sock", 9, "s3")
     assert "s3" not in repr(a)
+
+
+def test_pyproject_license_is_an_spdx_string() -> None:
+    """A license table makes setuptools warn on every install; the SPDX string
+    form needs setuptools >= 77 as the build backend."""
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "MIT" == meta["project"]["license"]
+    assert ["setuptools>=77"] == meta["build-system"]["requires"]
