@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from cweb_testing import CwebServer, DeployError, JobTimeout, RequestError
+from tests.conftest import ROOT, SPIN_JOB, wait_for
 
 PROJECT = ROOT / "tests" / "user_project"
 # The sample project's tests: every one passes (test_my_modules.py); the demo fails on purpose.
@@ -85,3 +86,80 @@ def test_cweb_env_option_reaches_the_server(tmp_path: Path) -> None:
     done = run_pytest("--cweb-env", "CWEB_MAX_BODY_BYTES=1024", cwd=tmp_path, timeout=300)
     assert 0 == done.returncode, done.stdout[-6000:] + done.stderr[-3000:]
     assert "PASSED test_limit.py::test_limit" in done.stdout
+
+
+def test_session_options_tls_key_and_workdir_reach_the_server(tmp_path: Path) -> None:
+    """--cweb-tls, --cweb-api-key and --cweb-workdir configure the session's server."""
+    site = tmp_path / "site"
+    (site / "static").mkdir(parents=True)
+    (site / "static" / "hello.txt").write_text("from the workdir\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_options.py").write_text(
+        "from pathlib import Path\n"
+        f"STATIC = Path({str(ROOT / 'example' / 'static.c')!r})\n"
+        f"ECHO = Path({str(ROOT / 'example' / 'websocket.c')!r})\n"
+        "def test_options(cweb):\n"
+        "    assert cweb.url.startswith('https://127.0.0.1:')\n"
+        "    assert 'fixed-key-123' == cweb.api_key\n"
+        "    cweb.deploy(STATIC)\n"
+        "    r = cweb.get('/static/hello.txt')\n"
+        "    assert (200, 'from the workdir\\n') == (r.status_code, r.text)\n"
+        "    cweb.deploy(ECHO)\n"
+        "    with cweb.websocket('/websocket') as ws:\n"
+        "        ws.send('tls')\n"
+        "        assert 'You: tls' == ws.recv(timeout=10)\n"
+        "    assert 401 == cweb.post('/mgnt', files={'code': ('x.c', b'x')}, headers={'Authorization': 'Bearer other'}).status_code\n"
+    )
+    done = run_pytest("--cweb-tls", "--cweb-api-key=fixed-key-123", f"--cweb-workdir={site}", cwd=project, timeout=300)
+    assert 0 == done.returncode, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "PASSED test_options.py::test_options" in done.stdout
+
+
+# ---------------------------------------------------------------------------
+# the helpers, in this process (the plugin is loaded here by its entry point too)
+
+SPIN_MODULE = r"""#include <cweb.h>
+#include <unistd.h>
+""" + SPIN_JOB + r"""
+export module_t config = {
+    .name = "spinner", .author = "tests",
+    .jobs = { {"spin", run_spin, NULL} }, .job_size = 1,
+};
+"""
+
+
+def test_wait_job_times_out_readably_and_reset_cancels_the_job(cweb: CwebServer) -> None:
+    """A job still running at the deadline is JobTimeout naming its state; the next reset cancels it."""
+    cweb.deploy(SPIN_MODULE)
+    job_uuid = cweb.submit_job("spinner", "spin", {})
+    assert wait_for(lambda: cweb.job(job_uuid)["state"] == "running", 20)
+    with pytest.raises(JobTimeout) as late:
+        cweb.wait_job(job_uuid, timeout=0.3)
+    assert f"job {job_uuid} did not finish within 0.3 s (last state: running" in str(late.value)
+    cweb.reset()
+    assert "canceled" == cweb.wait_job(job_uuid, timeout=20)["state"]
+    assert [] == cweb.modules()
+
+
+def test_helpers_raise_request_error_with_the_servers_code(cweb: CwebServer) -> None:
+    with pytest.raises(RequestError) as missing:
+        cweb.logs("no_such_module")
+    assert (404, "module_not_found") == (missing.value.status, missing.value.code)
+    assert "no_such_module" in str(missing.value)
+    with pytest.raises(RequestError) as unknown:
+        cweb.submit_job("no_such_module", "x", {})
+    assert 400 <= unknown.value.status < 500 and unknown.value.code
+
+
+def test_deploy_takes_a_path_a_path_string_or_source(cweb: CwebServer, tmp_path: Path) -> None:
+    src = (ROOT / "example" / "counter.c").read_text()
+    assert "counter" == cweb.deploy(ROOT / "example" / "counter.c")["name"]
+    assert cweb.deploy(str(ROOT / "example" / "counter.c"))["noop"]
+    assert cweb.deploy(src)["noop"]
+    with pytest.raises(FileNotFoundError):
+        cweb.deploy(str(tmp_path / "missing.c"))
+    with pytest.raises(DeployError) as refused:
+        cweb.deploy("int broken(void) { return undeclared; }\n", filename="inline.c")
+    assert refused.value.filename == "inline.c"
+    assert any(d["file"] == "inline.c" and d["line"] == 1 for d in refused.value.diagnostics)
