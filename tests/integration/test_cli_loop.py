@@ -190,3 +190,75 @@ def test_readme_quick_start_port_and_data_dir_from_the_environment(tmp_path: Pat
         proc.terminate()
         proc.wait(20)
         log.close()
+
+
+def test_init_makes_a_project_editors_and_gcc_compile_and_the_server_deploys(server: Server, tmp_path: Path) -> None:
+    import shutil
+
+    import httpx
+
+    name = unique("init")
+    r = cweb("init", name, cwd=tmp_path, server=server)
+    assert 0 == r.returncode, r.stderr
+    project = tmp_path / name
+    flags = (project / "compile_flags.txt").read_text().split()
+    assert "-Icweb-sdk" in flags and (project / "cweb-sdk" / "cweb.h").is_file()
+    assert f"-I{project / 'cweb-sdk'}" in (project / ".clangd").read_text()
+    assert f"server_url = {server.url}" in (project / "routes.ini").read_text()
+    gcc = shutil.which("gcc")
+    assert gcc
+    local = subprocess.run([gcc, "-fsyntax-only", *flags, f"{name}.c"], cwd=project, capture_output=True, text=True, timeout=60)
+    assert 0 == local.returncode, local.stderr
+    deployed = subprocess.run([sys.executable, str(CLI), "deploy"], cwd=project, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert 0 == deployed.returncode, deployed.stderr
+    assert f"  GET    {server.url}/{name}\n" in deployed.stdout, deployed.stdout
+    assert f"  GET    {server.url}/{name}/items/[0-9]+   (regex" in deployed.stdout
+    assert "hello me from " + name in httpx.get(f"{server.url}/{name}", params={"who": "me"}).text
+    assert {"item": 42} == httpx.get(f"{server.url}/{name}/items/42").json()
+    again = cweb("init", name, cwd=tmp_path, server=server)
+    assert 2 == again.returncode and "not empty" in again.stderr
+
+
+def test_rollback_without_a_hash_goes_to_the_previous_version(server: Server, tmp_path: Path) -> None:
+    import httpx
+
+    name = unique("rb")
+    for body in ("one", "two"):
+        (tmp_path / f"{body}.c").write_text(route_module(name, f"/{name}", body=body))
+        assert 0 == cweb("deploy", f"{body}.c", cwd=tmp_path, server=server).returncode
+    assert "two" == httpx.get(f"{server.url}/{name}").text
+    r = cweb("rollback", name, cwd=tmp_path, server=server)
+    assert 0 == r.returncode, r.stderr
+    assert r.stdout.startswith(f"rolled back {name}") and f"GET    {server.url}/{name}" in r.stdout
+    assert "one" == httpx.get(f"{server.url}/{name}").text
+    assert 0 == cweb("rollback", name, cwd=tmp_path, server=server).returncode
+    assert "two" == httpx.get(f"{server.url}/{name}").text
+
+
+def test_deploy_watch_redeploys_on_save_and_reports_refusals(server: Server, tmp_path: Path) -> None:
+    import httpx
+
+    name = unique("watch")
+    src = tmp_path / "w.c"
+    src.write_text(route_module(name, f"/{name}", body="v1"))
+    watcher = subprocess.Popen([sys.executable, str(CLI), "--server", server.url, "deploy", "--watch", "w.c"], cwd=tmp_path,
+                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: httpx.get(f"{server.url}/{name}").text == "v1", 60)
+        src.write_text("#include <cweb.h>\nint broken = ;\n")
+        time.sleep(1.0)
+        assert "v1" == httpx.get(f"{server.url}/{name}").text, "a refused save leaves the old version serving"
+        src.write_text(route_module(name, f"/{name}", body="v2"))
+        assert wait_for(lambda: httpx.get(f"{server.url}/{name}").text == "v2", 60)
+        assert watcher.poll() is None, "keeps watching after a refusal"
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(20)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    out, err = watcher.stdout.read(), watcher.stderr.read()  # type: ignore[union-attr]
+    assert 130 == watcher.returncode
+    assert 2 == out.count(f"deployed {name}"), out
+    assert "w.c:2:" in err and "error" in err, err
+    assert "Traceback" not in err

@@ -327,7 +327,8 @@ def test_script_is_executable_with_env_python3_shebang() -> None:
         [],
         ["frobnicate"],
         ["jobs"],
-        ["rollback", "hello"],
+        ["rollback"],
+        ["init", "-bad"],
         ["deploy", "missing.c"],
         ["deploy"],  # no FILE and no routes.ini
         ["check"],
@@ -988,3 +989,11 @@ def test_deploy_shows_the_413_of_a_server_that_closed_before_the_body_ended(tmp_
     assert "source_too_large: the upload exceeds 1114112 bytes" in result.stderr
     assert "cannot reach" not in result.stderr
     assert served and all(line.startswith(b"POST /mgnt") for line in served)
+
+
+def test_version_matches_the_package(tmp_path: Path) -> None:
+    import tomllib
+
+    version = tomllib.loads((CWEB.parent / "pyproject.toml").read_text())["project"]["version"]
+    result = run_cweb("--version", cwd=tmp_path)
+    assert (0, f"cweb {version}\n") == (result.returncode, result.stdout)
