@@ -22,21 +22,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, cache_admin, observe, versions
 from api.cors import Cors
-from api.deploy import ModuleHost, declaration_warnings
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, disk_full_is_507, error_body
 from api.jobs import routes as job_routes
 from api.jobs.service import JobLimits, JobService
 from api.jobs.store import Store as JobStore
 from api.metrics import Metrics
+from api.modules.host import ModuleHost
+from api.modules.version import declaration_warnings
 from api.openapi import API_DESCRIPTION, document, with_module_routes
 from api.registry import Registry
 from api.remote_builder import RemoteBuilder
-from api.runtime_client import AgentClient
 from api.settings import Settings
 from builder import compile as compile_mod
 from builder.errors import BuildError
+from builder.interface import Builder
 from builder.local import LocalBuilder, display_name, sdk_tarball
+from runtime.client import AgentClient
 
 log = logging.getLogger("cweb.api")
 
@@ -51,7 +53,7 @@ class State:
 
     settings: Settings
     host: ModuleHost
-    builder: Any
+    builder: Builder
     registry: Registry
     agent: AgentClient
     metrics: Metrics
@@ -116,7 +118,6 @@ def create_app(settings: Settings) -> Dispatcher:
         # A fresh shared cache per server run, and the signing key, before any worker starts.
         cache_admin.prepare(settings.data_dir, settings.cache_bytes)
         state.started_at = time.time()
-        state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
         await state.registry.open()
         state.builder = RemoteBuilder(settings.builder_url, store_dir=settings.store_dir if os.path.isdir(os.path.join(settings.store_dir, "artifacts")) else None) if settings.builder_url else LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
         if not state.builder.sandboxed:
@@ -124,39 +125,16 @@ def create_app(settings: Settings) -> Dispatcher:
                 log.warning("bubblewrap is unavailable: compiling WITHOUT a sandbox (CWEB_UNSAFE_BUILDS=1)")
             else:
                 log.error("bubblewrap is unavailable: uploads will be refused (set CWEB_UNSAFE_BUILDS=1 to allow unsandboxed builds)")
-        host_box: dict[str, ModuleHost] = {}
-
-        async def on_event(event: dict) -> None:
-            if event.get("event") == "log":
-                state.logs.publish(event)
-            elif "host" in host_box:
-                await host_box["host"].on_agent_event(event)
-
-        if settings.runtime_socket:
-            state.agent = AgentClient(settings.runtime_socket, on_event, settings.runtime.secret)
-        else:
+        if not settings.runtime_socket:
             # Embedded: the agent inherits its end of a socketpair; no path.
-            state.agent = AgentClient("", on_event)
             await state.agent.spawn_embedded(settings.agent_settings())
         await state.agent.connect()
         await state.agent.describe()
-        state.host = ModuleHost(settings, state.agent, state.registry)
-        state.host.metrics = state.metrics
-        state.host.sockets.metrics = state.metrics
-        state.host.on_change = state.changes.publish
-        state.agent.on_reconnect = state.host.reload_all
-        state.host.on_activate = state.logs.activated
-        host_box["host"] = state.host
-        dispatcher.host = state.host
-        dispatcher.ws_handler = state.host.sockets
         await state.host.restore()
-        state.job_store = JobStore(os.path.join(settings.data_dir, "jobs.db"))
         await state.job_store.open()
-        state.jobs = JobService(state.job_store, state.host, limits=JobLimits.from_settings(settings))
-        await state.jobs.start()
+        await state.jobs.start(state.host)
         job_metrics = asyncio.create_task(state.metrics.follow_jobs(state.jobs))
         feeds = [asyncio.create_task(state.changes.follow_jobs(state.jobs)), asyncio.create_task(state.changes.tick_stats(state.metrics))]
-        dispatcher.metrics = state.metrics
         try:
             await state.builder.glue_object()
         except BuildError as exc:
@@ -177,11 +155,31 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.agent.close()
         await state.registry.close()
 
+    # Every collaborator is built here and handed to its users; the lifespan
+    # only opens, starts and stops them.
     state.metrics = Metrics()
     state.logs = observe.LogHub()
-    state.builds = observe.BuildHistory()
     state.changes = observe.Changes()
-    state.builds.on_record = state.changes.publish
+    state.builds = observe.BuildHistory(on_record=state.changes.publish)
+    state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
+    state.job_store = JobStore(os.path.join(settings.data_dir, "jobs.db"))
+    state.jobs = JobService(state.job_store, limits=JobLimits.from_settings(settings))
+
+    async def on_agent_event(event: dict) -> None:
+        if event.get("event") == "log":
+            state.logs.publish(event)
+        else:
+            await state.host.supervisor.on_agent_event(event)
+
+    async def on_agent_back() -> None:
+        await state.host.supervisor.reload_all()
+
+    # The agent's events reach the host that uses the agent: these two
+    # callbacks are the only way back from it.
+    state.agent = AgentClient(settings.runtime_socket, on_agent_event,
+                              settings.runtime.secret if settings.runtime_socket else "", on_reconnect=on_agent_back)
+    state.host = ModuleHost(settings, state.agent, state.registry, jobs=state.jobs, metrics=state.metrics,
+                            on_activate=state.logs.activated, on_change=state.changes.publish)
     # Swagger UI and ReDoc assets come from the fastapi-offline package, served
     # under /docs/static: the docs work with no route to a CDN.
     app = FastAPIOffline(
@@ -324,11 +322,7 @@ def create_app(settings: Settings) -> Dispatcher:
         return Response(sdk_tarball(), media_type="application/gzip",
                         headers={"content-disposition": 'attachment; filename="cweb-sdk.tar.gz"'})
 
-    dispatcher = Dispatcher(None, app, settings.max_body_bytes, settings.request_timeout)  # type: ignore[arg-type]
-    dispatcher.state = state  # type: ignore[attr-defined]
-    dispatcher.guard = auth.make_guard(settings)
     cors = Cors.from_settings(settings)
-    dispatcher.cors = cors if cors.enabled else None
-    dispatcher.max_form_fields = settings.max_form_fields
-    dispatcher.max_upload = settings.max_source_bytes + UPLOAD_FRAMING
-    return dispatcher
+    return Dispatcher(state.host, app, settings.max_body_bytes, settings.request_timeout, jobs=state.jobs,
+                      guard=auth.make_guard(settings), cors=cors if cors.enabled else None, metrics=state.metrics,
+                      max_form_fields=settings.max_form_fields, max_upload=settings.max_source_bytes + UPLOAD_FRAMING)

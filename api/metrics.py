@@ -48,8 +48,8 @@ from api import cache_admin
 from runtime import abi
 
 if TYPE_CHECKING:
-    from api.deploy import ModuleHost
     from api.jobs.service import JobService
+    from api.modules.host import ModuleHost
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400)

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -165,10 +166,10 @@ class LogHub:
 
 
 class BuildHistory:
-    def __init__(self) -> None:
+    def __init__(self, on_record: Callable[[str, Any], None] | None = None) -> None:
         self.entries: collections.deque = collections.deque(maxlen=BUILD_HISTORY)
-        # Set by create_app: told of every build (api/observe.py Changes).
-        self.on_record: Any = None
+        # Told of every build (api/observe.py Changes).
+        self.on_record = on_record
 
     def record(self, **entry: Any) -> None:
         entry.setdefault("at", time.time())

@@ -15,6 +15,7 @@ import asyncio
 import httpx
 
 from builder import errors
+from builder.interface import Builder
 from builder.local import BuildResult
 from builder.store import Store, is_hash
 
@@ -57,7 +58,7 @@ def error_from_response(status: int, body: object) -> errors.BuildError:
     return exc
 
 
-class RemoteBuilder:
+class RemoteBuilder(Builder):
     """Builds through the builder service at `url` (e.g. http://builder:8081)."""
 
     mode = "remote"
@@ -117,13 +118,20 @@ class RemoteBuilder:
         return resp.content
 
     async def manifest(self, module_hash: str) -> dict | None:
-        """The artifact's manifest, or None when the builder does not have it."""
+        """The artifact's manifest (from the shared store where it is mounted,
+        else from the builder), or None when there is none."""
+        if self.store is not None:
+            return self.store.manifest(module_hash)
         resp = await self._request("GET", f"/artifacts/{module_hash}/manifest")
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
             raise error_from_response(resp.status_code, _json_or_none(resp))
         return resp.json()
+
+    async def source(self, source_sha256: str) -> bytes | None:
+        """Sources are kept in the builder's store: readable only where it is mounted."""
+        return self.store.source(source_sha256) if self.store is not None else None
 
     async def healthy(self, attempts: int = 1, delay: float = 0.5) -> bool:
         """Whether the builder answers /healthz with 200 (tried `attempts` times)."""

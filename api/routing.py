@@ -195,7 +195,7 @@ def validate_declaration(desc: dict) -> dict:
 
 @dataclass(frozen=True)
 class Entry:
-    version: Any  # api.deploy.Version
+    version: Any  # api.modules.version.Version
     index: int
     path: str
     method: str

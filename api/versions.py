@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -36,20 +35,6 @@ def _check_hash(module_hash: str) -> str:
     if not is_hash(module_hash):
         raise NotFound(f"{module_hash!r} is not a module hash (64 lower-case hex digits)", code="artifact_not_found")
     return module_hash
-
-
-async def _manifest(state: Any, module_hash: str) -> dict | None:
-    """The build manifest from the store the api can see: local, or the builder's."""
-    store = getattr(state.builder, "store", None)
-    if store is not None:
-        return store.manifest(module_hash)
-    fetch = getattr(state.builder, "manifest", None)
-    return await fetch(module_hash) if fetch is not None else None
-
-
-def _source(state: Any, source_sha256: str) -> bytes | None:
-    store = getattr(state.builder, "store", None)
-    return store.source(source_sha256) if store is not None else None
 
 
 async def _versions(state: Any, name: str) -> list[dict]:
@@ -125,7 +110,7 @@ async def artifact(module_hash: str, request: Request) -> dict:
     state = _state(request)
     _check_hash(module_hash)
     record = await state.registry.artifact(module_hash)
-    manifest = await _manifest(state, module_hash)
+    manifest = await state.builder.manifest(module_hash)
     if record is None and manifest is None:
         raise NotFound(f"no artifact {module_hash[:12]}", code="artifact_not_found")
     manifest = manifest or {}
@@ -151,19 +136,8 @@ async def artifact(module_hash: str, request: Request) -> dict:
         "deploys": await state.registry.deploys_of(module_hash),
         "manifest": manifest,
     }
-    job_store = getattr(state, "job_store", None)
-    if job_store is not None:
-        out["job_runs"] = await job_store.read(lambda conn: _job_runs(conn, module_hash))
+    out["job_runs"] = await state.job_store.runs_of(module_hash, JOB_RUNS_SHOWN)
     return out
-
-
-def _job_runs(conn: sqlite3.Connection, module_hash: str) -> list[dict]:
-    """The latest jobs that ran (or are to run) on this artifact."""
-    rows = conn.execute(
-        "SELECT job_uuid, module, job, state, created_at FROM jobs WHERE module_hash = ? ORDER BY seq DESC LIMIT ?",
-        (module_hash, JOB_RUNS_SHOWN),
-    ).fetchall()
-    return [{"job_uuid": r[0], "module": r[1], "job": r[2], "state": r[3], "created_at": int(r[4])} for r in rows]
 
 
 @router.get("/artifacts/{module_hash}/source")
@@ -172,8 +146,8 @@ async def artifact_source(module_hash: str, request: Request) -> Response:
     state = _state(request)
     _check_hash(module_hash)
     record = await state.registry.artifact(module_hash) or {}
-    source_sha = record.get("source_sha256") or (await _manifest(state, module_hash) or {}).get("source_sha256")
-    data = _source(state, source_sha) if source_sha else None
+    source_sha = record.get("source_sha256") or (await state.builder.manifest(module_hash) or {}).get("source_sha256")
+    data = await state.builder.source(source_sha) if source_sha else None
     if data is None:
         raise NotFound(f"no source kept for artifact {module_hash[:12]}", code="source_not_found")
     return Response(data, media_type="text/x-c; charset=utf-8",

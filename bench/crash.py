@@ -44,7 +44,7 @@ import httpx  # noqa: E402
 
 from bench.server import free_port, start_cweb, stop_cweb  # noqa: E402
 
-CRASHES_PER_GENERATION = 4  # one below api.deploy.CRASH_LIMIT
+CRASHES_PER_GENERATION = 4  # one below api.modules.supervisor.CRASH_LIMIT
 RECOVERY_LIMIT_S = 30.0
 POLL_S = 0.002
 

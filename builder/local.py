@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from builder import cache, compile, diagnostics, elf, limits
 from builder.errors import BuildBusy, CompileFailed, SourceRejected, SourceTooLarge
+from builder.interface import Builder
 from builder.store import Store, write_atomic
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -63,7 +64,9 @@ def check_source(source: bytes, max_bytes: int) -> None:
         raise SourceRejected(f"source is not UTF-8 text (byte {exc.start})") from exc
 
 
-class LocalBuilder:
+class LocalBuilder(Builder):
+    """Builds in this process, into the store at store_dir."""
+
     def __init__(self, store_dir: str, *, unsafe_builds: bool = False, max_source_bytes: int = limits.MAX_SOURCE_BYTES) -> None:
         self.store = Store(store_dir)
         self.sandboxed = compile.sandbox_works()
@@ -131,6 +134,12 @@ class LocalBuilder:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         return path
+
+    async def manifest(self, module_hash: str) -> dict | None:
+        return self.store.manifest(module_hash)
+
+    async def source(self, source_sha256: str) -> bytes | None:
+        return self.store.source(source_sha256)
 
     def _sdk_path(self) -> str:
         return compile.SANDBOX_SDK if self.sandboxed else compile.SDK_DIR

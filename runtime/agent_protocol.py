@@ -1,6 +1,6 @@
 """The agent's JSON-line protocol: every operation the api may ask of the
 runtime agent and every event the agent sends, with their fields, in one
-table that both sides use (the client, api/runtime_client.AgentClient,
+table that both sides use (the client, runtime/client.AgentClient,
 builds its requests with request(); the server, runtime/agent.Agent,
 dispatches through OPS and builds its events with event()).
 

@@ -9,7 +9,7 @@ re-raised in the api from an agent reply.
                  load_crashed, onload_crashed, bad_state, bad_count,
                  no_such_worker, too_many_connections, bad_name, bad_op,
                  agent_error (a bug of the agent's)
-        client   runtime_failed, runtime_unreachable (api/runtime_client.py)
+        client   runtime_failed, runtime_unreachable (runtime/client.py)
 
 The code crosses the wire as the reply's "error" (extra fields beside it);
 api/errors.py maps it to

@@ -21,14 +21,20 @@ import orjson
 
 from api.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable, disk_full_is_507
 from api.jobs.store import JOB_COLUMNS, Store, add_event, row_to_job
-from api.runtime_client import WorkerGone
+from api.modules.version import VersionState
 from api.settings import Settings
 from runtime import protocol
+from runtime.client import WorkerGone
 
 if TYPE_CHECKING:
-    from api.deploy import ModuleHost, Version
+    from api.modules.host import ModuleHost
+    from api.modules.version import Version
 
 log = logging.getLogger("cweb.jobs")
+
+# Versions whose worker may start a job (bound once: Enum member lookups are slow on 3.11).
+_TAKES_JOBS = frozenset({VersionState.ACTIVE, VersionState.RETIRING, VersionState.PINNED})
+_STOPPED = VersionState.STOPPED
 
 DEFAULT_TIMEOUT_S = 600.0
 MAX_ATTEMPTS_LIMIT = 20
@@ -171,9 +177,11 @@ def public_event(ev: dict) -> dict:
 
 
 class JobService:
-    def __init__(self, store: Store, host: ModuleHost, instance: str | None = None, limits: JobLimits | None = None) -> None:
+    def __init__(self, store: Store, instance: str | None = None, limits: JobLimits | None = None) -> None:
         self.store = store
-        self.host = host
+        # The module host the jobs run on, from start(); the host gets this
+        # service at its construction (api/modules/pinning.JobDemand).
+        self.host: ModuleHost = None  # type: ignore[assignment]
         self.limits = limits or JobLimits.from_settings(Settings())
         self.instance = instance or uuidlib.uuid4().hex
         self.queues: dict[str, list[Queued]] = {}     # module_hash -> heap of pending
@@ -195,12 +203,11 @@ class JobService:
         self.retention: asyncio.Task | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.finished = 0
-        host.on_jobs_create = self.on_jobs_create
-        host.jobs_pending_for = self.pending_for
 
     # ---- startup -----------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, host: ModuleHost) -> None:
+        self.host = host
         await self.recover()
         self.dispatcher = asyncio.create_task(self._dispatch_loop())
         self.sweeper = asyncio.create_task(self._sweep_leases())
@@ -339,7 +346,7 @@ class JobService:
         version = self.host.active.get(module)
         if version is None:
             raise NotFound(f"no module named {module!r}", code="module_not_found")
-        if version.state == "quarantined":
+        if version.state == VersionState.QUARANTINED:
             raise Unavailable(f"module {module} is quarantined after repeated crashes; redeploy it",
                               code="quarantined", module=module, module_hash=version.module_hash)
         for j in version.decl["jobs"]:
@@ -462,8 +469,8 @@ class JobService:
     def _usable_version(self, module_hash: str) -> Version | None:
         """The version last found for module_hash, if it can still take jobs right now."""
         version = self.versions.get(module_hash)
-        if version is None or version.state not in ("active", "retiring", "pinned"):
-            if version is not None and version.state == "stopped":
+        if version is None or version.state not in _TAKES_JOBS:
+            if version is not None and version.state is _STOPPED:
                 del self.versions[module_hash]  # let it be collected; a later job finds it again
             return None
         pool = version.jobs_pool

@@ -149,6 +149,17 @@ class Store:
         assert self.rconn is not None
         return await asyncio.get_running_loop().run_in_executor(self.read_executor, fn, self.rconn)
 
+    async def runs_of(self, module_hash: str, limit: int) -> list[dict]:
+        """The latest jobs that ran (or are to run) on this artifact, newest first."""
+        def runs(conn: sqlite3.Connection) -> list[dict]:
+            rows = conn.execute(
+                "SELECT job_uuid, module, job, state, created_at FROM jobs WHERE module_hash = ? ORDER BY seq DESC LIMIT ?",
+                (module_hash, limit),
+            ).fetchall()
+            return [{"job_uuid": r[0], "module": r[1], "job": r[2], "state": r[3], "created_at": int(r[4])} for r in rows]
+
+        return await self.read(runs)
+
     # ---- group-committed writes ---------------------------------------------
 
     def enqueue(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future:

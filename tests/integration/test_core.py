@@ -738,3 +738,49 @@ def test_modules_come_back_when_the_runtime_agent_dies(make_server) -> None:
         time.sleep(0.2)
     assert "still here" == body
     assert old_agent != _agent_pid(srv.proc.pid)
+
+
+def _workers_of(srv: Server, module_hash: str) -> list[dict]:
+    """The agent's worker processes (GET /_cweb/workers) loaded with module_hash."""
+    return [w for w in get(srv, "/_cweb/workers").json()["workers"] if w["hash"] == module_hash]
+
+
+def test_a_module_that_cannot_start_at_restore_leaves_no_worker(make_server, tmp_path: Path) -> None:
+    """Restore loads and starts a module's worker, then asks for its
+    connections; a server restarted with more request threads than the agent
+    gives connections (CWEB_WORKER_THREADS=200: 201 > 200) fails that last
+    step. The module is not served and its loaded, started worker is killed,
+    not left running in the agent."""
+    data = tmp_path / "data"
+    first = make_server(data)
+    name = unique("restorefail")
+    info = deployed(first, route_module(name, f"/{name}", "up"))
+    assert len(_workers_of(first, info["module_hash"])) == 1
+    first.stop()
+
+    second = make_server(data, env={"CWEB_WORKER_THREADS": "200"})
+    assert 404 == get(second, f"/modules/{name}").status_code
+    assert f"could not restore module {name}" in second.logs()
+    assert [] == _workers_of(second, info["module_hash"])
+
+
+def test_a_module_whose_onload_fails_after_an_agent_restart_leaves_no_worker(make_server) -> None:
+    """onload creates a table in the module's database, so it crashes on any
+    later start: after the agent is killed, the reload fails, the module is
+    quarantined and no worker of it is left in the new agent."""
+    srv = make_server()
+    name = unique("reloadfail")
+    once = """
+static void once(struct cweb_context *ctx) {
+    if (ctx->database->exec(ctx->database, "CREATE TABLE booted (x)", NULL, NULL) != 0)
+        *(volatile int *)0 = 1;
+}
+"""
+    info = deployed(srv, module(name, [(f"/{name}", "GET", "h")], body_handler("h", "up") + once, ".onload = once,"))
+    assert (200, "up") == answer(srv, f"/{name}")
+    old_agent = _agent_pid(srv.proc.pid)
+    os.kill(old_agent, signal.SIGKILL)
+    assert wait_for(lambda: get(srv, f"/modules/{name}").json()["state"] == "quarantined", timeout=30)
+    assert old_agent != _agent_pid(srv.proc.pid)
+    assert 503 == get(srv, f"/{name}").status_code
+    assert [] == _workers_of(srv, info["module_hash"])

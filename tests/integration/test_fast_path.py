@@ -1,6 +1,6 @@
 """The module fast path against a real server: module routes answered by the
 server's own HTTP protocol (api/http_server.py) over pipelined worker
-connections (api/runtime_client.py), with what HTTP/1.1 clients rely on:
+connections (runtime/client.py), with what HTTP/1.1 clients rely on:
 pipelining, Expect: 100-continue, early 413, keep-alive, large bodies.
 """
 

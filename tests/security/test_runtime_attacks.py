@@ -73,14 +73,14 @@ def test_hung_handler_answers_504_within_the_timeout(healthy: SecServer) -> None
 
 
 def _hung_replacement_built() -> bool:
-    from api import runtime_client
+    from runtime import client as runtime_client
 
     return hasattr(runtime_client, "HUNG_GRACE_S")
 
 
 @pytest.mark.skipif(not _hung_replacement_built(), reason="the fast path does not replace hung workers yet")
 def test_spinning_handler_gets_its_worker_replaced(healthy: SecServer) -> None:
-    from api.runtime_client import HUNG_GRACE_S
+    from runtime.client import HUNG_GRACE_S
 
     spin = "    time_t end = time(NULL) + 12;\n    while (time(NULL) < end) {}\n" + OK_BODY  # bounded: 12 s at most
     r = deploy(

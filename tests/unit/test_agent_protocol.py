@@ -21,9 +21,10 @@ def test_the_agent_serves_every_dispatched_op_and_no_other() -> None:
 
 
 def _agent_calls() -> list[tuple[str, int, str, set[str]]]:
-    """(file, line, op, field names) of every `<x>.call[_fds]("op", ...)` on the agent in api/."""
+    """(file, line, op, field names) of every `<x>.call[_fds]("op", ...)` on
+    the agent in api/ and in its client (runtime/client.py)."""
     found = []
-    for path in (ROOT / "api").rglob("*.py"):
+    for path in [*(ROOT / "api").rglob("*.py"), ROOT / "runtime" / "client.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("call", "call_fds")):
                 continue

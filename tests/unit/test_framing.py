@@ -6,8 +6,8 @@ from __future__ import annotations
 import struct
 import time
 
-from api.runtime_client import _VIEW_FROM, EventsConn, WorkerConn, _frames
 from runtime import protocol
+from runtime.client import _VIEW_FROM, EventsConn, WorkerConn, _frames
 
 
 def _str(b: bytes) -> bytes:

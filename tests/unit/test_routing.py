@@ -1,7 +1,7 @@
 """api.routing: the route table, declaration checks and conflicts.
 
 Versions are stood in for by ``V`` — plain data with the two attributes the
-routing code reads (``name`` and ``decl``), as api.deploy.Version has.
+routing code reads (``name`` and ``decl``), as api.modules.version.Version has.
 """
 
 from __future__ import annotations

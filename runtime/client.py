@@ -70,7 +70,8 @@ class AgentClient:
     the channel has no name anything else could connect to. With
     socket_path (compose), the connection opens with the agent's secret."""
 
-    def __init__(self, socket_path: str, on_event: Callable[[dict], Awaitable[None] | None], secret: str = "") -> None:
+    def __init__(self, socket_path: str, on_event: Callable[[dict], Awaitable[None] | None], secret: str = "",
+                 on_reconnect: Callable[[], Awaitable[None]] | None = None) -> None:
         self.socket_path = socket_path
         # CWEB_RUNTIME_SECRET, from Settings; "" = read the agent's secret file.
         self.secret = secret
@@ -85,7 +86,7 @@ class AgentClient:
         # How the agent confines workers ("bubblewrap", "landlock", "none"), from its ping.
         self.sandbox = "unknown"
         # Called after the agent came back (restarted): every worker it had is gone.
-        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self.on_reconnect = on_reconnect
 
     async def spawn_embedded(self, settings: AgentSettings) -> None:
         """Start `python -m runtime` as our child, on an inherited socketpair,
@@ -360,7 +361,8 @@ class WorkerPool:
     """A fixed set of data connections to one worker process; up to depth
     requests in flight on each."""
 
-    def __init__(self, connector: Callable[[int], Awaitable[list[socket.socket]]], size: int, depth: int = 8) -> None:
+    def __init__(self, connector: Callable[[int], Awaitable[list[socket.socket]]], size: int, depth: int = 8,
+                 on_hung: Callable[[], None] | None = None) -> None:
         # Asks the agent for n new connections to the worker (socketpairs:
         # there is no path a connection could be opened to).
         self.connector = connector
@@ -375,7 +377,7 @@ class WorkerPool:
         self.sweeper: asyncio.TimerHandle | None = None
         self.dead = False
         # Called when a handler has not answered within timeout + HUNG_GRACE_S.
-        self.on_hung: Callable[[], None] | None = None
+        self.on_hung = on_hung
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by open()
 
     def _conn(self) -> WorkerConn:
