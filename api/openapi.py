@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api import route_examples
 from api import schemas as s
 
 API_DESCRIPTION = """cweb hosts C modules behind HTTP, WebSockets and jobs.
 
 The control plane (`/mgnt`, `/modules`, `/jobs`, `/sdk`, `/metrics`, ...) is
-documented below with its schemas. Routes of the modules deployed right now
-are listed under the tag **modules (live)**; they change with every deploy.
+documented below with its schemas. The modules deployed right now come first,
+one tag per module (`module: NAME`) with its routes, sockets and jobs; they
+change with every deploy. Regex routes are shown as path templates whose
+parameters are the parts of the path that vary, filled with an example the
+route matches, so "Try it out" reaches the module.
 
 Errors are JSON `{"error": code, "message": text}` with a stable `code`;
 compile errors add `diagnostics` and the raw compiler `log`. Job events also
@@ -40,7 +45,6 @@ TAGS = [
     {"name": "artifacts", "description": "Built artifacts by hash and where they came from."},
     {"name": "jobs", "description": "Durable jobs defined by modules."},
     {"name": "observability", "description": "Health, metrics, builds and workers."},
-    {"name": LIVE_TAG, "description": "Routes served by the modules deployed now."},
 ]
 
 _REF = "#/components/schemas/{model}"
@@ -258,30 +262,125 @@ def document(base: dict) -> dict:
     return doc
 
 
+def module_tag(name: str) -> str:
+    return f"module: {name}"
+
+
 def with_module_routes(base: dict, versions: Iterable[Any]) -> dict:
-    """A copy of base with one operation per live module route.
+    """A copy of base with the live modules: one tag per module (its routes,
+    then its sockets and jobs with their payloads in the tag's text), regex
+    routes as path templates "Try it out" can call (api/route_examples.py),
+    and each job's payload as an example of POST /jobs.
 
     base may be FastAPI's raw document or one that went through document();
     either way the result has the control plane's schemas."""
     doc = document(base) if not base.get("x-cweb-control-plane") else copy.deepcopy(base)
     paths = doc.setdefault("paths", {})
-    for v in versions:
+    module_tags = []
+    job_examples: dict[str, dict] = {}
+    for v in sorted(versions, key=lambda v: v.name):
+        docs = v.decl.get("docs") or {}
+        tag = module_tag(v.name)
         for r in v.decl["routes"]:
-            op = {
-                "tags": [LIVE_TAG],
-                "summary": f"{r['method']} {r['path']} — module {v.name}",
-                "description": f"Served by module `{v.name}` (author {v.decl.get('author') or 'unknown'}), "
-                f"artifact `{v.module_hash}`. The path is {'a POSIX extended regular expression matched in full' if _is_regex(r['path']) else 'matched exactly'}.",
-                "operationId": f"module_{v.name}_{r['index']}",
-                "responses": {"200": {"description": "What the module answers."}, "502": {"description": "The module crashed."},
-                              "503": {"description": "The module is restarting or quarantined."},
-                              "504": {"description": "The module did not answer in time."}},
-                "x-cweb-module": {"name": v.name, "module_hash": v.module_hash},
+            key, op = _route_operation(v, r, docs.get(f"{r['method']} {r['path']}") or {}, tag)
+            if r["method"].lower() in paths.get(key, {}):
+                key = r["path"]  # two regexes with one template: the second keeps its regex
+            paths.setdefault(key, {})[r["method"].lower()] = op
+        for j in v.decl["jobs"]:
+            payload = _json_or_none((docs.get(f"JOB {j['name']}") or {}).get("example"))
+            job_examples[f"{v.name}/{j['name']}"] = {
+                "summary": (docs.get(f"JOB {j['name']}") or {}).get("summary") or f"job {j['name']} of module {v.name}",
+                "value": {"module": v.name, "job": j["name"], "payload": payload if payload is not None else {}},
             }
-            if r["method"] in ("POST", "PUT", "PATCH"):
-                op["requestBody"] = {"content": {"application/octet-stream": {}, "application/x-www-form-urlencoded": {}, "multipart/form-data": {}}}
-            paths.setdefault(r["path"], {})[r["method"].lower()] = op
+        module_tags.append({"name": tag, "description": _module_text(v, docs),
+                            "x-cweb-module": {"name": v.name, "module_hash": v.module_hash},
+                            "x-cweb-websockets": [{"path": w["path"], **(docs.get(f"WS {w['path']}") or {})} for w in v.decl["websockets"]],
+                            "x-cweb-jobs": [{"name": j["name"], **(docs.get(f"JOB {j['name']}") or {})} for j in v.decl["jobs"]]})
+    # Modules first: they are what a user opens /docs for.
+    doc["tags"] = module_tags + [t for t in doc.get("tags", []) if t["name"] != LIVE_TAG]
+    submit = paths.get("/jobs", {}).get("post")
+    if submit is not None and job_examples:
+        media = submit.get("requestBody", {}).get("content", {}).get("application/json")
+        if media is not None:
+            default = media.pop("example", None)
+            media["examples"] = {**job_examples, **({"example": {"summary": "the shape", "value": default}} if default else {})}
     return doc
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _route_operation(v: Any, r: dict, doc: dict, tag: str) -> tuple[str, dict]:
+    """The OpenAPI path key and operation of one module route."""
+    path, method = r["path"], r["method"]
+    declared = [p for p in doc.get("params", []) if p["in"] == "path"]
+    params: list[dict] = []
+    key = path
+    how = "matched exactly"
+    if _is_regex(path):
+        how = f"a POSIX extended regular expression, matched in full: `{path}`"
+        t = route_examples.template(path, [p["name"] for p in declared], doc.get("example"))
+        if t is not None:
+            key = t.path
+            how += f" (for example `{t.example}`)"
+            described = {p["name"]: p["description"] for p in declared}
+            for p in t.params:
+                params.append({"name": p.name, "in": "path", "required": True, "example": p.example,
+                               "schema": {"type": "string", "example": p.example},
+                               "description": described.get(p.name) or f"matches `{p.ere}`" + (" (a capture group)" if p.group else "")})
+        else:
+            how += " (no example path could be found: edit the path before sending)"
+    for p in doc.get("params", []):
+        if p["in"] != "path":
+            params.append({"name": p["name"], "in": p["in"], "required": p["required"], "description": p["description"],
+                           "schema": {"type": "string"}})
+    description = (doc.get("description", "") + "\n\n" if doc.get("description") else "") + (
+        f"Served by module `{v.name}` (author {v.decl.get('author') or 'unknown'}), artifact `{v.module_hash}`. The path is {how}.")
+    op = {
+        "tags": [tag],
+        "summary": doc.get("summary") or f"{method} {path} — module {v.name}",
+        "description": description,
+        "operationId": f"module_{v.name}_{r['index']}",
+        "responses": {"200": {"description": "What the module answers."}, "502": {"description": "The module crashed."},
+                      "503": {"description": "The module is restarting or quarantined."},
+                      "504": {"description": "The module did not answer in time."}},
+        "x-cweb-module": {"name": v.name, "module_hash": v.module_hash},
+    }
+    if key != path:
+        op["x-cweb-route"] = path
+    if params:
+        op["parameters"] = params
+    if method in ("POST", "PUT", "PATCH"):
+        op["requestBody"] = {"content": {"application/octet-stream": {}, "application/x-www-form-urlencoded": {}, "multipart/form-data": {}}}
+    return key, op
+
+
+def _module_text(v: Any, docs: dict) -> str:
+    """The tag's Markdown: who serves it, then its sockets and jobs with their payloads."""
+    lines = [f"Module `{v.name}` by {v.decl.get('author') or 'unknown'}, artifact `{v.module_hash[:12]}`."]
+    if v.decl["websockets"]:
+        lines.append("\n**WebSockets** (not callable from this page: `websocat ws://HOST/PATH`)\n")
+        for w in v.decl["websockets"]:
+            d = docs.get(f"WS {w['path']}") or {}
+            line = f"- `WS {w['path']}`" + (f" — {d['summary']}" if d.get("summary") else "")
+            if d.get("example"):
+                line += f"; a message: `{d['example']}`"
+            lines.append(line)
+    if v.decl["jobs"]:
+        lines.append("\n**Jobs** (start one with `POST /jobs`; its examples list these)\n")
+        for j in v.decl["jobs"]:
+            d = docs.get(f"JOB {j['name']}") or {}
+            payload = d.get("example") or "{}"
+            line = f"- `{j['name']}`" + (f" — {d['summary']}" if d.get("summary") else "")
+            line += f"; payload `{payload}`: `curl -d '{{\"module\": \"{v.name}\", \"job\": \"{j['name']}\", \"payload\": {payload}}}' HOST/jobs`"
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _is_regex(path: str) -> bool:

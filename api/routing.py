@@ -189,8 +189,39 @@ def validate_declaration(desc: dict) -> dict:
             raise Invalid(f"job {jname!r} is declared twice", code="duplicate_job")
         seen_jobs.add(jname)
         jobs.append({"name": jname, "index": i})
+    docs = _docs(desc.get("docs") or [], routes, sockets, jobs, warnings)
     return {"name": name, "author": desc.get("author", ""), "routes": routes, "websockets": sockets, "jobs": jobs,
-            "warnings": warnings}
+            "warnings": warnings, "docs": docs}
+
+
+_DOC_TEXTS = {"summary": 200, "description": 4096, "example": 4096}
+_PARAM_PLACES = ("path", "query", "header")
+
+
+def _docs(entries: list, routes: list, sockets: list, jobs: list, warnings: list[str]) -> dict[str, dict]:
+    """The module's cweb_docs table, keyed "METHOD path" ("WS path", "JOB name"),
+    kept only for what the module declares (a warning names the rest)."""
+    known = {f"{r['method']} {r['path']}" for r in routes} | {f"WS {w['path']}" for w in sockets} | {f"JOB {j['name']}" for j in jobs}
+    out: dict[str, dict] = {}
+    for i, d in enumerate(entries[:256]):
+        if not isinstance(d, dict) or not isinstance(d.get("method"), str) or not isinstance(d.get("path"), str):
+            warnings.append(f"cweb_docs entry {i} has no method or path and is ignored")
+            continue
+        key = f"{d['method'].upper()} {d['path']}"
+        if key not in known:
+            warnings.append(f"cweb_docs entry {i} ({key}) names no route, socket or job of this module and is ignored")
+            continue
+        doc: dict = {k: d[k][:n] for k, n in _DOC_TEXTS.items() if isinstance(d.get(k), str) and d[k]}
+        params = []
+        for p in d.get("params") or []:
+            if isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"] and p.get("in") in _PARAM_PLACES:
+                params.append({"name": p["name"][:64], "in": p["in"], "description": str(p.get("description") or "")[:1024],
+                               "required": bool(p.get("required")) or p["in"] == "path"})
+            else:
+                warnings.append(f"cweb_docs entry {i} ({key}): a parameter needs a name and \"in\" of {', '.join(_PARAM_PLACES)}")
+        doc["params"] = params
+        out[key] = doc
+    return out
 
 
 @dataclass(frozen=True)

@@ -493,6 +493,47 @@ typedef struct module {
     void (*unload)(struct cweb_context *);
 } module_t;
 
+/* Optional documentation for /docs (a cweb addition: a module without it
+ * builds and behaves exactly the same, and c-web-modules modules need no
+ * change). Define a table named cweb_docs, ended by an all-zero entry:
+ *
+ *   const cweb_doc_t cweb_docs[] = {
+ *       { .method = "GET", .path = "/items/([0-9]+)", .summary = "One item",
+ *         .example = "/items/42",
+ *         .params = { { "id", "path", "the item's number", 1 },
+ *                     { "fields", "query", "comma-separated fields", 0 } } },
+ *       { .method = "JOB", .path = "sum", .summary = "Adds 1..n", .example = "{\"n\": 100}" },
+ *       { .method = "WS", .path = "/chat", .summary = "A chat room", .example = "hello" },
+ *       CWEB_DOCS_END
+ *   };
+ *
+ * method and path name a route exactly as declared in config ("WS" and a
+ * socket path, or "JOB" and a job name). example is a path the route
+ * matches (for a regex route; checked against it), a job's payload (JSON)
+ * or a socket message. "path" parameters name, in order, the parts of a
+ * regex route's path that vary (capture groups and other non-literal runs).
+ * The server reads at most CWEB_DOCS_MAX entries and clips long texts. */
+#define CWEB_DOC_PARAMS 8
+#define CWEB_DOCS_MAX 256
+typedef struct cweb_doc_param {
+    const char *name;
+    const char *in;            /* "path", "query" or "header" */
+    const char *description;
+    int required;              /* path parameters always are */
+} cweb_doc_param_t;
+
+typedef struct cweb_doc {
+    const char *method;        /* "GET", ..., "WS" or "JOB" */
+    const char *path;          /* route or socket path as in config, or job name */
+    const char *summary;       /* one line */
+    const char *description;   /* Markdown */
+    const char *example;
+    cweb_doc_param_t params[CWEB_DOC_PARAMS];
+} cweb_doc_t;
+
+#define CWEB_DOCS_END { 0 }
+extern const cweb_doc_t cweb_docs[];
+
 /* Start a job, durably, as POST /jobs would: job_name resolves in this
  * module first, then to the single active module that defines it;
  * payload_json is a JSON object (NULL: {}). Returns 0 and fills

@@ -310,6 +310,45 @@ ABI int cweb_abi_init(const char *data_dir, unsigned long long max_response)
     return 0;
 }
 
+/* A documentation text, clipped; null when absent or not UTF-8. */
+static json_t *doc_text(const char *s, size_t max)
+{
+    if (!s)
+        return json_null();
+    json_t *v = json_stringn(s, strnlen(s, max));
+    return v ? v : json_null();
+}
+
+static json_t *describe_docs(void)
+{
+    json_t *docs = json_array();
+    if (cweb_docs == NULL)
+        return docs;
+    for (int i = 0; i < CWEB_DOCS_MAX; i++) {
+        const cweb_doc_t *d = &cweb_docs[i];
+        if (!d->method && !d->path)
+            break;
+        json_t *o = json_object();
+        json_object_set_new(o, "method", doc_text(d->method, 16));
+        json_object_set_new(o, "path", doc_text(d->path, 1024));
+        json_object_set_new(o, "summary", doc_text(d->summary, 200));
+        json_object_set_new(o, "description", doc_text(d->description, 4096));
+        json_object_set_new(o, "example", doc_text(d->example, 4096));
+        json_t *params = json_array();
+        for (int k = 0; k < CWEB_DOC_PARAMS && d->params[k].name; k++) {
+            json_t *p = json_object();
+            json_object_set_new(p, "name", doc_text(d->params[k].name, 64));
+            json_object_set_new(p, "in", doc_text(d->params[k].in, 16));
+            json_object_set_new(p, "description", doc_text(d->params[k].description, 1024));
+            json_object_set_new(p, "required", json_boolean(d->params[k].required));
+            json_array_append_new(params, p);
+        }
+        json_object_set_new(o, "params", params);
+        json_array_append_new(docs, o);
+    }
+    return docs;
+}
+
 /* Writes the module's declaration as JSON into buf. Returns its length,
  * -1 when the module has no `config`, or the length needed if cap is too
  * small. Validation of the contents is the runtime's job. */
@@ -369,6 +408,7 @@ ABI long cweb_abi_describe(char *buf, size_t cap)
     for (int i = m->job_size < 0 ? 0 : m->job_size; i < MAX_JOBS; i++)
         unsized += m->jobs[i].name != NULL || m->jobs[i].run != NULL;
     json_object_set_new(o, "unsized_jobs", json_integer(unsized));
+    json_object_set_new(o, "docs", describe_docs());
     json_object_set_new(o, "has_onload", json_boolean(m->onload != NULL));
     json_object_set_new(o, "has_unload", json_boolean(m->unload != NULL));
     char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);

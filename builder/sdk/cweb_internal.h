@@ -37,6 +37,8 @@ void cweb_crash_context(const char *kind, const char *what);
 
 /* The module's declaration (weak: absent when the module forgot it). */
 extern module_t config __attribute__((weak));
+/* Its optional documentation table (cweb.h): NULL when it defines none. */
+extern const cweb_doc_t cweb_docs[] __attribute__((weak));
 
 /* Frames other than HTTP, called by the serve loop; each answers on fd
  * using out as scratch. Return 0, or -1 to drop the connection. */

@@ -162,10 +162,35 @@ def test_docs_renders_swagger_ui_offline_with_control_plane_and_live_module_rout
     expect(live).to_be_visible()
     live.click()
     expect(page.locator(".opblock.is-open", has=live).locator(".opblock-description-wrapper").first).to_contain_text(info["module_hash"])
-    expect(page.locator(".opblock-tag-section", has=live)).to_contain_text("modules (live)")
+    expect(page.locator(".opblock-tag-section", has=live)).to_contain_text(f"module: {name}")
 
     assert f"{server.url}/docs/static/swagger-ui-bundle.js" in offline.requested
     assert f"{server.url}/openapi.json" in offline.requested
+    assert [] == offline.attempted
+
+
+def test_docs_try_it_out_reaches_a_regex_route_through_its_example(server: Server, page: Page, offline: Offline) -> None:
+    """A regex route sits under its module's tag as a template with an example
+    parameter; "Try it out" + "Execute" sends a path the module answers."""
+    name = unique("uitry")
+    code = f"""#include <cweb.h>
+{HANDLER.format(fn="item")} {{ (void)ctx; snprintf(res->body, HTTP_RESPONSE_SIZE, "item at %s", req->path); return 0; }}
+export module_t config = {{
+    .name = "{name}", .author = "tests",
+    .routes = {{ {{"/{name}/items/([0-9]+)", "GET", item, NONE}} }}, .size = 1,
+}};
+"""
+    deploy(server, code)
+    page.goto(f"{server.url}/docs")
+    live = page.locator(f'.opblock-summary-path[data-path="/{name}/items/{{p1}}"]')
+    expect(live).to_be_visible()
+    expect(page.locator(".opblock-tag-section", has=live).locator(".opblock-tag")).to_contain_text(f"module: {name}")
+    live.click()
+    block = page.locator(".opblock.is-open", has=live)
+    block.locator(".try-out__btn").click()
+    block.locator(".execute").click()
+    expect(block.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("200")
+    expect(block.locator(".live-responses-table tbody .response-col_description").first).to_contain_text(f"item at /{name}/items/1")
     assert [] == offline.attempted
 
 

@@ -159,20 +159,109 @@ def test_openapi_lists_a_module_route_right_after_deploy_and_drops_it_after_dele
     doc = openapi(server)
 
     op = doc["paths"][f"/{name}"]["get"]
-    assert ["modules (live)"] == op["tags"]
+    assert [f"module: {name}"] == op["tags"]
     assert name in op["summary"] and "GET" in op["summary"]
     assert f"`{name}`" in op["description"] and info["module_hash"] in op["description"]
     assert {"name": name, "module_hash": info["module_hash"]} == op["x-cweb-module"]
-    post = doc["paths"][f"/{name}/item/[0-9]+"]["post"]
+    post = doc["paths"][f"/{name}/item/{{p1}}"]["post"]
     assert "regular expression" in post["description"] and "requestBody" in post
-    assert {"modules (live)", "deploy", "jobs"} <= {t["name"] for t in doc["tags"]}
+    assert f"/{name}/item/[0-9]+" == post["x-cweb-route"]
+    assert {f"module: {name}", "deploy", "jobs"} <= {t["name"] for t in doc["tags"]}
 
     with server.client() as c:
         assert 200 == c.delete(f"/modules/{name}").status_code
     doc = openapi(server)
     assert f"/{name}" not in doc["paths"]
-    assert f"/{name}/item/[0-9]+" not in doc["paths"]
+    assert f"/{name}/item/{{p1}}" not in doc["paths"]
+    assert f"module: {name}" not in {t["name"] for t in doc["tags"]}
     assert "post" in doc["paths"]["/mgnt"], "the control plane stays"
+
+
+REGEX_ROUTES = [
+    # (route path under /NAME, the example the docs must give, names of the path parameters)
+    ("/items/([0-9]+)", "/items/1", ["p1"]),
+    ("/u/[a-z]+/posts/([[:digit:]]{2,4})", "/u/a/posts/11", ["p1", "p2"]),
+    ("/files/.*", "/files/a", ["p1"]),
+    ("/f-([0-9]+)[.]json", "/f-1.json", ["p1"]),
+    ("/(one|two)", "/one", ["p1"]),
+]
+
+
+def test_openapi_turns_regex_routes_into_templates_that_reach_the_module(server: Server) -> None:
+    """Each regex route becomes a path template whose parameters, filled with
+    their examples, give a path the module really answers (what "Try it out" sends)."""
+    name = unique("docre")
+    handlers = "\n".join(f'{HANDLER.format(fn=f"h{i}")} {{ (void)ctx; snprintf(res->body, HTTP_RESPONSE_SIZE, "route{i} %s", req->path); return 0; }}'
+                         for i in range(len(REGEX_ROUTES)))
+    deployed(server, module(name, [(f"/{name}{p}", "GET", f"h{i}") for i, (p, _, _) in enumerate(REGEX_ROUTES)], handlers))
+    doc = openapi(server)
+    mine = {op["x-cweb-route"]: (key, op) for key, ops in doc["paths"].items() for op in ops.values()
+            if op.get("x-cweb-module", {}).get("name") == name}
+    assert len(REGEX_ROUTES) == len(mine)
+    with server.client() as c:
+        for i, (route, example, names) in enumerate(REGEX_ROUTES):
+            key, op = mine[f"/{name}{route}"]
+            params = op.get("parameters", [])
+            assert names == [p["name"] for p in params] and all(p["in"] == "path" and p["required"] for p in params)
+            filled = key
+            for p in params:
+                filled = filled.replace("{" + p["name"] + "}", httpx.URL(p["example"]).raw_path.decode() if "/" not in p["example"] else p["example"])
+            assert f"/{name}{example}" == filled
+            r = c.get(filled)
+            assert (200, f"route{i} /{name}{example}") == (r.status_code, r.text)
+            assert f"`/{name}{route}`" in op["description"]
+
+
+DOCUMENTED_MODULE = r"""#include <cweb.h>
+static int item(struct cweb_context *ctx, http_request_t *req, http_response_t *res) {
+    (void)ctx; snprintf(res->body, HTTP_RESPONSE_SIZE, "item %s", req->path); return 0;
+}
+static void chat_msg(struct cweb_context *ctx, websocket_t *ws, const char *msg, size_t len) {
+    (void)ctx; (void)ws; (void)msg; (void)len;
+}
+static int sum(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
+    (void)ctx; (void)p; job->set_result(job, "{}"); return 0;
+}
+const cweb_doc_t cweb_docs[] = {
+    { .method = "GET", .path = "/NAME/items/([0-9]+)", .summary = "One item by number",
+      .description = "Reads the item.", .example = "/NAME/items/42",
+      .params = { { "id", "path", "the item's number", 1 }, { "fields", "query", "which fields", 0 } } },
+    { .method = "WS", .path = "/NAME/chat", .summary = "A chat room", .example = "hello" },
+    { .method = "JOB", .path = "sum", .summary = "Adds 1..n", .example = "{\"n\": 100}" },
+    { .method = "GET", .path = "/NAME/nowhere", .summary = "not a route" },
+    CWEB_DOCS_END
+};
+export module_t config = {
+    .name = "NAME", .author = "tests",
+    .routes = { { "/NAME/items/([0-9]+)", "GET", item, NONE } }, .size = 1,
+    .websockets = { { "/NAME/chat", NULL, chat_msg, NULL } }, .ws_size = 1,
+    .jobs = { { "sum", sum, NULL } }, .job_size = 1,
+};
+"""
+
+
+def test_openapi_shows_what_a_module_says_about_its_routes_sockets_and_jobs(server: Server) -> None:
+    """cweb_docs: the summary, description, example and named parameters of a
+    route; the socket and the job (with its payload) in the module's tag; the
+    job's payload as an example of POST /jobs; an entry naming nothing is a deploy warning."""
+    name = unique("docsdk")
+    info = deployed(server, DOCUMENTED_MODULE.replace("NAME", name))
+    assert any("cweb_docs entry 3" in w["message"] and "names no route" in w["message"] for w in info["warnings"])
+    doc = openapi(server)
+    op = doc["paths"][f"/{name}/items/{{id}}"]["get"]
+    assert "One item by number" == op["summary"] and op["description"].startswith("Reads the item.")
+    assert [("id", "path", True, "42"), ("fields", "query", False, None)] == [
+        (p["name"], p["in"], p["required"], p.get("example")) for p in op["parameters"]]
+    assert "the item's number" == op["parameters"][0]["description"]
+    with server.client() as c:
+        assert "item /" + name + "/items/42" == c.get(f"/{name}/items/42").text
+    tag = next(t for t in doc["tags"] if t["name"] == f"module: {name}")
+    assert doc["tags"][0]["name"].startswith("module: "), "modules come first"
+    assert f"`WS /{name}/chat` — A chat room; a message: `hello`" in tag["description"]
+    assert "`sum` — Adds 1..n; payload `{\"n\": 100}`" in tag["description"]
+    assert [{"path": f"/{name}/chat", "summary": "A chat room", "example": "hello", "params": []}] == tag["x-cweb-websockets"]
+    examples = doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert {"module": name, "job": "sum", "payload": {"n": 100}} == examples[f"{name}/sum"]["value"]
 
 
 def test_openapi_follows_a_redeploy_to_the_new_hash(server: Server) -> None:
@@ -213,7 +302,7 @@ def test_control_plane_operations_document_request_and_response_schemas(server: 
     doc = openapi(server)
     components = doc["components"]["schemas"]
     op = doc["paths"][path][method]
-    assert op["tags"] and op["tags"] != ["modules (live)"]
+    assert op["tags"] and not op["tags"][0].startswith("module: ")
     content = op["responses"]["200"]["content"]["application/json"]
     refs = [content["schema"]["$ref"]] if "$ref" in content["schema"] else [s["$ref"] for s in content["schema"]["oneOf"]]
     for ref in refs:

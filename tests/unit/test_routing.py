@@ -147,6 +147,7 @@ def test_valid_declaration_is_normalised() -> None:
         "websockets": [],
         "jobs": [],
         "warnings": [],
+        "docs": {},
     } == decl
 
 
@@ -382,3 +383,22 @@ def test_deploy_time_regex_checks_are_bounded() -> None:
         except Invalid as exc:
             assert "invalid_regex" == exc.code
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_docs_entries_are_kept_for_what_the_module_declares_and_clipped() -> None:
+    """cweb_docs entries: kept by "METHOD path" for declared routes, sockets and
+    jobs, texts clipped, path parameters required; the rest are warnings."""
+    d = desc("hello", [route("/a/([0-9]+)", "get")])
+    d["docs"] = [
+        {"method": "get", "path": "/a/([0-9]+)", "summary": "s" * 500, "example": "/a/1",
+         "params": [{"name": "id", "in": "path", "required": False}, {"name": "q", "in": "query", "description": "d"},
+                    {"name": "bad", "in": "cookie"}]},
+        {"method": "GET", "path": "/nope"},
+        {"method": None, "path": "/a"},
+    ]
+    decl = validate_declaration(d)
+    doc = decl["docs"]["GET /a/([0-9]+)"]
+    assert 200 == len(doc["summary"]) and "/a/1" == doc["example"]
+    assert [("id", "path", True), ("q", "query", False)] == [(p["name"], p["in"], p["required"]) for p in doc["params"]]
+    assert ["GET /a/([0-9]+)"] == list(decl["docs"])
+    assert 3 == sum("cweb_docs entry" in w for w in decl["warnings"])
