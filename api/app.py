@@ -252,6 +252,8 @@ def create_app(settings: Settings) -> Dispatcher:
                 result = await state.builder.build(source, filename)
         except BuildError as exc:
             state.metrics.builds.labels("failed").inc()
+            if not check:
+                state.metrics.deploys.labels("build_failed", exc.code).inc()
             state.builds.record(file=filename, outcome="failed", error=exc.code, message=exc.message,
                                 diagnostics=exc.extra.get("diagnostics", []))
             raise
@@ -275,6 +277,8 @@ def create_app(settings: Settings) -> Dispatcher:
             # Compiled, then refused: recorded as a rejection, never as a green build.
             state.builds.record(**record, outcome="rejected", error=exc.code, message=exc.message,
                                 diagnostics=result.warnings, check=bool(check), built=built)
+            if not check:
+                state.metrics.deploys.labels("rejected", exc.code).inc()
             raise
         state.builds.record(**record, outcome=built, diagnostics=result.warnings, check=bool(check))
         if check:
@@ -283,6 +287,7 @@ def create_app(settings: Settings) -> Dispatcher:
                     "websockets": [{"path": w["path"]} for w in decl["websockets"]],
                     "jobs": [{"name": j["name"]} for j in decl["jobs"]],
                     "warnings": base["warnings"] + declaration_warnings(decl, display_name(filename))}
+        state.metrics.deploys.labels("unchanged" if noop else "activated", "").inc()
         summary = version.summary()
         return {
             **summary,

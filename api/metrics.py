@@ -9,6 +9,7 @@
     cweb_job_seconds{module,state}               start -> terminal event (histogram)
     cweb_builds_total{outcome}                   compiled, cache_hit, failed
     cweb_build_seconds                           compile time of builds that compiled
+    cweb_deploys_total{outcome,error}            POST /mgnt: activated, unchanged, rejected, build_failed; error code
     cweb_worker_restarts_total{module,module_hash}  workers restarted after a crash
     cweb_quarantines_total{module,module_hash}   modules quarantined for crashing
     cweb_module_info{module,module_hash,state}   1 per loaded version (join on module_hash)
@@ -143,6 +144,9 @@ class Metrics:
         self.job_seconds = Histogram("cweb_job_seconds", "Job duration from start to its terminal event", ["module", "state"],
                                      buckets=JOB_BUCKETS, registry=r)
         self.builds = Counter("cweb_builds_total", "Builds by outcome", ["outcome"], registry=r)
+        # Deploys (not ?check=1 dry runs), by what became of them; error is
+        # the refusal's code (route_conflict, invalid_regex, ...), "" on success.
+        self.deploys = Counter("cweb_deploys_total", "Deploys by outcome and error code", ["outcome", "error"], registry=r)
         self.build_seconds = Histogram("cweb_build_seconds", "Build time of compiled (not cached) builds", registry=r)
         self.restarts = Counter("cweb_worker_restarts_total", "Worker processes restarted after a crash",
                                 ["module", "module_hash"], registry=r)

@@ -443,6 +443,28 @@ def test_metrics_count_builds_by_outcome(quiet: Server) -> None:
     assert sample(failed, "cweb_cache_capacity_bytes") > 0
 
 
+def test_metrics_count_deploys_by_outcome_and_the_refusals_code(quiet: Server) -> None:
+    """An activation, the same source again (unchanged), a route conflict, a bad regex, a compile error; a dry run is not a deploy."""
+    name, other = unique("metdep"), unique("metdep2")
+    before = scrape(quiet)
+    deployed(quiet, route_module(name, f"/{name}"))
+    deployed(quiet, route_module(name, f"/{name}"))
+    assert 409 == quiet.deploy(route_module(other, f"/{name}")).status_code
+    assert 422 == quiet.deploy(route_module(other, f"/{other}/[0-9")).status_code
+    assert 422 == quiet.deploy("#include <cweb.h>\nint broken = ;\n", "broken.c").status_code
+    with quiet.client() as c:
+        assert 200 == c.post("/mgnt", params={"check": 1}, files={"code": ("m.c", route_module(unique("metdep3"), "/x3"))}).status_code
+    after = scrape(quiet)
+
+    def delta(outcome: str, error: str = "") -> float:
+        return sample(after, "cweb_deploys_total", outcome=outcome, error=error) - sample(before, "cweb_deploys_total", outcome=outcome, error=error)
+
+    assert (1, 1, 1, 1, 1) == (delta("activated"), delta("unchanged"), delta("rejected", "route_conflict"),
+                               delta("rejected", "invalid_regex"), delta("build_failed", "compile_failed"))
+    assert 5 == sum(v for (metric, _), v in after.items() if metric == "cweb_deploys_total") - sum(
+        v for (metric, _), v in before.items() if metric == "cweb_deploys_total")
+
+
 def test_metrics_job_gauges_follow_a_job_through_its_states(quiet: Server) -> None:
     """cweb_jobs{module,state} counts a running job, then a canceled one; the duration is observed under its module."""
     name = unique("metjobs")
