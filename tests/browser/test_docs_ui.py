@@ -352,3 +352,129 @@ def test_status_page_follows_a_jobs_events_with_the_key(make_server, browser: Br
             assert "error" not in types
         finally:
             context.close()
+
+
+# ---------------------------------------------------------------------------
+# the status page: charts, refusals, rollback, crashes, live feed
+
+
+def crashing_module(name: str) -> str:
+    return f"""#include <cweb.h>
+#include <signal.h>
+{HANDLER.format(fn="fine")} {{ (void)ctx; (void)req; snprintf(res->body, HTTP_RESPONSE_SIZE, "fine"); return 0; }}
+{HANDLER.format(fn="boom")} {{ (void)ctx; (void)req; (void)res; raise(SIGSEGV); return 0; }}
+export module_t config = {{
+    .name = "{name}", .author = "tests",
+    .routes = {{ {{"/{name}", "GET", fine, NONE}}, {{"/{name}/boom", "GET", boom, NONE}} }}, .size = 2,
+}};
+"""
+
+
+def test_status_page_charts_move_after_traffic(server: Server, page: Page, offline: Offline, tmp_path) -> None:
+    """Each module row has request-rate, error-rate and latency charts (inline
+    SVG); after traffic their numbers move and the charts' pixels change."""
+    name = unique("uichart")
+    deploy(server, crashing_module(name))
+    page.goto(f"{server.url}/ui")
+    row = page.locator(f'#modules tr[data-module="{name}"]')
+    for metric in ("rate", "errors", "latency"):
+        expect(row.locator(f'.chart[data-metric="{metric}"] svg.spark polyline')).to_be_attached()
+    rate = row.locator('.num[data-metric="rate"]')
+    expect(rate).to_have_text("0.0/s")
+    charts = row.locator("td.chart-cell")
+    before = tmp_path / "charts-before.png"
+    charts.first.screenshot(path=str(before))
+
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            assert 200 == c.get(f"/{name}").status_code
+            time.sleep(0.02)
+        assert 502 == c.get(f"/{name}/boom").status_code
+    page.wait_for_function(f"""() => {{
+        const row = document.querySelector('#modules tr[data-module="{name}"]');
+        const v = (m) => parseFloat(row.querySelector(`.num[data-metric="${{m}}"]`).dataset.value || "0");
+        return v("rate") > 1 && v("latency") > 0;
+    }}""")
+    page.wait_for_function(f"""() => {{
+        const row = document.querySelector('#modules tr[data-module="{name}"]');
+        return parseFloat(row.querySelector('.num[data-metric="errors"]').title || "0") > 0;
+    }}""")
+    assert "requests since start" in row.locator('.num[data-metric="errors"]').get_attribute("title")
+    points = row.locator('.chart[data-metric="rate"] polyline').get_attribute("points")
+    assert len(points.split()) >= 2
+    after = tmp_path / "charts-after.png"
+    charts.first.screenshot(path=str(after))
+    assert before.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" == after.read_bytes()[:8]
+    assert before.read_bytes() != after.read_bytes(), "the rate chart looks the same after traffic"
+    assert [] == offline.attempted
+
+
+def test_status_page_tells_a_rejected_deploy_from_a_compiled_one(server: Server, page: Page, offline: Offline) -> None:
+    """A module that compiles but whose route another module serves shows as
+    `rejected` with the refusal's code, not as a green build."""
+    owner, intruder = unique("uiown"), unique("uiintr")
+    deploy(server, route_module(owner, f"/{owner}"))
+    filename = intruder + ".c"
+    assert 409 == server.deploy(route_module(intruder, f"/{owner}"), filename).status_code
+    page.goto(f"{server.url}/ui")
+    row = page.locator("#builds tr", has_text=filename)
+    expect(row.locator(".state")).to_have_text("rejected")
+    expect(row.locator(".diag")).to_contain_text("route_conflict")
+    expect(row.locator(".diag")).to_have_attribute("data-error", "route_conflict")
+    assert [] == offline.attempted
+
+
+def test_status_page_shows_crashes_and_restarts_live(server: Server, page: Page, offline: Offline) -> None:
+    """A crash while the module's detail is open appears in its history (crashed,
+    then restarted) from the live feed, and nothing is polled meanwhile."""
+    name = unique("uicrash")
+    info = deploy(server, crashing_module(name))
+    page.goto(f"{server.url}/ui")
+    expect(page.locator("#feed")).to_have_text("● live")
+    page.locator(f'#modules tr[data-module="{name}"]').click()
+    expect(page.locator("#history")).to_contain_text("no crashes")
+    # Idle: the page asks for nothing (the feed says when to).
+    asked = len(offline.requested)
+    page.wait_for_timeout(2500)
+    assert [] == [u for u in offline.requested[asked:] if "/_cweb/builds" in u or "/jobs" in u or "/modules" in u]
+    assert 502 == httpx.get(f"{server.url}/{name}/boom", timeout=30).status_code
+    expect(page.locator('#history tr[data-event="crashed"]')).to_have_count(1)
+    expect(page.locator('#history tr[data-event="restarted"]')).to_have_count(1)
+    expect(page.locator('#history tr[data-event="crashed"]')).to_contain_text(info["module_hash"][:12])
+    assert [] == offline.attempted
+
+
+def test_status_page_rolls_back_behind_the_key(make_server, browser: Browser) -> None:
+    """With CWEB_API_KEY, the rollback button is refused until the key is
+    given; then it activates the older version and the page follows."""
+    key = "ui-" + unique("rbkey")
+    s = make_server(env={"CWEB_API_KEY": key})
+    name = unique("uirb")
+    hashes = []
+    for body in ("one", "two"):
+        r = s.deploy(route_module(name, f"/{name}", body=body), f"{name}.c", headers={"X-API-Key": key})
+        assert 200 == r.status_code, r.text
+        hashes.append(r.json()["module_hash"])
+    context = browser.new_context(service_workers="block")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"{s.url}/ui")
+        row = page.locator(f'#modules tr[data-module="{name}"]')
+        expect(row).to_contain_text(hashes[1][:12])
+        row.click()
+        button = page.locator(f'#versions tr[data-hash="{hashes[0]}"] button.rollback')
+        button.click()
+        expect(page.locator("#detail-status")).to_have_text("rollback needs the API key")
+        assert "two" == httpx.get(f"{s.url}/{name}", timeout=30).text
+        page.fill("#apikey", key)
+        page.click("#keyform button")
+        expect(page.locator("#feed")).to_have_text("● live")
+        button.click()
+        expect(page.locator("#detail-status")).to_have_text(f"rolled back to {hashes[0][:12]}")
+        expect(row).to_contain_text(hashes[0][:12])
+        expect(page.locator(f'#versions tr[data-hash="{hashes[0]}"] .state')).to_have_text("active")
+        assert "one" == httpx.get(f"{s.url}/{name}", timeout=30).text
+    finally:
+        context.close()
