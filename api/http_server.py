@@ -67,6 +67,7 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
         return "httptools"
 
     from api.dispatch import json_reply
+    from api.ws_protocol import take_upgrade
 
     class _Refused(Exception):
         pass
@@ -412,7 +413,9 @@ def http_protocol(dispatcher: Any = None, header_timeout: float = HEADER_TIMEOUT
 
         def handle_websocket_upgrade(self) -> None:
             self._disarm()
-            super().handle_websocket_upgrade()
+            live.discard(self)  # the connection is another protocol's from here on
+            if dispatcher is None or not take_upgrade(self, dispatcher):  # module sockets: api/ws_protocol.py
+                super().handle_websocket_upgrade()
 
         def send_400_response(self, msg: str) -> None:
             self._disarm()

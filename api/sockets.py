@@ -11,6 +11,16 @@ worker dies while handling it is not retried (it may be what crashed the
 worker); one that had not reached the worker yet goes to its replacement.
 Either way the connection stays open and is re-opened on the new worker.
 
+Clients reach the hub two ways: through ASGI (`__call__`, uvicorn's
+WebSocket protocol) or by direct calls from the server's own WebSocket
+protocol (api/ws_protocol.py: `open`, `receive`, `gone`). On the direct path
+a message whose connection is idle and whose worker is the one that saw
+on_open goes to the worker from the read that brought it, and the next one
+from the read that brings the worker's answer: no task, no future. Anything
+else (re-open after a swap, a restart to wait for, a worker gone) runs the
+same async code the ASGI path runs, in a task that holds the connection's
+turn.
+
 Outbound, a frame from a worker is written to the client's socket at once
 when nothing is queued for it and the socket takes data; otherwise it waits
 in the connection's queue, drained by one sender task. A connection whose
@@ -21,6 +31,7 @@ it while its socket is not draining.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import urllib.parse
@@ -62,6 +73,54 @@ ATTEMPTS = 2
 DELIVERED, LOST, RETRY = "delivered", "lost", "retry"
 
 
+class Turn:
+    """A connection's turn to talk to its worker: one event at a time, in
+    order. Like asyncio.Lock, but it can be taken without awaiting when it is
+    free (the direct path takes it from a read), it passes to waiters in
+    the order they came, and calls on_free once nobody holds it."""
+
+    __slots__ = ("held", "waiters", "on_free")
+
+    def __init__(self) -> None:
+        self.held = False
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.on_free: Callable[[], None] | None = None
+
+    def take_now(self) -> bool:
+        if self.held or self.waiters:
+            return False
+        self.held = True
+        return True
+
+    async def __aenter__(self) -> None:
+        if not self.held and not self.waiters:
+            self.held = True
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed the turn, then cancelled before using it
+            else:
+                self.waiters.remove(fut)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # handed over: still held
+                return
+        self.held = False
+        if self.on_free is not None:
+            self.on_free()
+
+
 @dataclass(eq=False)
 class Conn:
     conn_id: int
@@ -70,7 +129,7 @@ class Conn:
     send: Callable
     queue: asyncio.Queue
     worker_id: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    turn: Turn = field(default_factory=Turn)
     closed: bool = False
     # True while the sender waits for the client's socket to drain.
     blocked: bool = False
@@ -81,6 +140,14 @@ class Conn:
     resume: asyncio.Task | None = None
     # WS_OPEN's data: the path, then NUL and ws->session when there is one.
     open_data: bytes = b""
+    # Direct path only: push(data, binary) writes a frame at once, False if the
+    # socket does not take data now; the client's messages waiting for the
+    # turn (None: the client left); drained() is called whenever inbox is empty.
+    push: Callable[[bytes, bool], bool] | None = None
+    inbox: collections.deque = field(default_factory=collections.deque)
+    drained: Callable[[], None] | None = None
+    # Direct path: the client is gone; its on_close is queued behind the inbox.
+    left: bool = False
 
 
 def _open_data(path: str, query_string: bytes) -> bytes:
@@ -113,6 +180,8 @@ class SocketHub:
         self.messages_out: dict[str, int] = {}
         # Counts upgrades no socket path took (None: no metrics).
         self.metrics = metrics
+        # The direct path's tasks (re-opens, restarts, on_close), kept referenced.
+        self.tasks: set[asyncio.Task] = set()
 
     def count(self, module: str) -> int:
         return sum(1 for c in self.conns.values() if c.module == module)
@@ -203,8 +272,8 @@ class SocketHub:
         self.conns.pop(conn.conn_id, None)
         conn.closed = True
         # on_close goes only to the worker that saw this connection's on_open
-        # and still serves it; the lock waits out a migration in progress.
-        async with conn.lock:
+        # and still serves it; the turn waits out a migration in progress.
+        async with conn.turn:
             version = self._version_of(conn)
             if conn.worker_id and version is not None and version.worker_id == conn.worker_id and version.state is _ACTIVE:
                 entry = self.host.table.match_socket(conn.path)
@@ -218,6 +287,111 @@ class SocketHub:
             done, _ = await asyncio.wait({sender}, timeout=CLOSE_FLUSH_S)
             if not done:
                 sender.cancel()
+
+    # ---- the server's own WebSocket protocol (api/ws_protocol.py) -----------
+
+    def open(self, path: str, query_string: bytes, send: Callable, push: Callable[[bytes, bool], bool],
+             drained: Callable[[], None]) -> Conn | None:
+        """A client whose handshake is being accepted on path: its Conn, with
+        on_open on the way. None when no module serves path (nothing sent).
+
+        send is an ASGI-style send (websocket.send / websocket.close) for
+        what the sender task writes; push the synchronous write (see Conn)."""
+        entry = self.host.table.match_socket(path)
+        if entry is None:
+            return None
+        conn = Conn(next(self.ids), path, entry.version.name, send, asyncio.Queue(), push=push, drained=drained)
+        conn.open_data = _open_data(path, query_string)
+        self.conns[conn.conn_id] = conn
+        conn.sender = asyncio.get_running_loop().create_task(self._sender(conn))
+        conn.turn.on_free = lambda: self._pump(conn)
+        # Taken now: messages that arrive before on_open is delivered wait for it.
+        conn.turn.take_now()
+        self._spawn(self._held(conn, protocol.F_WS_OPEN, conn.open_data, False, ATTEMPTS))
+        return conn
+
+    def receive(self, conn: Conn, data: bytes, binary: bool) -> None:
+        """A whole message from conn's client (text already checked as UTF-8)."""
+        self.messages_in[conn.module] = self.messages_in.get(conn.module, 0) + 1
+        if conn.closed or conn.left:
+            return
+        conn.inbox.append((data, binary))
+        self._pump(conn)
+
+    def gone(self, conn: Conn) -> None:
+        """conn's client left, or the api closed it: on_close goes to the
+        worker after the messages that came before."""
+        if conn.left:
+            return
+        conn.left = True
+        conn.inbox.append(None)
+        self._pump(conn)
+
+    def _pump(self, conn: Conn) -> None:
+        """Start conn's next message if the turn is free."""
+        inbox = conn.inbox
+        turn = conn.turn
+        while inbox and turn.take_now():
+            item = inbox.popleft()
+            if item is None:
+                turn.held = False  # taken just now: nobody waits for it
+                inbox.clear()
+                self._spawn(self._finish(conn))
+                break
+            if conn.closed:
+                turn.held = False
+                continue  # the api closed it: dropped, as on the ASGI path
+            data, binary = item
+            if not self._send_fast(conn, data, binary):
+                self._spawn(self._held(conn, protocol.F_WS_MSG, data, binary, ATTEMPTS))
+            break
+        if not inbox and conn.drained is not None:
+            conn.drained()
+
+    def _send_fast(self, conn: Conn, data: bytes, binary: bool) -> bool:
+        """Send a message to the worker that saw conn's on_open, settled from
+        the read that brings the answer. False, with nothing sent, when the
+        async path must take it (re-open, restart, worker gone)."""
+        entry = self.host.table.match_socket(conn.path)
+        if entry is None:
+            return False
+        version = entry.version
+        worker_id = conn.worker_id
+        if version.name != conn.module or version.state is not _ACTIVE or worker_id != version.worker_id:
+            return False
+        frame = protocol.encode_ws(protocol.F_WS_MSG, entry.index, conn.conn_id, data, binary)
+
+        def settled(_reply: bytes | None, exc: BaseException | None) -> None:
+            if exc is None:
+                conn.turn.release()
+                return
+            # Judged now, as _deliver judges it when its request raises.
+            in_flight = isinstance(exc, WorkerGone) and version.state is _ACTIVE and version.worker_id == worker_id
+            self._spawn(self._recover(conn, version, worker_id, exc, in_flight, data, binary))
+
+        try:
+            return version.pool.submit(frame, self.timeout, settled)
+        except WorkerGone:
+            return False
+
+    async def _held(self, conn: Conn, kind: int, data: bytes, binary: bool, attempts: int) -> None:
+        try:
+            await self._event_held(conn, kind, data, binary, attempts)
+        finally:
+            conn.turn.release()
+
+    async def _recover(self, conn: Conn, version: Version, worker_id: int, exc: BaseException, in_flight: bool,
+                       data: bytes, binary: bool) -> None:
+        try:
+            if await self._failed(conn, version, worker_id, exc, in_flight) == RETRY:
+                await self._event_held(conn, protocol.F_WS_MSG, data, binary, ATTEMPTS - 1)
+        finally:
+            conn.turn.release()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # ---- events to the worker --------------------------------------------------
 
@@ -259,23 +433,29 @@ class SocketHub:
         try:
             await version.pool.request(frame, self.timeout)
             return DELIVERED
-        except WorkerGone:
+        except (WorkerGone, TimeoutError) as exc:
+            return await self._failed(conn, version, worker_id, exc)
+
+    async def _failed(self, conn: Conn, version: Version, worker_id: int, exc: BaseException,
+                      in_flight: bool | None = None) -> str:
+        """The outcome of a frame whose delivery raised exc (see _deliver)."""
+        if isinstance(exc, WorkerGone):
             # A frame on the wire when the worker dies fails as soon as its data
             # connection drops, before the agent reports the exit (state still
             # active, same worker). Frames still waiting for a connection fail
             # only when the host kills the pool, once it knows (restarting).
-            in_flight = version.state is _ACTIVE and version.worker_id == worker_id
+            if in_flight is None:
+                in_flight = version.state is _ACTIVE and version.worker_id == worker_id
             conn.worker_id = 0
             await self._await_restart(version, worker_id)
             if self.host.active.get(version.name) is version and version.state is not _ACTIVE:
                 self._close(conn, CLOSE_INTERNAL)
                 return LOST
             return LOST if in_flight else RETRY
-        except TimeoutError:
-            log.warning("socket %d on %s: module %s did not handle an event within %g s; closing it",
-                        conn.conn_id, conn.path, version.name, self.timeout)
-            self._close(conn, CLOSE_INTERNAL)
-            return LOST
+        log.warning("socket %d on %s: module %s did not handle an event within %g s; closing it",
+                    conn.conn_id, conn.path, version.name, self.timeout)
+        self._close(conn, CLOSE_INTERNAL)
+        return LOST
 
     @staticmethod
     async def _await_restart(version: Version, dead_worker: int) -> None:
@@ -292,29 +472,33 @@ class SocketHub:
         """Deliver one event in order; re-open on a new worker first.
 
         False: the connection is closed (the close frame is queued)."""
-        async with conn.lock:
-            for _ in range(ATTEMPTS):
-                if conn.closed:
-                    return False
-                entry = await self._serving(conn)
-                if entry is None:
-                    return False
-                version = entry.version
-                if kind != protocol.F_WS_OPEN and conn.worker_id != version.worker_id:
-                    conn.worker_id = version.worker_id
-                    open_frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.open_data)
-                    outcome = await self._deliver(conn, version, open_frame)
-                    if outcome == RETRY:
-                        continue
-                    if outcome == LOST:
-                        break
-                if kind == protocol.F_WS_OPEN:
-                    # Before the frame goes out, so sends from on_open are accepted.
-                    conn.worker_id = version.worker_id
-                frame = protocol.encode_ws(kind, entry.index, conn.conn_id, data, binary)
-                if await self._deliver(conn, version, frame) != RETRY:
+        async with conn.turn:
+            return await self._event_held(conn, kind, data, binary, ATTEMPTS)
+
+    async def _event_held(self, conn: Conn, kind: int, data: bytes, binary: bool, attempts: int) -> bool:
+        """_event, the turn already held by the caller."""
+        for _ in range(attempts):
+            if conn.closed:
+                return False
+            entry = await self._serving(conn)
+            if entry is None:
+                return False
+            version = entry.version
+            if kind != protocol.F_WS_OPEN and conn.worker_id != version.worker_id:
+                conn.worker_id = version.worker_id
+                open_frame = protocol.encode_ws(protocol.F_WS_OPEN, entry.index, conn.conn_id, conn.open_data)
+                outcome = await self._deliver(conn, version, open_frame)
+                if outcome == RETRY:
+                    continue
+                if outcome == LOST:
                     break
-            return not conn.closed
+            if kind == protocol.F_WS_OPEN:
+                # Before the frame goes out, so sends from on_open are accepted.
+                conn.worker_id = version.worker_id
+            frame = protocol.encode_ws(kind, entry.index, conn.conn_id, data, binary)
+            if await self._deliver(conn, version, frame) != RETRY:
+                break
+        return not conn.closed
 
     async def migrate(self, version: Version) -> None:
         """Re-open every connection of version's module on its current worker.
@@ -331,7 +515,7 @@ class SocketHub:
                 conns.append(c)
 
         async def one(conn: Conn) -> None:
-            async with conn.lock:
+            async with conn.turn:
                 entry = self.host.table.match_socket(conn.path)
                 if conn.closed or entry is None or entry.version is not version or conn.worker_id == version.worker_id:
                     return
@@ -375,17 +559,25 @@ class SocketHub:
             log.warning("socket %d on %s is not reading; closing it", conn_id, conn.path)
             self._close(conn, CLOSE_TRY_LATER)
             return
-        if binary:
-            kind, payload = "bytes", data
-        else:
-            kind, payload = "text", data.decode("utf-8", "replace")
-        if pending == 0 and not conn.blocked and conn.resume is None and conn.writable is not None and conn.writable.is_set():
+        if pending == 0 and not conn.blocked and conn.resume is None:
             # Nothing queued or being sent and the socket takes data: send now,
             # without waking the sender task (a broadcast reaches 1,000
             # clients in one pass over the events channel's frames).
-            self._send_now(conn, {"type": "websocket.send", kind: payload})
-            return
-        conn.queue.put_nowait((kind, payload))
+            push = conn.push
+            if push is not None:
+                if push(data, binary):
+                    self.messages_out[conn.module] = self.messages_out.get(conn.module, 0) + 1
+                    return
+            elif conn.writable is not None and conn.writable.is_set():
+                if binary:
+                    self._send_now(conn, {"type": "websocket.send", "bytes": data})
+                else:
+                    self._send_now(conn, {"type": "websocket.send", "text": data.decode("utf-8", "replace")})
+                return
+        if binary:
+            conn.queue.put_nowait(("bytes", data))
+        else:
+            conn.queue.put_nowait(("text", data.decode("utf-8", "replace")))
 
     def _send_now(self, conn: Conn, message: dict) -> None:
         coro = conn.send(message)
