@@ -159,6 +159,7 @@ def create_app(settings: Settings) -> Dispatcher:
     # only opens, starts and stops them.
     state.metrics = Metrics()
     state.logs = observe.LogHub()
+    state.logs.metrics = state.metrics
     state.changes = observe.Changes()
     state.builds = observe.BuildHistory(on_record=state.changes.publish)
     state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))

@@ -437,7 +437,7 @@ class Dispatcher:
         or with rendered=True as the HTTP header lines, ready to write."""
         status, block, body = protocol.split_http_response(reply)
         if self.metrics is not None:
-            self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0)
+            self.metrics.observe_request(version.name, entry.path, status, perf_counter() - t0, entry.method)
         headers, lines, per_request = self._module_headers(block)
         if per_request:  # CORS that depends on the request's Origin
             extra = self.cors.for_request(request_headers)  # type: ignore[union-attr]
@@ -491,7 +491,7 @@ class Dispatcher:
             error = BadGateway(f"module {version.name} crashed while handling the request",
                                module=version.name, module_hash=version.module_hash)
         if self.metrics is not None:
-            self.metrics.observe_request(version.name, entry.path, error.status, perf_counter() - t0)
+            self.metrics.observe_request(version.name, entry.path, error.status, perf_counter() - t0, entry.method)
         return json_reply(*error_body(error),
                           self.cors_headers(request_headers))
 

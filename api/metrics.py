@@ -95,7 +95,8 @@ class _RequestStats(Collector):
         # (module, route) -> [bucket counts..., sum]
         self.hists: dict[tuple[str, str], list[float]] = {}
 
-    def observe(self, module: str, route: str, status: int, seconds: float) -> None:
+    def observe(self, module: str, route: str, status: int, seconds: float, method: str = "") -> None:
+        # method: for the request lines of `cweb logs -f` (api/observe.py LogHub._tap); not a label.
         key = (module, route, status)
         self.counts[key] = self.counts.get(key, 0) + 1
         hist = self.hists.get((module, route))
@@ -137,7 +138,7 @@ class Metrics:
         r = self.registry
         self._requests = self.request_stats = _RequestStats()
         r.register(self._requests)
-        # observe_request(module, route, status, seconds), bound once: it runs per request.
+        # observe_request(module, route, status, seconds, method), bound once: it runs per request.
         self.observe_request = self._requests.observe
         self.ws_connections = Gauge("cweb_ws_connections", "Open module WebSocket connections", ["module"], registry=r)
         self.jobs = Gauge("cweb_jobs", "Jobs by module and state", ["module", "state"], registry=r)

@@ -134,6 +134,36 @@ class LogHub:
     def __init__(self) -> None:
         self.followers: dict[str, set[asyncio.Queue]] = {}
         self.names: dict[str, str] = {}  # module_hash -> name
+        # Set by create_app: whose observe_request is tapped for request
+        # lines while anyone follows a module's log (never otherwise).
+        self.metrics: Any = None
+        self._untapped: Any = None
+
+    def _tap(self) -> None:
+        """Request lines (method, route, status, time) for followers: the
+        request counter is wrapped while a follower exists, so the module
+        fast path pays nothing when nobody follows."""
+        if self.metrics is None or self._untapped is not None:
+            return
+        inner = self._untapped = self.metrics.observe_request
+        followers = self.followers
+
+        def observe(module: str, route: str, status: int, seconds: float, method: str = "") -> None:
+            inner(module, route, status, seconds, method)
+            subs = followers.get(module)
+            if subs:
+                entry = {"ts": time.time(), "stream": "request", "module_hash": "",
+                         "line": f"{method or '-'} {route} {status} {seconds * 1000:.1f} ms"}
+                for q in subs:
+                    if q.qsize() < FOLLOW_QUEUE:
+                        q.put_nowait(entry)
+
+        self.metrics.observe_request = observe
+
+    def _untap(self) -> None:
+        if self._untapped is not None and not self.followers:
+            self.metrics.observe_request = self._untapped
+            self._untapped = None
 
     def publish(self, entry: dict) -> None:
         module_hash = entry.get("module_hash", "")
@@ -155,6 +185,7 @@ class LogHub:
     def follow(self, name: str) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
         self.followers.setdefault(name, set()).add(q)
+        self._tap()
         return q
 
     def unfollow(self, name: str, q: asyncio.Queue) -> None:
@@ -163,6 +194,7 @@ class LogHub:
             subs.discard(q)
             if not subs:
                 del self.followers[name]
+        self._untap()
 
 
 class BuildHistory:

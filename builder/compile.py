@@ -31,10 +31,12 @@ GLUE_HEADERS = frozenset({"cweb_wire.h", "cweb_frame.h", "cweb_internal.h"})
 # -Werror=incompatible-pointer-types: a handler with the wrong signature
 # would otherwise build with a warning and answer 200 empty (gcc 14 makes
 # it an error by default; gcc 12 does not).
-# -g: the linker names the source line of an undefined reference (the
-# debug sections are stripped from the artifact again: --strip-debug).
-CFLAGS = ["-std=gnu11", "-O2", "-g", "-fPIC", "-Wall", "-Werror=incompatible-pointer-types", "-fdiagnostics-color=never",
+CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-Werror=incompatible-pointer-types", "-fdiagnostics-color=never",
           "-fmax-errors=50"]
+# For the module's source only (not the glue, compiled at start-up): with -g
+# the linker names the line of an undefined reference; --strip-debug
+# (LDFLAGS) drops the debug sections from the artifact again.
+MODULE_CFLAGS = ["-g"]
 # --wrap: the glue sees the module's free/realloc of the response buffer it
 # handed out (builder/sdk/cweb_glue.c, "Response buffers").
 LDFLAGS = ["-shared", "-Wl,-z,defs", "-Wl,--strip-debug", "-Wl,--wrap=free,--wrap=realloc", "-lssl", "-lcrypto", "-lsqlite3", "-ljansson", "-lpthread", "-lm"]
@@ -148,7 +150,7 @@ class Compiler:
             sdk, glue = SDK_DIR, glue_obj
         cmd = [self.gcc, *CFLAGS, "-I", sdk, "-o", out]
         if link:
-            return prefix + cmd + sources + [glue] + LDFLAGS
+            return prefix + cmd + MODULE_CFLAGS + sources + [glue] + LDFLAGS
         # One relocatable object from every glue source, linked into each module.
         return prefix + cmd + ["-r", "-nostdlib"] + sources
 

@@ -76,7 +76,7 @@ class LocalBuilder(Builder):
         self.sdk_digest = compile.sdk_digest()
         self.abi_version = compile.sdk_abi_version()
         self.max_source_bytes = max_source_bytes
-        self.flags = compile.CFLAGS + compile.LDFLAGS
+        self.flags = compile.CFLAGS + compile.MODULE_CFLAGS + compile.LDFLAGS
         self._slots = asyncio.Semaphore(limits.MAX_CONCURRENT_BUILDS)
         self._pending = 0
         self._glue_lock = asyncio.Lock()

@@ -262,3 +262,27 @@ def test_deploy_watch_redeploys_on_save_and_reports_refusals(server: Server, tmp
     assert 2 == out.count(f"deployed {name}"), out
     assert "w.c:2:" in err and "error" in err, err
     assert "Traceback" not in err
+
+
+def test_logs_follow_shows_request_lines_with_method_route_status_and_time(server: Server, tmp_path: Path) -> None:
+    import threading
+
+    import httpx
+
+    name = unique("reqlog")
+    assert 200 == server.deploy(route_module(name, f"/{name}/[0-9]+", method="POST")).status_code
+    follower = subprocess.Popen([sys.executable, str(CLI), "--server", server.url, "logs", name, "-f", "-n", "0"], cwd=tmp_path,
+                                env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(follower.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        def seen() -> bool:
+            httpx.post(f"{server.url}/{name}/12")
+            return any(f"request POST /{name}/[0-9]+ 200 " in line and line.rstrip().endswith(" ms") for line in got)
+
+        assert wait_for(seen, 30), got
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(20)
+    assert 130 == follower.returncode
