@@ -232,6 +232,13 @@ class AgentClient:
                 await asyncio.wait_for(self.process.wait(), 5)
             except TimeoutError:
                 self.process.kill()
+        if self.process is not None:
+            # Its pipe transport closed while the loop runs: left to the
+            # collector it would close after the loop did, printing a
+            # "RuntimeError: Event loop is closed" traceback on Ctrl-C.
+            transport = getattr(self.process, "_transport", None)
+            if transport is not None:
+                transport.close()
 
 
 # Seconds a handler that overran the request timeout gets to answer after all
