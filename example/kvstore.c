@@ -151,6 +151,18 @@ static void create_table(struct cweb_context *ctx)
                         NULL, NULL);
 }
 
+/* What /docs shows for these routes (optional; see docs/SDK.md, cweb_docs). */
+const cweb_doc_t cweb_docs[] = {
+    { .method = "GET", .path = "/kv", .summary = "Every key with its value, as a JSON object" },
+    { .method = "GET", .path = KEY_PATTERN, .summary = "The value of a key", .example = "/kv/colour",
+      .params = { { "key", "path", "1-64 letters, digits, '_', '-' or '.'", 1 } } },
+    { .method = "POST", .path = KEY_PATTERN, .summary = "Store the request body as the key's value",
+      .example = "/kv/colour", .params = { { "key", "path", "1-64 letters, digits, '_', '-' or '.'", 1 } } },
+    { .method = "DELETE", .path = KEY_PATTERN, .summary = "Forget a key", .example = "/kv/colour",
+      .params = { { "key", "path", "1-64 letters, digits, '_', '-' or '.'", 1 } } },
+    CWEB_DOCS_END
+};
+
 export module_t config = {
     .name = "kvstore",
     .author = "cweb",

@@ -54,6 +54,9 @@ def test_examples_share_cache_defer_work_and_store_values(cweb: CwebServer) -> N
     assert 200 == cweb.request("DELETE", "/kv/colour").status_code
     assert 404 == cweb.get("/kv/colour").status_code
     assert 404 == cweb.get("/kv/no-such-key").status_code
+    # Its cweb_docs table: /docs shows the regex routes as /kv/{key}, example "colour".
+    get = cweb.get("/openapi.json").json()["paths"]["/kv/{key}"]["get"]
+    assert ("The value of a key", "colour") == (get["summary"], get["parameters"][0]["example"])
 
 
 def test_example_echo_socket(cweb: CwebServer) -> None:
