@@ -166,7 +166,7 @@ def _gen_atom(a: _Atom) -> str:
     return one * count
 
 
-@dataclass
+@dataclass(frozen=True)
 class Param:
     name: str
     ere: str  # what it must match
@@ -174,7 +174,7 @@ class Param:
     group: bool  # a capture group of the route (else a run of other non-literal syntax)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Template:
     path: str  # an OpenAPI path: literal text with {name} parameters
     example: str  # the whole example path
@@ -207,9 +207,14 @@ def _split_example(pieces: list[tuple[str, str | None]], example: str) -> list[s
 def template(path: str, names: list[str] | None = None, example: str | None = None) -> Template | None:
     """The template for regex route path, or None when no example path was found.
 
-    names: parameter names for the capture groups, in order (from the
+    names: parameter names for the varying parts, in order (from the
     module's cweb_docs); example: the module's own example path, used when
-    the route matches it."""
+    the route matches it. Cached: /openapi.json asks again on every call."""
+    return _template(path, tuple(names or ()), example)
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(path: str, names: tuple[str, ...], example: str | None) -> Template | None:
     try:
         full = RoutePattern(path)
     except RouteRegexError:
