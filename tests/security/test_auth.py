@@ -31,6 +31,8 @@ PROTECTED = [
     ("GET", "/modules/counter/logs"),
     ("GET", "/_cweb/builds"),
     ("GET", "/_cweb/workers"),
+    ("GET", "/_cweb/history"),
+    ("GET", "/_cweb/events"),
     ("GET", "/_cweb/anything-added-later"),
     ("POST", "/jobs"),
     ("POST", "/jobs/1b9d6bcd/cancel"),
@@ -189,7 +191,8 @@ def test_private_reads_answer_with_the_key_and_public_ones_without(healthy: SecS
     r = healthy.deploy(route_module(name, path, "x"))
     assert r.status_code == 200, r.text
     module_hash = r.json()["module_hash"]
-    private = [f"/modules/{name}/logs", "/_cweb/builds", "/_cweb/workers", f"/artifacts/{module_hash}", f"/artifacts/{module_hash}/source"]
+    private = [f"/modules/{name}/logs", "/_cweb/builds", "/_cweb/workers", "/_cweb/history", f"/artifacts/{module_hash}",
+               f"/artifacts/{module_hash}/source"]
     with healthy.client() as c:
         for p in private:
             refused = c.get(p)
@@ -198,6 +201,10 @@ def test_private_reads_answer_with_the_key_and_public_ones_without(healthy: SecS
             granted = c.get(p, headers={"X-API-Key": API_KEY})
             assert granted.status_code == 200, (p, granted.text)
         assert c.get(f"/artifacts/{module_hash}/source", headers={"X-API-Key": API_KEY}).text.count(name) == 1
+        # The live feed: refused without the key; with it, a stream that starts with `hello`.
+        assert 401 == c.get("/_cweb/events").status_code
+        with c.stream("GET", "/_cweb/events", headers={"X-API-Key": API_KEY}) as feed:
+            assert (200, "event: hello") == (feed.status_code, next(feed.iter_lines()))
         for p in (path, "/docs", "/openapi.json", "/healthz", "/metrics", "/modules", "/ui"):
             assert c.get(p).status_code == 200, p
 
