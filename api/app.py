@@ -22,14 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, cache_admin, observe, versions
 from api.cors import Cors
+from api.deploys import Deployer
 from api.dispatch import Dispatcher
-from api.errors import ApiError, BadRequest, PayloadTooLarge, disk_full_is_507, error_body
+from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.jobs import routes as job_routes
 from api.jobs.service import JobLimits, JobService
 from api.jobs.store import Store as JobStore
 from api.metrics import Metrics
 from api.modules.host import ModuleHost
-from api.modules.version import declaration_warnings
 from api.openapi import API_DESCRIPTION, document, with_module_routes
 from api.registry import Registry
 from api.remote_builder import RemoteBuilder
@@ -37,7 +37,7 @@ from api.settings import Settings
 from builder import compile as compile_mod
 from builder.errors import BuildError
 from builder.interface import Builder
-from builder.local import LocalBuilder, display_name, sdk_tarball
+from builder.local import LocalBuilder, sdk_tarball
 from runtime.client import AgentClient
 
 log = logging.getLogger("cweb.api")
@@ -60,6 +60,7 @@ class State:
     logs: observe.LogHub
     builds: observe.BuildHistory
     changes: observe.Changes
+    deploys: Deployer
     jobs: JobService
     job_store: JobStore
     started_at: float
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> Dispatcher:
                 log.warning("bubblewrap is unavailable: compiling WITHOUT a sandbox (CWEB_UNSAFE_BUILDS=1)")
             else:
                 log.error("bubblewrap is unavailable: uploads will be refused (set CWEB_UNSAFE_BUILDS=1 to allow unsandboxed builds)")
+        state.deploys = Deployer(state.builder, state.host, state.registry, state.metrics, state.builds)
         if not settings.runtime_socket:
             # Embedded: the agent inherits its end of a socketpair; no path.
             await state.agent.spawn_embedded(settings.agent_settings())
@@ -246,59 +248,9 @@ def create_app(settings: Settings) -> Dispatcher:
     @app.post("/mgnt")
     async def deploy(request: Request, check: int = Query(0, ge=0, le=1)) -> dict:
         """Build, validate and activate an uploaded C module (field `code`)."""
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)
-        try:
-            with disk_full_is_507("the build"):
-                result = await state.builder.build(source, filename)
-        except BuildError as exc:
-            state.metrics.builds.labels("failed").inc()
-            if not check:
-                state.metrics.deploys.labels("build_failed", exc.code).inc()
-            state.builds.record(file=filename, outcome="failed", error=exc.code, message=exc.message,
-                                diagnostics=exc.extra.get("diagnostics", []))
-            raise
-        state.metrics.builds.labels("cache_hit" if result.cache_hit else "compiled").inc()
-        if not result.cache_hit:
-            state.metrics.build_seconds.observe(result.build_ms / 1000)
-        built = "cache_hit" if result.cache_hit else "compiled"
-        record = {"file": filename, "module_hash": result.module_hash, "build_ms": round(result.build_ms, 2)}
-        base = result.summary()
-        try:
-            if check:
-                # A dry run: the server's own validation (declaration, route
-                # conflicts with what is active, regexes), not only the compile.
-                decl = await state.host.dry_run(result.module_hash)
-            else:
-                with disk_full_is_507("the deploy"):
-                    version, previous, noop = await state.host.activate(
-                        result.module_hash, source_sha256=result.source_sha256, build_key=result.build_key
-                    )
-        except ApiError as exc:
-            # Compiled, then refused: recorded as a rejection, never as a green build.
-            state.builds.record(**record, outcome="rejected", error=exc.code, message=exc.message,
-                                diagnostics=result.warnings, check=bool(check), built=built)
-            if not check:
-                state.metrics.deploys.labels("rejected", exc.code).inc()
-            raise
-        state.builds.record(**record, outcome=built, diagnostics=result.warnings, check=bool(check))
-        if check:
-            return {"ok": True, **base, "name": decl["name"],
-                    "routes": [{"method": r["method"], "path": r["path"]} for r in decl["routes"]],
-                    "websockets": [{"path": w["path"]} for w in decl["websockets"]],
-                    "jobs": [{"name": j["name"]} for j in decl["jobs"]],
-                    "warnings": base["warnings"] + declaration_warnings(decl, display_name(filename))}
-        state.metrics.deploys.labels("unchanged" if noop else "activated", "").inc()
-        summary = version.summary()
-        return {
-            **summary,
-            **base,
-            "warnings": base["warnings"] + declaration_warnings(version.decl, display_name(filename)),
-            "noop": noop,
-            "previous_hash": previous.module_hash if previous else None,
-            "phases": {} if noop else version.phases,
-            "deploy_ms": round((time.perf_counter() - t0) * 1000, 2),
-        }
+        return await state.deploys.upload(source, filename, check=bool(check), started=started)
 
     def live_summary(v: Any) -> dict:
         summary = v.summary()

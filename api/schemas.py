@@ -129,6 +129,8 @@ class RollbackResult(ModuleInfo):
     cache_hit: bool
     noop: bool
     previous_hash: str | None
+    phases: dict[str, float] = Field(description="Milliseconds per phase, as for a deploy (load_ms, start_ms, swap_ms); empty for a no-op",
+                                     examples=[{"load_ms": 41.2, "start_ms": 3.1, "swap_ms": 0.4}])
     deploy_ms: float
 
 

@@ -18,7 +18,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.errors import BadRequest, Invalid, NotFound
+from api.errors import Invalid, NotFound
 from builder.store import is_hash
 
 router = APIRouter()
@@ -78,30 +78,9 @@ async def _rollback_target(request: Request) -> str:
 async def rollback(name: str, request: Request) -> dict:
     """Make an earlier artifact of name the active one: same hot swap as a
     deploy (old requests finish on the old version), no compile."""
-    t0 = time.perf_counter()
-    state = _state(request)
+    started = time.perf_counter()
     module_hash = await _rollback_target(request)
-    known = {v["module_hash"] for v in await state.registry.versions(name)}
-    if not known:
-        raise NotFound(f"no module named {name!r} was ever deployed", code="module_not_found")
-    if module_hash not in known:
-        raise NotFound(f"{module_hash[:12]} was never deployed as {name!r}; see GET /modules/{name}/versions", code="version_not_found")
-    art = await state.registry.artifact(module_hash)
-    if art is None:
-        raise NotFound(f"artifact {module_hash[:12]} has no record", code="artifact_not_found")
-    if art["name"] != name:
-        raise BadRequest(f"artifact {module_hash[:12]} declares module {art['name']!r}, not {name!r}", code="name_mismatch")
-    version, previous, noop = await state.host.activate(
-        module_hash, source_sha256=art["source_sha256"], build_key=art["build_key"], action="rollback"
-    )
-    return {
-        **version.summary(),
-        "action": "rollback",
-        "cache_hit": True,
-        "noop": noop,
-        "previous_hash": previous.module_hash if previous else None,
-        "deploy_ms": round((time.perf_counter() - t0) * 1000, 2),
-    }
+    return await _state(request).deploys.rollback(name, module_hash, started=started)
 
 
 @router.get("/artifacts/{module_hash}")
