@@ -20,7 +20,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import auth, cache_admin, observe, versions
+from api import auth, cache_admin, observe, secrets, versions
 from api.cors import Cors
 from api.deploys import Deployer
 from api.dispatch import Dispatcher
@@ -58,6 +58,7 @@ class State:
     agent: AgentClient
     metrics: Metrics
     logs: observe.LogHub
+    secrets: secrets.SecretStore
     builds: observe.BuildHistory
     changes: observe.Changes
     deploys: Deployer
@@ -162,6 +163,7 @@ def create_app(settings: Settings) -> Dispatcher:
     state.metrics = Metrics()
     state.logs = observe.LogHub()
     state.logs.metrics = state.metrics
+    state.secrets = secrets.SecretStore(settings.data_dir)
     state.changes = observe.Changes()
     state.builds = observe.BuildHistory(on_record=state.changes.publish)
     state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
@@ -183,6 +185,7 @@ def create_app(settings: Settings) -> Dispatcher:
                               settings.runtime.secret if settings.runtime_socket else "", on_reconnect=on_agent_back)
     state.host = ModuleHost(settings, state.agent, state.registry, jobs=state.jobs, metrics=state.metrics,
                             on_activate=state.logs.activated, on_change=state.changes.publish)
+    state.host.spawner.secrets = state.secrets
     # Swagger UI and ReDoc assets come from the fastapi-offline package, served
     # under /docs/static: the docs work with no route to a CDN.
     app = FastAPIOffline(
@@ -197,6 +200,7 @@ def create_app(settings: Settings) -> Dispatcher:
     # Routers defined in other modules reach the shared state through request.app.state.cweb.
     app.state.cweb = state
     app.include_router(versions.router)
+    app.include_router(secrets.router)
     app.include_router(job_routes.router)
     app.include_router(observe.router)
 

@@ -78,7 +78,8 @@ def needs_key(method: str, path: str) -> bool:
         return False
     if parts[0] in PRIVATE_PREFIXES:
         return True
-    return len(parts) >= 3 and parts[0] == "modules" and parts[2] == "logs"
+    # A module's output and the names of its secrets are the operator's.
+    return len(parts) >= 3 and parts[0] == "modules" and parts[2] in ("logs", "secrets")
 
 
 def _digest(value: bytes) -> bytes:

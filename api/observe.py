@@ -134,6 +134,7 @@ class LogHub:
     def __init__(self) -> None:
         self.followers: dict[str, set[asyncio.Queue]] = {}
         self.names: dict[str, str] = {}  # module_hash -> name
+        self.active: dict[str, str] = {}  # name -> the hash activated last (request lines carry it)
         # Set by create_app: whose observe_request is tapped for request
         # lines while anyone follows a module's log (never otherwise).
         self.metrics: Any = None
@@ -146,13 +147,13 @@ class LogHub:
         if self.metrics is None or self._untapped is not None:
             return
         inner = self._untapped = self.metrics.observe_request
-        followers = self.followers
+        followers, active = self.followers, self.active
 
         def observe(module: str, route: str, status: int, seconds: float, method: str = "") -> None:
             inner(module, route, status, seconds, method)
             subs = followers.get(module)
             if subs:
-                entry = {"ts": time.time(), "stream": "request", "module_hash": "",
+                entry = {"ts": time.time(), "stream": "request", "module_hash": active.get(module, ""),
                          "line": f"{method or '-'} {route} {status} {seconds * 1000:.1f} ms"}
                 for q in subs:
                     if q.qsize() < FOLLOW_QUEUE:
@@ -179,6 +180,7 @@ class LogHub:
     def activated(self, version: Any) -> None:
         """ModuleHost.on_activate: remember the name of the hash, and say so in the server log."""
         self.names[version.module_hash] = version.name
+        self.active[version.name] = version.module_hash
         log.info("module %s active: %s", version.name, version.module_hash,
                  extra=module_fields(version.name, version.module_hash, routes=len(version.decl.get("routes", ()))))
 

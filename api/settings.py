@@ -13,6 +13,9 @@ from runtime.settings import AgentSettings
 # its whole body once the headers are in; 408 after (api/http_server.py).
 HEADER_TIMEOUT_S = 15.0
 BODY_TIMEOUT_S = 120.0
+# Per-module secrets (api/secrets.py): bytes of one value, keys per module.
+MAX_SECRET_BYTES = 64 << 10
+MAX_SECRETS_PER_MODULE = 64
 
 
 @dataclass

@@ -412,6 +412,9 @@ class Agent:
                 # walk runs off the agent's loop, so only this start waits.
                 await asyncio.to_thread(_chown_tree, path, w.uid)
             msg["module_dir"] = path
+        if req.get("secrets"):
+            # Passed through on the worker's own channel, never kept here.
+            msg["secrets"] = {str(k): str(v) for k, v in dict(req["secrets"]).items()}
         reply = await self._command(w, msg, limits.ONLOAD_TIMEOUT_S)
         if reply.get("op") == "exited":
             output = await self._last_output(w)

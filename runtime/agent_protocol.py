@@ -40,8 +40,9 @@ OPS: dict[str, Op] = {
         _op("load", ("hash", "max_response"), ("worker_id", "describe"),
             "Load artifact <hash> from the store into the warm spare worker; describe is the module's "
             "declaration. The worker is 'loading' until start."),
-        _op("start", ("worker_id", "name"), (),
-            "Run onload in a loaded worker, with the module's own data directory <name>; then it serves."),
+        _op("start", ("worker_id", "name", "secrets"), (),
+            "Run onload in a loaded worker, with the module's own data directory <name> and its secrets "
+            "({key: value}, handed to the worker, never stored or logged by the agent); then it serves."),
         _op("connect", ("worker_id", "count"), (),
             "count (1..200) new data connections to a running worker: socketpairs, one end each to the "
             "worker and, as the answer's descriptors, to the api.",

@@ -142,6 +142,15 @@ class Worker:
             set_dir.argtypes = [ctypes.c_char_p]
             set_dir.restype = ctypes.c_int
             set_dir(str(msg["module_dir"]).encode())
+        # The module's secrets, for cweb_secret(), before onload can ask;
+        # the C side keeps its own copy, this process keeps none.
+        values = msg.pop("secrets", None)
+        if values:
+            set_secrets = self.lib.cweb_abi_secrets
+            set_secrets.argtypes = [ctypes.c_char_p]
+            set_secrets.restype = ctypes.c_int
+            set_secrets(json.dumps(values).encode())
+            del values
         # A crash here kills the process; the agent reports it as an onload failure.
         self.lib.cweb_abi_onload()
         self.started = True

@@ -11,8 +11,9 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from api import routing
+from api import routing, secrets
 from api.errors import from_runtime
 from api.settings import Settings
 from runtime.client import AgentClient, EventsConn, WorkerPool, open_events
@@ -47,6 +48,9 @@ class Spawner:
         self.on_frame = on_frame
         # A handler of this worker overran the request timeout and its grace.
         self.on_hung = on_hung
+        # The modules' secrets (api/secrets.py SecretStore), set by create_app;
+        # handed to each worker as it starts, before onload.
+        self.secrets: Any = None
 
     async def spawn(self, module_hash: str, check: Callable[[dict], None] | None = None) -> Spawned:
         """A running worker for module_hash with its request pool, job pool and
@@ -93,7 +97,8 @@ class Spawner:
         """Run onload, then open the request pool, the job pool and the events
         channel: connections the agent makes for exactly this worker."""
         try:
-            await self.agent.call("start", worker_id=worker_id, name=decl["name"])
+            await self.agent.call("start", worker_id=worker_id, name=decl["name"],
+                                  secrets=secrets.for_worker(self.secrets, decl["name"]))
         except RuntimeFailure as exc:
             raise from_runtime(exc) from exc
 

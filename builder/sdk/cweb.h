@@ -90,6 +90,14 @@ void http_kv_destroy(http_kv_store_t *store, int free_values);
 /* Takes ownership of value, which must come from malloc (e.g. strdup). */
 int http_kv_insert(http_kv_store_t *store, const char *key, char *value);
 char *http_kv_get(const http_kv_store_t *store, const char *key);
+
+/* A secret of this module, set with `cweb secret put NAME KEY` (PUT
+ * /modules/NAME/secrets/KEY): its value, or NULL when there is no such
+ * key. Set before onload, valid for the worker's life, the same for every
+ * thread; a changed secret reaches workers started after the change (the
+ * next deploy, rollback or restart). Never print it: module output is
+ * readable by whoever can read the module's logs. */
+const char *cweb_secret(const char *key);
 size_t http_kv_size(const http_kv_store_t *store);
 
 /* ---- struct map: c-web-modules' string-keyed hash map (map.h) ---- */

@@ -349,6 +349,30 @@ static json_t *describe_docs(void)
     return docs;
 }
 
+/* ------------------------------------------------------------------ */
+/* secrets (cweb_secret in cweb.h)                                     */
+
+/* The module's secrets, set once before onload and only read after: no lock. */
+static json_t *secrets;
+
+ABI int cweb_abi_secrets(const char *json)
+{
+    json_t *o = json ? json_loads(json, 0, NULL) : NULL;
+    if (!o || !json_is_object(o)) {
+        json_decref(o);
+        return -1;
+    }
+    json_decref(secrets);
+    secrets = o;
+    return 0;
+}
+
+const char *cweb_secret(const char *key)
+{
+    json_t *v = secrets && key ? json_object_get(secrets, key) : NULL;
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
 /* Writes the module's declaration as JSON into buf. Returns its length,
  * -1 when the module has no `config`, or the length needed if cap is too
  * small. Validation of the contents is the runtime's job. */
