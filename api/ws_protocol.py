@@ -166,7 +166,7 @@ class ModuleSocket(asyncio.Protocol):
     def message(self, data: bytes) -> None:
         if self.closing or self.conn is None:
             return
-        if not self.binary:
+        if not self.binary and not data.isascii():
             try:
                 data.decode()
             except UnicodeDecodeError:

@@ -21,20 +21,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cweb(data_dir: Path, *, port: int | None = None, env: dict | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+def start_cweb(data_dir: Path, *, port: int | None = None, env: dict | None = None, timeout: float = 60.0,
+               root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     """Start the server (log next to data_dir as server.log) and wait for /healthz.
 
+    root: the checkout whose code the server runs (another one for an A/B).
     Returns the process and its base URL; raises RuntimeError with the end of
     the log if it exits or does not become healthy in time."""
     port = port or free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
     child_env.update(env or {})
-    child_env["PYTHONPATH"] = str(ROOT)
+    child_env["PYTHONPATH"] = str(root)
     log_path = data_dir.parent / "server.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "api", "--port", str(port), "--data-dir", str(data_dir)],
-            cwd=str(ROOT), env=child_env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=str(root), env=child_env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
