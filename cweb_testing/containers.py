@@ -115,6 +115,7 @@ class CwebContainer(CwebClient, DockerContainer):
         DockerContainer.__init__(self, image or DEFAULT_IMAGE, docker_client_kw=docker_client_kw)
         CwebClient.__init__(self)
         self._build_from_checkout = image is None
+        self._url: str | None = None  # known once started; asking Docker on every call is slow
         self.api_key = secrets.token_hex(16) if api_key is None else (api_key or None)
         self.bind = bind
         self.startup_timeout = startup_timeout
@@ -134,8 +135,10 @@ class CwebContainer(CwebClient, DockerContainer):
                             "labels": {LABEL: "container", **kwargs.get("labels", {})}})
 
     def get_url(self) -> str:
-        host = "127.0.0.1" if self.bind in ("127.0.0.1", "localhost") else self.get_container_host_ip()
-        return f"http://{host}:{self.get_exposed_port(API_PORT)}"
+        if self._url is None:
+            host = "127.0.0.1" if self.bind in ("127.0.0.1", "localhost") else self.get_container_host_ip()
+            self._url = f"http://{host}:{self.get_exposed_port(API_PORT)}"
+        return self._url
 
     @property
     def url(self) -> str:  # type: ignore[override]
@@ -150,6 +153,7 @@ class CwebContainer(CwebClient, DockerContainer):
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
         self.close()
+        self._url = None
         super().stop(force=force, delete_volume=delete_volume)
 
     def _running(self) -> bool:

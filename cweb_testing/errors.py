@@ -53,7 +53,8 @@ class DeployError(CwebTestingError):
 
 def render_refusal(filename: str, status: int, body: dict, source: str | None) -> str:
     """A refused deploy as text a person reads in a test report."""
-    lines = [f"cweb refused {filename}: {status} {body.get('error', '')}: {body.get('message', '')}".rstrip(": ")]
+    code, message = body.get("error"), body.get("message")
+    lines = [f"cweb refused {filename}: {status}{f' {code}' if code else ''}{f': {message}' if message else ''}"]
     source_lines = source.splitlines() if source else []
     for d in body.get("diagnostics") or []:
         where = ":".join(str(d[k]) for k in ("file", "line", "column") if d.get(k) not in (None, ""))

@@ -145,8 +145,9 @@ class CwebServer(CwebClient):
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        tail = self.log_tail()  # read before stop(), which may delete a directory it made
         self.stop()
-        raise ServerStartError(f"cweb did not answer /healthz within {timeout:g} s:\n{self.log_tail()}")
+        raise ServerStartError(f"cweb did not answer /healthz within {timeout:g} s:\n{tail}")
 
     def _make_certificate(self) -> None:
         import trustme
