@@ -11,7 +11,8 @@ Fixtures
 Options (the session server)
     --cweb-api-key KEY     the key (default: a random one; "" for none)
     --cweb-tls             HTTPS and WSS with a throwaway CA the helpers trust
-    --cweb-env NAME=VALUE  a CWEB_* setting, repeatable (limits, timeouts)
+    --cweb-env NAME=VALUE  a CWEB_* setting, repeatable (limits, timeouts); also the
+                           ini option cweb_env (one a line), which the flags extend
     --cweb-workdir DIR     the modules' working directory (default: an empty one)
 
 Marker
@@ -47,12 +48,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="a CWEB_* setting for the session's server (limits, timeouts), repeatable")
     group.addoption("--cweb-workdir", default=None, metavar="DIR",
                     help="the modules' working directory (default: an empty temporary one)")
+    parser.addini("cweb_env", type="linelist", default=[],
+                  help="CWEB_NAME=VALUE settings for the session's cweb server, one a line (--cweb-env adds to them)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
     # Checked here so that a typo stops the run at once (usage error), not at the first test.
-    config.stash[_ENV_KEY] = parse_env(config.getoption("--cweb-env"))
+    config.stash[_ENV_KEY] = parse_env([*config.getini("cweb_env"), *config.getoption("--cweb-env")])
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:

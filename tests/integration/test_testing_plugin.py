@@ -73,19 +73,29 @@ def test_bad_cweb_env_option_stops_the_run_as_a_usage_error(tmp_path: Path) -> N
     assert "--cweb-env takes CWEB_NAME=VALUE, not 'REQUEST_TIMEOUT=5'" in done.stderr
 
 
-def test_cweb_env_option_reaches_the_server(tmp_path: Path) -> None:
-    """--cweb-env sets a limit on the session's server: a body over CWEB_MAX_BODY_BYTES is 413."""
+def test_cweb_env_from_ini_and_option_reach_the_server(tmp_path: Path) -> None:
+    """cweb_env in pytest.ini and --cweb-env on the command line both set limits of the session's server."""
+    counter = ROOT / "example" / "counter.c"
+    (tmp_path / "pytest.ini").write_text("[pytest]\ncweb_env =\n    CWEB_MAX_BODY_BYTES=1024\n")
     (tmp_path / "test_limit.py").write_text(
         "from pathlib import Path\n"
-        f"COUNTER = Path({str(ROOT / 'example' / 'counter.c')!r})\n"
-        "def test_limit(cweb):\n"
-        "    cweb.deploy(COUNTER)\n"
-        "    assert 200 == cweb.get('/counter').status_code\n"
-        "    assert 413 == cweb.request('GET', '/counter', content=b'x' * 4096).status_code\n"
+        "import pytest\n"
+        "from cweb_testing import DeployError\n"
+        f"GREET = Path({str(PROJECT / 'modules' / 'greet.c')!r})\n"
+        f"COUNTER = Path({str(counter)!r})\n"
+        "def test_limits(cweb):\n"
+        "    cweb.deploy(GREET)\n"
+        "    assert 200 == cweb.get('/greet').status_code\n"
+        "    assert 413 == cweb.request('GET', '/greet', content=b'x' * 4096).status_code\n"
+        "    with pytest.raises(DeployError) as refused:\n"
+        "        cweb.deploy(COUNTER)\n"
+        "    assert 413 == refused.value.status\n"
     )
-    done = run_pytest("--cweb-env", "CWEB_MAX_BODY_BYTES=1024", cwd=tmp_path, timeout=300)
+    limit = counter.stat().st_size - 1
+    assert (PROJECT / "modules" / "greet.c").stat().st_size < limit
+    done = run_pytest("--cweb-env", f"CWEB_MAX_SOURCE_BYTES={limit}", cwd=tmp_path, timeout=300)
     assert 0 == done.returncode, done.stdout[-6000:] + done.stderr[-3000:]
-    assert "PASSED test_limit.py::test_limit" in done.stdout
+    assert "PASSED test_limit.py::test_limits" in done.stdout
 
 
 def test_session_options_tls_key_and_workdir_reach_the_server(tmp_path: Path) -> None:
