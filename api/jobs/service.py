@@ -9,10 +9,8 @@ import itertools
 import json
 import logging
 import random
-import sqlite3
 import time
 import uuid as uuidlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from api.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable, disk_full_is_507
-from api.jobs.store import JOB_COLUMNS, Store, add_event, row_to_job
+from api.jobs.store import Store
 from api.modules.version import VersionState
 from api.settings import Settings
 from runtime import protocol
@@ -240,10 +238,7 @@ class JobService:
             await asyncio.sleep(LEASE_SWEEP_S)
             try:
                 now = time.time()
-                rows = await self.store.read(
-                    lambda c, now=now: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='running' AND lease_until < ?", (now,)).fetchall()
-                )
-                for job in map(row_to_job, rows):
+                for job in await self.store.expired_leases(now):
                     if job["job_uuid"] not in self.running:
                         log.warning("job %s outlived its lease with no attempt running; recovering it", job["job_uuid"])
                         await self._retry_or_fail(job, job["attempts"], "the job's lease expired with no attempt running")
@@ -259,27 +254,7 @@ class JobService:
         yet expired, and are marked once emptied, so each sweep touches only
         what it deletes: never a scan of events or jobs that stay."""
         cutoff = (time.time() if now is None else now) - self.limits.event_retention_s
-
-        def delete(conn: sqlite3.Connection) -> tuple[int, bool]:
-            deleted = 0
-            jobs = conn.execute(
-                "SELECT job_uuid FROM jobs WHERE events_expired = 0 AND state IN ('done', 'failed', 'canceled') "
-                "AND updated_at < ? ORDER BY updated_at LIMIT ?",
-                (cutoff, RETENTION_JOBS),
-            ).fetchall()
-            for (job_uuid,) in jobs:
-                left = RETENTION_BATCH - deleted
-                n = conn.execute(
-                    "DELETE FROM job_events WHERE event_id IN (SELECT event_id FROM job_events WHERE job_uuid = ? LIMIT ?)",
-                    (job_uuid, left),
-                ).rowcount
-                deleted += n
-                if n == left:
-                    return deleted, True  # this job may have more: the next batch goes on with it
-                conn.execute("UPDATE jobs SET events_expired = 1 WHERE job_uuid = ?", (job_uuid,))
-            return deleted, len(jobs) == RETENTION_JOBS
-
-        return await self.store.write(delete)
+        return await self.store.expire_events(cutoff, RETENTION_JOBS, RETENTION_BATCH)
 
     async def _sweep_retention(self) -> None:
         """Every RETENTION_SWEEP_S, delete expired events batch by batch: each
@@ -296,34 +271,10 @@ class JobService:
         """Jobs left running by a dead server are retried or failed; pending ones are queued."""
         now = time.time()
 
-        def fix(conn: sqlite3.Connection) -> list[dict]:
-            events = []
-            rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'").fetchall()
-            for row in rows:
-                job = row_to_job(row)
-                if job["attempts"] < job["max_attempts"]:
-                    conn.execute(
-                        "UPDATE jobs SET state='pending', lease_owner=NULL, lease_until=NULL, run_after=?, updated_at=? WHERE job_uuid=?",
-                        (now, now, job["job_uuid"]),
-                    )
-                    events.append(add_event(conn, job["job_uuid"], "retry", json.dumps({"attempt": job["attempts"], "reason": "server restarted"})))
-                else:
-                    conn.execute(
-                        "UPDATE jobs SET state='failed', error=?, lease_owner=NULL, lease_until=NULL, updated_at=? WHERE job_uuid=?",
-                        ("interrupted: the server stopped during the last attempt", now, job["job_uuid"]),
-                    )
-                    events.append(add_event(conn, job["job_uuid"], "failed", json.dumps("interrupted: the server stopped during the last attempt")))
-            return events
-
-        for ev in await self.store.write(fix):
+        events = await self.store.recover_running(now, "server restarted", "interrupted: the server stopped during the last attempt")
+        for ev in events:
             self._publish(ev)
-        rows = await self.store.read(
-            lambda c: c.execute(
-                "SELECT job_uuid, module_hash, priority, run_after, seq, job, attempts, timeout_s, "
-                "CASE WHEN length(payload) <= ? THEN payload END FROM jobs WHERE state='pending'",
-                (INLINE_PAYLOAD_BYTES,),
-            ).fetchall()
-        )
+        rows = await self.store.pending(INLINE_PAYLOAD_BYTES)
         for job_uuid, module_hash, priority, run_after, seq, job, attempts, timeout_s, payload in rows:
             self._enqueue(job_uuid, module_hash, priority, run_after, seq, Spec(job, attempts, timeout_s, payload))
         if rows:
@@ -394,20 +345,12 @@ class JobService:
         # A key names one submission of one job of one module: the same key
         # sent for another module or job is another submission (another job).
         scoped_key = None if idempotency_key is None else json.dumps([module, job, idempotency_key])
-        row = (job_uuid, module, job, version.module_hash, "pending", payload_text, None, None, 0, max_attempts,
-               timeout_s, priority, when, None, None, scoped_key, now, now, seq)
-
-        def insert(conn: sqlite3.Connection) -> tuple[dict, bool, dict | None]:
-            if scoped_key is not None:
-                existing = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (scoped_key,)).fetchone()
-                if existing is not None:
-                    return row_to_job(existing), False, None
-            conn.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join('?' * 19)})", row)
-            ev = add_event(conn, job_uuid, "created", payload_text, now)
-            return row_to_job(row), True, ev
-
+        record = {"job_uuid": job_uuid, "module": module, "job": job, "module_hash": version.module_hash, "state": "pending",
+                  "payload": payload_text, "result": None, "error": None, "attempts": 0, "max_attempts": max_attempts,
+                  "timeout_s": timeout_s, "priority": priority, "run_after": when, "lease_owner": None, "lease_until": None,
+                  "idempotency_key": scoped_key, "created_at": now, "updated_at": now, "seq": seq}
         with disk_full_is_507("the job"):
-            created_job, created, ev = await self.store.write(insert)
+            created_job, created, ev = await self.store.insert(record, scoped_key)
         if created:
             assert ev is not None
             self._publish(ev)
@@ -554,21 +497,6 @@ class JobService:
         now = time.time()
         expected = spec.attempts if spec is not None else None
 
-        def start(conn: sqlite3.Connection) -> tuple[dict | None, dict | None]:
-            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone()
-            if row is None:
-                return None, None
-            job = row_to_job(row)
-            if job["state"] != "pending" or (expected is not None and job["attempts"] != expected):
-                return None, None
-            attempt = job["attempts"] + 1
-            conn.execute(
-                "UPDATE jobs SET state='running', attempts=?, lease_owner=?, lease_until=?, updated_at=? WHERE job_uuid=? AND state='pending'",
-                (attempt, self.instance, now + job["timeout_s"], now, job_uuid),
-            )
-            job.update(state="running", attempts=attempt)
-            return job, add_event(conn, job_uuid, "started", json.dumps({"attempt": attempt}), now)
-
         async def started(written: asyncio.Future) -> dict | None:
             job, ev = await written
             if ev is not None:
@@ -577,7 +505,7 @@ class JobService:
 
         # Queued now, before anything the attempt writes later (its events and
         # outcome), so `started` is committed and published before them.
-        starting = asyncio.ensure_future(started(self.store.enqueue(start)))
+        starting = asyncio.ensure_future(started(self.store.start_attempt(job_uuid, expected, self.instance, now)))
         self.running_version[job_uuid] = version
         if spec is not None and spec.payload is not None and job_uuid not in self.cancel_requested:
             attempt, name, payload, timeout_s = spec.attempts + 1, spec.job, spec.payload, spec.timeout_s
@@ -608,7 +536,7 @@ class JobService:
         def store_event(kind: str, text: str) -> None:
             stored[0] += 1
             stored[1] += len(text)
-            written = self.store.enqueue(self._event_write(job_uuid, attempt, kind, text))
+            written = self.store.add_attempt_event(job_uuid, attempt, kind, text)
             written.add_done_callback(self._publish_written)
             pending_events[:] = [written]
 
@@ -684,15 +612,6 @@ class JobService:
         if pending_events:
             await asyncio.gather(*pending_events, return_exceptions=True)
 
-    @staticmethod
-    def _event_write(job_uuid: str, attempt: int, kind: str, data: str) -> Callable[[sqlite3.Connection], dict | None]:
-        def write(conn: sqlite3.Connection) -> dict | None:
-            # A stale attempt may not add events to a job that moved on.
-            ok = conn.execute("SELECT 1 FROM jobs WHERE job_uuid=? AND attempts=? AND state='running'", (job_uuid, attempt)).fetchone()
-            return add_event(conn, job_uuid, kind, data) if ok else None
-
-        return write
-
     def _publish_written(self, written: asyncio.Future) -> None:
         if not written.cancelled() and written.exception() is None and written.result() is not None:
             self._publish(written.result())
@@ -703,17 +622,8 @@ class JobService:
             when = time.time() + delay
             job_uuid = job["job_uuid"]
 
-            def retry(conn: sqlite3.Connection) -> dict | None:
-                cur = conn.execute(
-                    "UPDATE jobs SET state='pending', run_after=?, lease_owner=NULL, lease_until=NULL, error=?, updated_at=? "
-                    "WHERE job_uuid=? AND attempts=? AND state='running'",
-                    (when, error, time.time(), job_uuid, attempt),
-                )
-                if cur.rowcount != 1:
-                    return None
-                return add_event(conn, job_uuid, "retry", json.dumps({"attempt": attempt, "error": error, "delay_s": round(delay, 3)}))
-
-            ev = await self.store.write(retry)
+            ev = await self.store.retry_later(job_uuid, attempt, when, error,
+                                              json.dumps({"attempt": attempt, "error": error, "delay_s": round(delay, 3)}))
             if ev is not None:
                 self._publish(ev)
                 self._enqueue(job_uuid, job["module_hash"], job["priority"], when, job["seq"], _spec(job))
@@ -725,18 +635,9 @@ class JobService:
         """Conditional final write plus exactly one terminal event."""
         now = time.time()
 
-        def final(conn: sqlite3.Connection) -> dict | None:
-            sql = "UPDATE jobs SET state=?, result=?, error=?, lease_owner=NULL, lease_until=NULL, updated_at=? WHERE job_uuid=? AND state=?"
-            params: list[Any] = [state, result, error, now, job_uuid, only_if_state]
-            if attempt is not None:
-                sql += " AND attempts=?"
-                params.append(attempt)
-            if conn.execute(sql, params).rowcount != 1:
-                return None
-            data = _as_json_text(result) if state == "done" else json.dumps(error) if state == "failed" else "null"
-            return add_event(conn, job_uuid, state, data, now)
-
-        ev = await self.store.write(final)
+        data = _as_json_text(result) if state == "done" else json.dumps(error) if state == "failed" else "null"
+        ev = await self.store.finish(job_uuid, attempt, state, result=result, error=error, only_if_state=only_if_state,
+                                     event_data=data, now=now)
         if ev is None:
             return False
         self.finished += 1
@@ -795,61 +696,31 @@ class JobService:
     # ---- queries -----------------------------------------------------------------------
 
     async def get(self, job_uuid: str) -> dict:
-        # fetchall, not fetchone: no statement is left open to pin an old snapshot.
-        rows = await self.store.read(lambda c: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchall())
-        if not rows:
+        job = await self.store.job(job_uuid)
+        if job is None:
             raise NotFound(f"no job {job_uuid}", code="job_not_found")
-        return row_to_job(rows[0])
+        return job
 
     async def list(self, state: str | None, limit: int, cursor: int | None, module: str | None = None) -> tuple[list[dict], int | None]:
         if state is not None and state not in {s.value for s in JobState}:
             raise BadRequest(f"state must be one of {', '.join(s.value for s in JobState)}", code="invalid_state")
         limit = max(1, min(limit, 1000))
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1"
-        params: list[Any] = []
-        if state:
-            sql += " AND state = ?"
-            params.append(state)
-        if module:
-            sql += " AND module = ?"
-            params.append(module)
-        if cursor is not None:
-            sql += " AND seq < ?"
-            params.append(cursor)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit + 1)
-        rows = await self.store.read(lambda c: c.execute(sql, params).fetchall())
-        jobs = [row_to_job(r) for r in rows]
+        jobs = await self.store.jobs(state, module, cursor, limit + 1)
         next_cursor = jobs[limit - 1]["seq"] if len(jobs) > limit else None
         return jobs[:limit], next_cursor
 
     async def events_since(self, job_uuid: str, since: int, limit: int = REPLAY_PAGE, max_bytes: int = PAGE_BYTES) -> list[dict]:
         """Stored events after `since`, oldest first: up to limit of them, and
         no more once their data passed max_bytes (always at least one)."""
-
-        def read(c: sqlite3.Connection) -> list[tuple]:
-            rows, size = [], 0
-            # Row by row: a page of large events is cut before it is all in memory.
-            for row in c.execute(
-                "SELECT event_id, ts, type, data FROM job_events WHERE job_uuid = ? AND event_id > ? ORDER BY event_id LIMIT ?",
-                (job_uuid, since, limit),
-            ):
-                rows.append(row)
-                size += len(row[3])
-                if size >= max_bytes:
-                    break
-            return rows
-
-        rows = await self.store.read(read)
-        return [{"job_uuid": job_uuid, "event_id": r[0], "ts": r[1], "type": r[2], "data": r[3]} for r in rows]
+        return await self.store.events_since(job_uuid, since, limit, max_bytes)
 
     async def counts(self) -> dict[str, int]:
-        rows = await self.store.read(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        rows = await self.store.counts()
         return {s.value: 0 for s in JobState} | dict(rows)
 
     async def counts_by_module(self) -> dict[tuple[str, str], int]:
         """(module, state) -> jobs; every state of a module that has any job, zeros included."""
-        rows = await self.store.read(lambda c: c.execute("SELECT module, state, COUNT(*) FROM jobs GROUP BY module, state").fetchall())
+        rows = await self.store.counts_by_module()
         out: dict[tuple[str, str], int] = {}
         for module in {r[0] for r in rows}:
             out.update({(module, s.value): 0 for s in JobState})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -149,6 +150,81 @@ class Store:
         assert self.rconn is not None
         return await asyncio.get_running_loop().run_in_executor(self.read_executor, fn, self.rconn)
 
+    # ---- the jobs service's queries (api/jobs/service.py holds no SQL) ---------
+    #
+    # Each is one transaction (writes: one savepoint of a group commit) and
+    # says what it does, not how: another database (PostgreSQL, issue 14)
+    # implements these methods and the service stays as it is.
+
+    async def job(self, job_uuid: str) -> dict | None:
+        # fetchall, not fetchone: no statement is left open to pin an old snapshot.
+        rows = await self.read(lambda c: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchall())
+        return row_to_job(rows[0]) if rows else None
+
+    async def jobs(self, state: str | None, module: str | None, before_seq: int | None, limit: int) -> list[dict]:
+        """Jobs newest first (by seq), filtered by state and module, older than before_seq."""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1"
+        params: list[Any] = []
+        if state:
+            sql += " AND state = ?"
+            params.append(state)
+        if module:
+            sql += " AND module = ?"
+            params.append(module)
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            params.append(before_seq)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        rows = await self.read(lambda c: c.execute(sql, params).fetchall())
+        return [row_to_job(r) for r in rows]
+
+    async def expired_leases(self, now: float) -> list[dict]:
+        """Running jobs whose lease ran out before now."""
+        rows = await self.read(
+            lambda c: c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='running' AND lease_until < ?", (now,)).fetchall()
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def pending(self, inline_payload_bytes: int) -> list[tuple]:
+        """Every pending job as (job_uuid, module_hash, priority, run_after, seq,
+        job, attempts, timeout_s, payload); payload only up to inline_payload_bytes, else None."""
+        return await self.read(
+            lambda c: c.execute(
+                "SELECT job_uuid, module_hash, priority, run_after, seq, job, attempts, timeout_s, "
+                "CASE WHEN length(payload) <= ? THEN payload END FROM jobs WHERE state='pending'",
+                (inline_payload_bytes,),
+            ).fetchall()
+        )
+
+    async def events_since(self, job_uuid: str, since: int, limit: int, max_bytes: int) -> list[dict]:
+        """Stored events after `since`, oldest first: up to limit of them, and
+        no more once their data passed max_bytes (always at least one)."""
+
+        def read(c: sqlite3.Connection) -> list[tuple]:
+            rows, size = [], 0
+            # Row by row: a page of large events is cut before it is all in memory.
+            for row in c.execute(
+                "SELECT event_id, ts, type, data FROM job_events WHERE job_uuid = ? AND event_id > ? ORDER BY event_id LIMIT ?",
+                (job_uuid, since, limit),
+            ):
+                rows.append(row)
+                size += len(row[3])
+                if size >= max_bytes:
+                    break
+            return rows
+
+        rows = await self.read(read)
+        return [{"job_uuid": job_uuid, "event_id": r[0], "ts": r[1], "type": r[2], "data": r[3]} for r in rows]
+
+    async def counts(self) -> list[tuple[str, int]]:
+        """(state, jobs) for every state that has any."""
+        return await self.read(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+    async def counts_by_module(self) -> list[tuple[str, str, int]]:
+        """(module, state, jobs) for every pair that has any."""
+        return await self.read(lambda c: c.execute("SELECT module, state, COUNT(*) FROM jobs GROUP BY module, state").fetchall())
+
     async def runs_of(self, module_hash: str, limit: int) -> list[dict]:
         """The latest jobs that ran (or are to run) on this artifact, newest first."""
         def runs(conn: sqlite3.Connection) -> list[dict]:
@@ -159,6 +235,145 @@ class Store:
             return [{"job_uuid": r[0], "module": r[1], "job": r[2], "state": r[3], "created_at": int(r[4])} for r in rows]
 
         return await self.read(runs)
+
+    async def insert(self, job: dict, scoped_key: str | None) -> tuple[dict, bool, dict | None]:
+        """Store a new pending job with its `created` event: (job, True, event).
+        With scoped_key and a job already holding it: (that job, False, None)."""
+        row = tuple(job[k] for k in _JOB_KEYS)
+
+        def insert(conn: sqlite3.Connection) -> tuple[dict, bool, dict | None]:
+            if scoped_key is not None:
+                existing = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (scoped_key,)).fetchone()
+                if existing is not None:
+                    return row_to_job(existing), False, None
+            conn.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join('?' * len(_JOB_KEYS))})", row)
+            ev = add_event(conn, job["job_uuid"], "created", job["payload"], job["created_at"])
+            return row_to_job(row), True, ev
+
+        return await self.write(insert)
+
+    def start_attempt(self, job_uuid: str, expected_attempts: int | None, owner: str, now: float) -> asyncio.Future:
+        """Queue (without waiting) the start of the job's next attempt: pending
+        -> running under owner's lease, with a `started` event. The future gives
+        (job, event), or (None, None) when the job is gone, not pending, or
+        another attempt came first (its attempts differ from expected_attempts)."""
+
+        def start(conn: sqlite3.Connection) -> tuple[dict | None, dict | None]:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone()
+            if row is None:
+                return None, None
+            job = row_to_job(row)
+            if job["state"] != "pending" or (expected_attempts is not None and job["attempts"] != expected_attempts):
+                return None, None
+            attempt = job["attempts"] + 1
+            conn.execute(
+                "UPDATE jobs SET state='running', attempts=?, lease_owner=?, lease_until=?, updated_at=? WHERE job_uuid=? AND state='pending'",
+                (attempt, owner, now + job["timeout_s"], now, job_uuid),
+            )
+            job.update(state="running", attempts=attempt)
+            return job, add_event(conn, job_uuid, "started", json.dumps({"attempt": attempt}), now)
+
+        return self.enqueue(start)
+
+    def add_attempt_event(self, job_uuid: str, attempt: int, kind: str, data: str) -> asyncio.Future:
+        """Queue (without waiting) an event of a running attempt; the future
+        gives the event, or None when the job moved on from that attempt."""
+
+        def write(conn: sqlite3.Connection) -> dict | None:
+            # A stale attempt may not add events to a job that moved on.
+            ok = conn.execute("SELECT 1 FROM jobs WHERE job_uuid=? AND attempts=? AND state='running'", (job_uuid, attempt)).fetchone()
+            return add_event(conn, job_uuid, kind, data) if ok else None
+
+        return self.enqueue(write)
+
+    async def retry_later(self, job_uuid: str, attempt: int, run_after: float, error: str, event_data: str) -> dict | None:
+        """Running attempt `attempt` -> pending again from run_after, with a
+        `retry` event; None when the job is no longer in that attempt."""
+
+        def retry(conn: sqlite3.Connection) -> dict | None:
+            cur = conn.execute(
+                "UPDATE jobs SET state='pending', run_after=?, lease_owner=NULL, lease_until=NULL, error=?, updated_at=? "
+                "WHERE job_uuid=? AND attempts=? AND state='running'",
+                (run_after, error, time.time(), job_uuid, attempt),
+            )
+            if cur.rowcount != 1:
+                return None
+            return add_event(conn, job_uuid, "retry", event_data)
+
+        return await self.write(retry)
+
+    async def finish(self, job_uuid: str, attempt: int | None, state: str, *, result: str | None, error: str | None,
+                     only_if_state: str, event_data: str, now: float) -> dict | None:
+        """The job -> a final state, with its one terminal event, only while it
+        is in only_if_state (and in that attempt, when given); None otherwise."""
+
+        def final(conn: sqlite3.Connection) -> dict | None:
+            sql = "UPDATE jobs SET state=?, result=?, error=?, lease_owner=NULL, lease_until=NULL, updated_at=? WHERE job_uuid=? AND state=?"
+            params: list[Any] = [state, result, error, now, job_uuid, only_if_state]
+            if attempt is not None:
+                sql += " AND attempts=?"
+                params.append(attempt)
+            if conn.execute(sql, params).rowcount != 1:
+                return None
+            return add_event(conn, job_uuid, state, event_data, now)
+
+        return await self.write(final)
+
+    async def recover_running(self, now: float, retry_reason: str, failed_error: str) -> list[dict]:
+        """Jobs left running by a server that stopped: pending again when they
+        have attempts left (a `retry` event), else failed (a `failed` event).
+        Returns the events."""
+
+        def fix(conn: sqlite3.Connection) -> list[dict]:
+            events = []
+            rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'").fetchall()
+            for row in rows:
+                job = row_to_job(row)
+                if job["attempts"] < job["max_attempts"]:
+                    conn.execute(
+                        "UPDATE jobs SET state='pending', lease_owner=NULL, lease_until=NULL, run_after=?, updated_at=? WHERE job_uuid=?",
+                        (now, now, job["job_uuid"]),
+                    )
+                    events.append(add_event(conn, job["job_uuid"], "retry", json.dumps({"attempt": job["attempts"], "reason": retry_reason})))
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET state='failed', error=?, lease_owner=NULL, lease_until=NULL, updated_at=? WHERE job_uuid=?",
+                        (failed_error, now, job["job_uuid"]),
+                    )
+                    events.append(add_event(conn, job["job_uuid"], "failed", json.dumps(failed_error)))
+            return events
+
+        return await self.write(fix)
+
+    async def expire_events(self, finished_before: float, max_jobs: int, max_events: int) -> tuple[int, bool]:
+        """Delete up to max_events events of jobs that finished before
+        finished_before, oldest job first, in one transaction; (how many went,
+        whether more may be left).
+
+        Jobs come from a partial index of finished jobs whose events are not
+        yet expired, and are marked once emptied, so each sweep touches only
+        what it deletes: never a scan of events or jobs that stay."""
+
+        def delete(conn: sqlite3.Connection) -> tuple[int, bool]:
+            deleted = 0
+            jobs = conn.execute(
+                "SELECT job_uuid FROM jobs WHERE events_expired = 0 AND state IN ('done', 'failed', 'canceled') "
+                "AND updated_at < ? ORDER BY updated_at LIMIT ?",
+                (finished_before, max_jobs),
+            ).fetchall()
+            for (job_uuid,) in jobs:
+                left = max_events - deleted
+                n = conn.execute(
+                    "DELETE FROM job_events WHERE event_id IN (SELECT event_id FROM job_events WHERE job_uuid = ? LIMIT ?)",
+                    (job_uuid, left),
+                ).rowcount
+                deleted += n
+                if n == left:
+                    return deleted, True  # this job may have more: the next batch goes on with it
+                conn.execute("UPDATE jobs SET events_expired = 1 WHERE job_uuid = ?", (job_uuid,))
+            return deleted, len(jobs) == max_jobs
+
+        return await self.write(delete)
 
     # ---- group-committed writes ---------------------------------------------
 
