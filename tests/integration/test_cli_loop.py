@@ -286,3 +286,31 @@ def test_logs_follow_shows_request_lines_with_method_route_status_and_time(serve
         follower.send_signal(signal.SIGINT)
         follower.wait(20)
     assert 130 == follower.returncode
+
+
+def test_diagnostics_on_a_terminal_are_coloured_like_gccs(server: Server, tmp_path: Path) -> None:
+    """Through a real TTY: the location bold, `error:` red, the excerpt under
+    it with the caret line green, as gcc colours them; no colour in a pipe."""
+    src = tmp_path / "typo.c"
+    src.write_text("#include <cweb.h>\nint f(void) {\n    int x = 1\n    return x;\n}\n")
+    master, slave = pty.openpty()
+    env = cli_env()
+    env.pop("NO_COLOR", None)
+    env["TERM"] = "xterm"
+    proc = subprocess.Popen([sys.executable, str(CLI), "--server", server.url, "deploy", "typo.c"], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        out = read_until(master, lambda o: False, 120).decode(errors="replace")
+        proc.wait(30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert 1 == proc.returncode, out
+    assert "\x1b[1mtypo.c:4:5:\x1b[0m \x1b[31;1merror:\x1b[0m" in out, repr(out)
+    assert "    4 |     return x;" in out, repr(out)
+    assert "\x1b[32m      |     ^~~~~~\x1b[0m" in out, repr(out)
+    piped = cweb("deploy", "typo.c", cwd=tmp_path, server=server)
+    assert "\x1b[" not in piped.stderr and "      |     ^~~~~~" in piped.stderr

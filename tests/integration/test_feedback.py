@@ -6,7 +6,12 @@ are refused. Every module is real C compiled by gcc, run in real workers.
 
 from __future__ import annotations
 
-from tests.conftest import HANDLER, Server, module, route_module, unique, wait_for
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import HANDLER, ROOT, Server, module, route_module, unique, wait_for
 
 CRASH_CODE = HANDLER.format(fn="boom") + """ {
     (void)ctx; (void)req; (void)res;
@@ -78,7 +83,7 @@ def test_check_runs_the_servers_validation_without_activating(server: Server) ->
         assert 404 == c.get(f"/{fresh}/1").status_code
 
 
-def test_crashing_onload_answers_with_its_output_signal_and_backtrace(server: Server) -> None:
+def test_crashing_onload_answers_with_its_output_signal_and_backtrace(server: Server, tmp_path: Path) -> None:
     name = unique("onl")
     code = """
 static void start(struct cweb_context *ctx) {
@@ -99,6 +104,16 @@ static void start(struct cweb_context *ctx) {
     assert "cweb: backtrace" in out, out
     newest = builds(server)[0]
     assert ("rejected", "onload_crashed") == (newest["outcome"], newest["error"])
+    # The CLI keeps what onload printed, the crash report last.
+    src = tmp_path / "onl.c"
+    src.write_text(module(name, [(f"/{name}", "GET", "ok")], code, extra=".onload = start,"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+    cli = subprocess.run([sys.executable, str(ROOT / "cweb"), "--server", server.url, "--no-color", "deploy", str(src)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert 1 == cli.returncode
+    assert "module output before the crash:" in cli.stderr and "  stdout: opening the database" in cli.stderr, cli.stderr
+    assert "  stderr: cweb: fatal signal SIGSEGV (11) in onload" in cli.stderr
+    assert "onload_crashed: onload crashed (SIGSEGV)" in cli.stderr
 
 
 def test_a_crashing_route_leaves_signal_route_and_backtrace_in_the_module_log(server: Server) -> None:
