@@ -20,7 +20,8 @@ from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import auth, cache_admin, observe, secrets, versions
+from api import auth, builds, cache_admin, observe, secrets, versions
+from api.builder_discovery import FarmSetup, make_farm
 from api.cors import Cors
 from api.deploys import Deployer
 from api.dispatch import Dispatcher
@@ -32,12 +33,12 @@ from api.metrics import Metrics
 from api.modules.host import ModuleHost
 from api.openapi import API_DESCRIPTION, document, with_module_routes
 from api.registry import Registry
-from api.remote_builder import RemoteBuilder
 from api.settings import Settings
 from builder import compile as compile_mod
 from builder.errors import BuildError
+from builder.farm import BuildFarm
 from builder.interface import Builder
-from builder.local import LocalBuilder, sdk_tarball
+from builder.local import sdk_tarball
 from runtime.client import AgentClient
 
 log = logging.getLogger("cweb.api")
@@ -54,6 +55,8 @@ class State:
     settings: Settings
     host: ModuleHost
     builder: Builder
+    farm: BuildFarm
+    farms: FarmSetup
     registry: Registry
     agent: AgentClient
     metrics: Metrics
@@ -121,13 +124,17 @@ def create_app(settings: Settings) -> Dispatcher:
         cache_admin.prepare(settings.data_dir, settings.cache_bytes)
         state.started_at = time.time()
         await state.registry.open()
-        state.builder = RemoteBuilder(settings.builder_url, store_dir=settings.store_dir if os.path.isdir(os.path.join(settings.store_dir, "artifacts")) else None) if settings.builder_url else LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
+        state.farms = await make_farm(settings.builder_url, settings.store_dir, unsafe_builds=settings.unsafe_builds,
+                                      max_source_bytes=settings.max_source_bytes, slots=settings.build_slots)
+        state.builder = state.farm = state.farms.farm
+        state.farm.on_finish.append(state.metrics.observe_build)
+        state.metrics.farm = state.farm
         if not state.builder.sandboxed:
             if settings.unsafe_builds:
                 log.warning("bubblewrap is unavailable: compiling WITHOUT a sandbox (CWEB_UNSAFE_BUILDS=1)")
             else:
                 log.error("bubblewrap is unavailable: uploads will be refused (set CWEB_UNSAFE_BUILDS=1 to allow unsandboxed builds)")
-        state.deploys = Deployer(state.builder, state.host, state.registry, state.metrics, state.builds)
+        state.deploys = Deployer(state.farm, state.host, state.registry, state.metrics, state.builds)
         if not settings.runtime_socket:
             # Embedded: the agent inherits its end of a socketpair; no path.
             await state.agent.spawn_embedded(settings.agent_settings())
@@ -157,6 +164,7 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.job_store.close()
         await state.agent.close()
         await state.registry.close()
+        await state.farms.aclose()
 
     # Every collaborator is built here and handed to its users; the lifespan
     # only opens, starts and stops them.
@@ -203,6 +211,7 @@ def create_app(settings: Settings) -> Dispatcher:
     app.include_router(secrets.router)
     app.include_router(job_routes.router)
     app.include_router(observe.router)
+    app.include_router(builds.router)
 
     def openapi() -> dict:
         # The control plane's schema is built once; module routes are added on
@@ -254,7 +263,8 @@ def create_app(settings: Settings) -> Dispatcher:
         """Build, validate and activate an uploaded C module (field `code`)."""
         started = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)
-        return await state.deploys.upload(source, filename, check=bool(check), started=started)
+        return await state.deploys.upload(source, filename, check=bool(check), started=started,
+                                          client=builds.client_of(request))
 
     def live_summary(v: Any) -> dict:
         summary = v.summary()

@@ -12,7 +12,7 @@ under a reserved prefix, before FastAPI sees it. What needs a key:
   (/_cweb/builds: diagnostics quote source lines), workers (/_cweb/workers)
   and anything else under /_cweb, and artifacts (/artifacts/<hash>: manifest,
   deploy history, job runs; /artifacts/<hash>/source: uploaded source may
-  hold secrets).
+  hold secrets), and builds (/builds: their logs quote the source).
 - everything under /jobs, WebSocket /jobs/ws included (job payloads,
   results and events are the callers' data).
 
@@ -39,7 +39,7 @@ from api.settings import Settings
 # The methods that read and never change anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # First path segments whose reads need a key too (deny by default below them).
-PRIVATE_PREFIXES = frozenset({"_cweb", "artifacts", "jobs"})
+PRIVATE_PREFIXES = frozenset({"_cweb", "artifacts", "builds", "jobs"})
 # Query parameters that look like someone trying to pass a key in the URL.
 QUERY_KEY_NAMES = frozenset({"api_key", "apikey", "key", "token", "access_token", "x-api-key", "auth"})
 CHALLENGE = (b"www-authenticate", b'Bearer realm="cweb"')
@@ -87,7 +87,7 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def _presented(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+def presented_keys(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
     found: list[bytes] = []
     for name, value in headers:
         if name == b"authorization":
@@ -123,7 +123,7 @@ def make_guard(settings: Settings) -> Guard | None:
     def guard(scope: dict) -> Refusal | None:
         if not needs_key(scope.get("method", "GET"), scope.get("path", "")):
             return None
-        presented = _presented(scope.get("headers") or [])
+        presented = presented_keys(scope.get("headers") or [])
         if presented and any(valid(c) for c in presented):
             return None
         if presented:

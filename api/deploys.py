@@ -13,12 +13,12 @@ from api.modules.host import ModuleHost
 from api.modules.version import Version, declaration_warnings
 from api.registry import Registry
 from builder.errors import BuildError
-from builder.interface import Builder
+from builder.farm import BuildFarm
 from builder.local import display_name
 
 
 class Deployer:
-    def __init__(self, builder: Builder, host: ModuleHost, registry: Registry, metrics: Any, builds: Any) -> None:
+    def __init__(self, builder: BuildFarm, host: ModuleHost, registry: Registry, metrics: Any, builds: Any) -> None:
         self.builder = builder
         self.host = host
         self.registry = registry
@@ -40,12 +40,15 @@ class Deployer:
             "deploy_ms": round((time.perf_counter() - started) * 1000, 2),
         }
 
-    async def upload(self, source: bytes, filename: str, *, check: bool, started: float) -> dict:
-        """Build the source; then activate it, or with check only validate it
-        as a deploy would (a dry run). Every build is recorded in the history."""
+    async def upload(self, source: bytes, filename: str, *, check: bool, started: float, client: str = "",
+                     build_id: str | None = None) -> dict:
+        """Build the source through the farm's queue (client: whose turn it is;
+        build_id: a name the client chose, to follow the log); then activate
+        it, or with check only validate it as a deploy would (a dry run).
+        Every build is recorded in the history."""
         try:
             with disk_full_is_507("the build"):
-                result = await self.builder.build(source, filename)
+                result = await self.builder.build(source, filename, client=client, build_id=build_id)
         except BuildError as exc:
             self.metrics.builds.labels("failed").inc()
             if not check:
@@ -53,11 +56,13 @@ class Deployer:
             self.builds.record(file=filename, outcome="failed", error=exc.code, message=exc.message,
                                diagnostics=exc.extra.get("diagnostics", []))
             raise
-        self.metrics.builds.labels("cache_hit" if result.cache_hit else "compiled").inc()
-        if not result.cache_hit:
+        joined = bool(result.build.get("joined"))
+        built = "cache_hit" if result.cache_hit else "joined" if joined else "compiled"
+        self.metrics.builds.labels(built).inc()
+        if built == "compiled":
             self.metrics.build_seconds.observe(result.build_ms / 1000)
-        built = "cache_hit" if result.cache_hit else "compiled"
-        record = {"file": filename, "module_hash": result.module_hash, "build_ms": round(result.build_ms, 2)}
+        record = {"file": filename, "module_hash": result.module_hash, "build_ms": round(result.build_ms, 2),
+                  "build_id": result.build.get("id")}
         base = result.summary()
         try:
             if check:

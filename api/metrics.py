@@ -7,9 +7,14 @@
     cweb_ws_messages_total{module,direction}     socket messages in (from clients) / out
     cweb_jobs{module,state}                      jobs by state, counted in the jobs DB
     cweb_job_seconds{module,state}               start -> terminal event (histogram)
-    cweb_builds_total{outcome}                   compiled, cache_hit, failed
+    cweb_builds_total{outcome}                   deploys' builds: compiled, cache_hit, joined, failed
     cweb_build_seconds                           compile time of builds that compiled
     cweb_deploys_total{outcome,error}            POST /mgnt: activated, unchanged, rejected, build_failed; error code
+    cweb_build_queue_depth                       builds waiting in the farm's queue
+    cweb_build_queue_seconds                     time a build waited for a builder (histogram)
+    cweb_build_compile_seconds{builder}          time on a builder (histogram)
+    cweb_farm_builds_total{builder,outcome}      farm builds by builder: done, cache_hit, failed
+    cweb_build_slots{builder}                    slots of each builder (running: cweb_build_running)
     cweb_worker_restarts_total{module,module_hash}  workers restarted after a crash
     cweb_quarantines_total{module,module_hash}   modules quarantined for crashing
     cweb_module_info{module,module_hash,state}   1 per loaded version (join on module_hash)
@@ -51,8 +56,10 @@ from runtime import abi
 if TYPE_CHECKING:
     from api.jobs.service import JobService
     from api.modules.host import ModuleHost
+    from builder.farm import Build, BuildFarm
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BUILD_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400)
 
 
@@ -161,12 +168,37 @@ class Metrics:
         # Requests no route took, by reason: bumped off the matched path only
         # (api/dispatch.py serve's 404/405, api/sockets.py's refused upgrade).
         self.unmatched: dict[str, int] = {}
+        self.farm: BuildFarm | None = None
+        self.queue_depth = Gauge("cweb_build_queue_depth", "Builds waiting in the farm's queue", registry=r)
+        self.queue_seconds = Histogram("cweb_build_queue_seconds", "Time a build waited in the queue for a builder",
+                                       buckets=BUILD_BUCKETS, registry=r)
+        self.compile_seconds = Histogram("cweb_build_compile_seconds", "Time a build spent on a builder", ["builder"],
+                                         buckets=BUILD_BUCKETS, registry=r)
+        self.farm_builds = Counter("cweb_farm_builds_total", "Farm builds by builder and outcome", ["builder", "outcome"], registry=r)
+        self.build_slots = Gauge("cweb_build_slots", "Build slots per builder", ["builder"], registry=r)
+        self.build_running = Gauge("cweb_build_running", "Builds running per builder", ["builder"], registry=r)
         self._scrape = _ScrapeTime()
         r.register(self._scrape)
 
 
+    def observe_build(self, build: Build) -> None:
+        """A farm build finished (BuildFarm.on_finish)."""
+        builder = build.builder or "none"
+        outcome = "failed" if build.state == "failed" else "cache_hit" if build.cache_hit else "done"
+        self.farm_builds.labels(builder, outcome).inc()
+        if build.builder != "cache" and build.attempts:
+            self.queue_seconds.observe(build.queue_ms / 1000)
+            self.compile_seconds.labels(builder).observe(build.compile_ms / 1000)
+
     async def render(self, host: ModuleHost, jobs: JobService, store_dir: str = "", data_dir: str = "") -> bytes:
         """The text exposition, with the scrape-time values refreshed."""
+        if self.farm is not None:
+            self.queue_depth.set(len(self.farm.queue))
+            self.build_slots.clear()
+            self.build_running.clear()
+            for b in self.farm.builders:
+                self.build_slots.labels(b["name"]).set(b["slots"])
+                self.build_running.labels(b["name"]).set(b["running"])
         self.modules.set(len(host.active))
         self.ws_connections.clear()
         for name in host.active:

@@ -11,10 +11,12 @@ failures become BuilderUnreachable (503).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
+import orjson
 
-from builder import errors
+from builder import errors, limits
 from builder.interface import Builder
 from builder.local import BuildResult
 from builder.store import Store, is_hash
@@ -22,6 +24,10 @@ from builder.store import Store, is_hash
 # Seconds to wait for a build: queueing behind others plus the compile itself.
 BUILD_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 5.0
+# Seconds of silence on a streamed build before the builder counts as lost:
+# the farm sends a builder no more than its slots, so a compile starts at
+# once and ends within its wall limit (plus the glue's, once per SDK).
+STREAM_SILENCE_S = 3 * limits.COMPILE_WALL_SECONDS
 
 
 class BuilderUnreachable(errors.BuildError):
@@ -29,6 +35,7 @@ class BuilderUnreachable(errors.BuildError):
 
     code = "builder_unreachable"
     status = 503
+    retryable = True
 
 
 def _error_classes() -> dict[str, type[errors.BuildError]]:
@@ -66,6 +73,10 @@ class RemoteBuilder(Builder):
 
     def __init__(self, url: str, *, store_dir: str | None = None, timeout: float = BUILD_TIMEOUT_S) -> None:
         self.url = url.rstrip("/")
+        # What the builder says about itself in /healthz (refresh()).
+        self.name = self.url
+        self.slots = 1
+        self.toolchain: dict | None = None
         self.timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
         # The api needs no store of its own; give one only where it is mounted.
         self.store = Store(store_dir) if store_dir else None
@@ -98,17 +109,56 @@ class RemoteBuilder(Builder):
             body = None
         if resp.status_code != 200:
             raise error_from_response(resp.status_code, body)
-        if not isinstance(body, dict) or not is_hash(str(body.get("module_hash", ""))):
-            raise BuilderUnreachable("the builder answered 200 without a build result")
-        return BuildResult(
-            module_hash=body["module_hash"],
-            source_sha256=body["source_sha256"],
-            build_key=body["build_key"],
-            cache_hit=bool(body["cache_hit"]),
-            build_ms=float(body["build_ms"]),
-            warnings=list(body.get("warnings") or []),
-            manifest=dict(body.get("manifest") or {}),
-        )
+        return _result(body)
+
+    async def execute(self, source: bytes, filename: str | None = None, *, use_cache: bool = True,
+                      on_log: Callable[[str], None] | None = None) -> BuildResult:
+        """The farm's executor: the build streamed (POST /build?stream=1), the
+        compiler's output to on_log as it comes. A connection that fails or
+        ends before the result is BuilderLost (the farm retries elsewhere)."""
+        params = {"stream": "1"} if use_cache else {"stream": "1", "cache": "0"}
+        timeout = httpx.Timeout(STREAM_SILENCE_S, connect=CONNECT_TIMEOUT_S)
+        files = {"code": (filename or "module.c", source, "text/x-c")}
+        try:
+            async with self._http().stream("POST", "/build", params=params, files=files, timeout=timeout) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    raise error_from_response(resp.status_code, _json_or_none(resp))
+                async for line in resp.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        msg = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise errors.BuilderLost(f"the builder {self.name} sent a broken stream") from exc
+                    if "log" in msg:
+                        if on_log is not None:
+                            on_log(str(msg["log"]))
+                    elif "result" in msg:
+                        return _result(msg["result"])
+                    elif "error" in msg:
+                        raise error_from_response(int(msg.get("status", 500)), msg["error"])
+        except httpx.ConnectError as exc:
+            raise BuilderUnreachable(f"cannot reach the builder {self.name}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise errors.BuilderLost(f"the builder {self.name} went silent mid-build") from exc
+        except httpx.HTTPError as exc:
+            raise errors.BuilderLost(f"the builder {self.name} dropped the build: {exc}") from exc
+        raise errors.BuilderLost(f"the builder {self.name} ended the build without a result")
+
+    async def refresh(self) -> dict | None:
+        """/healthz once: the builder's id, slots and toolchain, or None when it does not answer ok."""
+        try:
+            resp = await self._http().get("/healthz", timeout=httpx.Timeout(3.0, connect=2.0))
+        except httpx.HTTPError:
+            return None
+        body = _json_or_none(resp)
+        if resp.status_code != 200 or not isinstance(body, dict):
+            return None
+        self.name = str(body.get("builder_id") or self.url)
+        self.slots = max(1, int(body.get("slots") or 1))
+        self.toolchain = body.get("toolchain") if isinstance(body.get("toolchain"), dict) else None
+        return body
 
     async def artifact(self, module_hash: str) -> bytes:
         """The artifact's bytes, fetched from the builder."""
@@ -156,3 +206,17 @@ def _json_or_none(resp: httpx.Response) -> object:
         return resp.json()
     except ValueError:
         return None
+
+
+def _result(body: object) -> BuildResult:
+    if not isinstance(body, dict) or not is_hash(str(body.get("module_hash", ""))):
+        raise BuilderUnreachable("the builder answered 200 without a build result")
+    return BuildResult(
+        module_hash=body["module_hash"],
+        source_sha256=body["source_sha256"],
+        build_key=body["build_key"],
+        cache_hit=bool(body["cache_hit"]),
+        build_ms=float(body["build_ms"]),
+        warnings=list(body.get("warnings") or []),
+        manifest=dict(body.get("manifest") or {}),
+    )

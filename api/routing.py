@@ -34,6 +34,7 @@ RESERVED_PREFIXES = (
     "/sdk",
     "/sdk.tar.gz",
     "/artifacts",
+    "/builds",
     "/ui",
     "/_cweb",
 )

@@ -89,11 +89,22 @@ class ModuleInfo(Model):
     connections: int | None = Field(None, description="Open WebSocket connections (listings only)")
 
 
+class BuildInfo(Model):
+    """Where and how long the build of a deploy ran (GET /builds/{id} has the rest)."""
+
+    id: str = Field(examples=["3f2a9c1d0b7e4a55"])
+    builder: str | None = Field(description="The builder that compiled it; 'cache' for an action-cache hit", examples=["local"])
+    queue_ms: float = Field(description="Milliseconds queued before a builder took it")
+    compile_ms: float = Field(description="Milliseconds on the builder")
+    joined: bool = Field(description="This deploy shared another deploy's compile of the same build key")
+
+
 class DeployResult(ModuleInfo):
     """POST /mgnt: the module now active, how it was built and how long it took."""
 
     cache_hit: bool = Field(description="The artifact came from the action cache: nothing was compiled")
     build_ms: float
+    build: BuildInfo | None = None
     warnings: list[Diagnostic] = Field(description="Compiler warnings (never fatal)")
     noop: bool = Field(description="This artifact was already active; nothing changed")
     previous_hash: str | None = Field(description="The artifact this deploy replaced, if any")
@@ -118,6 +129,7 @@ class CheckResult(Model):
     cache_hit: bool
     build_ms: float
     warnings: list[Diagnostic]
+    build: BuildInfo | None = None
 
 
 class RollbackRequest(BaseModel):
@@ -279,9 +291,11 @@ class JobEventList(Model):
 
 class Build(Model):
     file: str = Field(examples=["hello.c"])
-    outcome: Literal["compiled", "cache_hit", "failed", "rejected"] = Field(
+    outcome: Literal["compiled", "cache_hit", "joined", "failed", "rejected"] = Field(
         description="failed: did not compile; rejected: compiled, then refused by the deploy (route conflict, "
-                    "reserved path, invalid regex, missing config, onload crash...), `error` says why")
+                    "reserved path, invalid regex, missing config, onload crash...), `error` says why; "
+                    "joined: shared another deploy's compile of the same source")
+    build_id: str | None = Field(None, description="The farm's build (GET /builds/{id})")
     at: float
     module_hash: str | None = None
     build_ms: float | None = None

@@ -25,7 +25,11 @@ class Settings:
     data_dir: str = "./data"
     api_keys: list[str] = field(default_factory=list)
     insecure_no_auth: bool = False
+    # One builder URL or several, comma-separated; each host name stands for
+    # every address it resolves to (api/builder_discovery.py).
     builder_url: str = ""
+    # Build slots of the embedded pool (0: one per core).
+    build_slots: int = 0
     runtime_socket: str = ""
     run_dir: str = ""
     workdir: str = ""
@@ -73,6 +77,7 @@ class Settings:
             data_dir=env.get("CWEB_DATA_DIR", "./data"),
             api_keys=keys,
             builder_url=env.get("CWEB_BUILDER_URL", ""),
+            build_slots=env_int(env, "CWEB_BUILD_SLOTS", 0),
             runtime_socket=env.get("CWEB_RUNTIME_SOCKET", ""),
             run_dir=env.get("CWEB_RUN_DIR", ""),
             workdir=env.get("CWEB_WORKDIR", ""),

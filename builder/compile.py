@@ -10,16 +10,19 @@ operator says so with CWEB_UNSAFE_BUILDS=1.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from builder import limits
-from builder.errors import BuildTimeout, SandboxUnavailable
+from builder.errors import BuildOutputFlood, BuildTimeout, SandboxUnavailable
 
 SDK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk")
 # Headers only the glue includes (the worker wire, its encoders, the glue's
@@ -154,8 +157,11 @@ class Compiler:
         # One relocatable object from every glue source, linked into each module.
         return prefix + cmd + ["-r", "-nostdlib"] + sources
 
-    async def run(self, argv: list[str], cwd: str) -> Run:
-        """Run argv with a scrubbed environment, a wall-time limit and an output cap."""
+    async def run(self, argv: list[str], cwd: str, on_output: Callable[[str], None] | None = None) -> Run:
+        """Run argv with a scrubbed environment, a wall-time limit and an output cap.
+
+        on_output sees the output as it comes (a build's live log); past
+        limits.OUTPUT_FLOOD_BYTES the compiler is killed and BuildOutputFlood raised."""
         env = {"PATH": "/usr/bin:/bin", "LANG": "C", "TMPDIR": cwd}
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -168,13 +174,19 @@ class Compiler:
         )
         assert proc.stdout is not None
         chunks: list[bytes] = []
-        size = 0
+        size = total = 0
         truncated = False
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
         async def pump() -> None:
-            nonlocal size, truncated
+            nonlocal size, total, truncated
             assert proc.stdout is not None
             while chunk := await proc.stdout.read(65536):
+                total += len(chunk)
+                if total > limits.OUTPUT_FLOOD_BYTES:
+                    raise BuildOutputFlood(f"the compiler printed more than {limits.OUTPUT_FLOOD_BYTES} bytes and was stopped")
+                if on_output is not None:
+                    on_output(decoder.decode(chunk))
                 if size < limits.DIAGNOSTICS_BYTES:
                     chunks.append(chunk[: limits.DIAGNOSTICS_BYTES - size])
                     size += len(chunks[-1])
@@ -184,13 +196,21 @@ class Compiler:
 
         try:
             await asyncio.wait_for(pump(), limits.COMPILE_WALL_SECONDS)
-        except TimeoutError as exc:
+        except (TimeoutError, BuildOutputFlood, asyncio.CancelledError) as exc:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            # Read to the end: a pipe left full keeps its transport paused,
+            # it never sees EOF, and wait() (which waits for the pipes) hangs.
+            with contextlib.suppress(TimeoutError, OSError):
+                async with asyncio.timeout(5):
+                    while await proc.stdout.read(1 << 16):
+                        pass
             await proc.wait()
-            raise BuildTimeout(f"the compiler ran longer than {limits.COMPILE_WALL_SECONDS:g} s and was stopped") from exc
+            if isinstance(exc, TimeoutError):
+                raise BuildTimeout(f"the compiler ran longer than {limits.COMPILE_WALL_SECONDS:g} s and was stopped") from exc
+            raise
         output = b"".join(chunks).decode("utf-8", "replace")
         if truncated:
             output += f"\n[output truncated at {limits.DIAGNOSTICS_BYTES} bytes]\n"

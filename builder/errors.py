@@ -6,7 +6,12 @@
     ├── BuildBusy              too many builds at once (429)
     ├── BuildTimeout           gcc exceeded its wall time (422)
     ├── ArtifactInvalid        gcc produced something that is not a shared object
-    └── SandboxUnavailable     no sandbox and unsafe builds not allowed (503)
+    ├── SandboxUnavailable     no sandbox and unsafe builds not allowed (503)
+    ├── BuildOutputFlood       gcc printed without end (422, killed, never cached)
+    └── BuilderLost            the builder died mid-compile (503; the farm retries)
+
+`retryable` marks what the farm (builder/farm.py) may run again on another
+builder; everything else is the source's fault and final.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 class BuildError(Exception):
     code = "build_failed"
     status = 500
+    retryable = False
 
     def __init__(self, message: str, **extra: object) -> None:
         super().__init__(message)
@@ -40,6 +46,8 @@ class SourceTooLarge(SourceRejected):
 class BuildBusy(BuildError):
     code = "builder_busy"
     status = 429
+    # From one builder of a farm: another may have room.
+    retryable = True
 
 
 class BuildTimeout(BuildError):
@@ -55,3 +63,19 @@ class ArtifactInvalid(BuildError):
 class SandboxUnavailable(BuildError):
     code = "sandbox_unavailable"
     status = 503
+
+
+class BuildOutputFlood(BuildError):
+    """gcc printed more than limits.OUTPUT_FLOOD_BYTES: killed, failed, not cached."""
+
+    code = "compile_output_flood"
+    status = 422
+
+
+class BuilderLost(BuildError):
+    """The builder running a build died or dropped it mid-compile. The farm
+    retries the build elsewhere; a user sees this only after the retry budget."""
+
+    code = "builder_lost"
+    status = 503
+    retryable = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 # Uploaded source size (bytes); larger uploads are refused with 413.
 MAX_SOURCE_BYTES = 1 << 20
 # Wall time of one gcc run (seconds).
@@ -18,6 +20,31 @@ COMPILE_PROCESSES = 64
 DIAGNOSTICS_BYTES = 64 << 10
 # Largest artifact accepted into the store (bytes).
 MAX_ARTIFACT_BYTES = 64 << 20
-# Builds that may run at once, and how many more may wait before 429.
-MAX_CONCURRENT_BUILDS = 2
+# Builds a builder service may have waiting for a slot before 429 (the
+# api's farm never sends more than a builder's slots; this bounds other callers).
 MAX_WAITING_BUILDS = 8
+# Compiler output beyond which the compile is killed and failed (bytes): a
+# source that makes gcc print without end is an attack, not a diagnostic.
+OUTPUT_FLOOD_BYTES = 4 << 20
+
+# ---- the farm (builder/farm.py) ----
+# Attempts of one build across builders when a builder dies or vanishes
+# mid-compile; compile errors, timeouts and floods are never retried.
+MAX_BUILD_ATTEMPTS = 3
+# Builds that may wait in the queue, in all and per client, before 429.
+MAX_QUEUED_BUILDS = 256
+MAX_QUEUED_PER_CLIENT = 64
+# Seconds a build may wait while no builder is reachable before it fails (503).
+NO_BUILDER_WAIT_SECONDS = 30.0
+# Finished builds kept for GET /builds.
+BUILD_HISTORY = 500
+# Compiler output kept per build for its live log (bytes).
+BUILD_LOG_BYTES = 64 << 10
+
+
+def default_slots() -> int:
+    """Build slots of one builder: one per core it may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

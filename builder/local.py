@@ -12,6 +12,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from builder import cache, compile, diagnostics, elf, limits
@@ -32,10 +33,12 @@ class BuildResult:
     build_ms: float
     warnings: list[dict] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    # Set by the farm (builder/farm.py): {id, builder, queue_ms, compile_ms, joined}.
+    build: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The fields every build answer carries (deploy, check, builder service)."""
-        return {
+        out = {
             "module_hash": self.module_hash,
             "source_sha256": self.source_sha256,
             "build_key": self.build_key,
@@ -43,6 +46,9 @@ class BuildResult:
             "build_ms": round(self.build_ms, 2),
             "warnings": self.warnings,
         }
+        if self.build:
+            out["build"] = self.build
+        return out
 
 
 def display_name(filename: str | None) -> str:
@@ -65,9 +71,14 @@ def check_source(source: bytes, max_bytes: int) -> None:
 
 
 class LocalBuilder(Builder):
-    """Builds in this process, into the store at store_dir."""
+    """Compiles in this process, at most `slots` builds at once (one per core
+    by default). As the farm's embedded builder it is the local pool; in the
+    builder service it is what one builder replica runs."""
 
-    def __init__(self, store_dir: str, *, unsafe_builds: bool = False, max_source_bytes: int = limits.MAX_SOURCE_BYTES) -> None:
+    name = "local"
+
+    def __init__(self, store_dir: str, *, unsafe_builds: bool = False, max_source_bytes: int = limits.MAX_SOURCE_BYTES,
+                 slots: int = 0) -> None:
         self.store = Store(store_dir)
         self.sandboxed = compile.sandbox_works()
         self.unsafe_builds = unsafe_builds
@@ -77,9 +88,15 @@ class LocalBuilder(Builder):
         self.abi_version = compile.sdk_abi_version()
         self.max_source_bytes = max_source_bytes
         self.flags = compile.CFLAGS + compile.MODULE_CFLAGS + compile.LDFLAGS
-        self._slots = asyncio.Semaphore(limits.MAX_CONCURRENT_BUILDS)
+        self.slots = slots or limits.default_slots()
+        self._slots = asyncio.Semaphore(self.slots)
         self._pending = 0
         self._glue_lock = asyncio.Lock()
+
+    @property
+    def running(self) -> int:
+        """Builds compiling or waiting for a slot."""
+        return self._pending
 
     @property
     def mode(self) -> str:
@@ -94,8 +111,24 @@ class LocalBuilder(Builder):
             abi_version=self.abi_version,
         )
 
-    async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True) -> BuildResult:
-        """Source -> artifact in the store. Raises a BuildError subclass on failure."""
+    def toolchain(self) -> dict:
+        """Everything but the source that goes into a build key (builders of one farm must agree)."""
+        return {"sdk_digest": self.sdk_digest, "compiler": self.compiler_id, "flags": self.flags, "abi_version": self.abi_version}
+
+    def cached(self, source_sha: str) -> BuildResult | None:
+        """The action cache's answer for this source, or None (blocking: hashes the artifact)."""
+        key = self.key_for(source_sha)
+        hit = self.store.lookup_action(key)
+        if not hit:
+            return None
+        manifest = self.store.manifest(hit) or {}
+        return BuildResult(hit, source_sha, key, True, 0.0, manifest.get("warnings", []), manifest)
+
+    async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True,
+                    on_log: Callable[[str], None] | None = None) -> BuildResult:
+        """Source -> artifact in the store. Raises a BuildError subclass on failure.
+
+        on_log sees the compiler's output as it comes."""
         check_source(source, self.max_source_bytes)
         compile.require_sandbox(self.sandboxed, self.unsafe_builds)
         started = time.perf_counter()
@@ -103,18 +136,21 @@ class LocalBuilder(Builder):
         key = self.key_for(source_sha)
         if use_cache:
             # Off the loop: the hit is hashed again (a corrupt artifact is evicted).
-            hit = await asyncio.to_thread(self.store.lookup_action, key)
+            hit = await asyncio.to_thread(self.cached, source_sha)
             if hit:
-                manifest = self.store.manifest(hit) or {}
-                return BuildResult(hit, source_sha, key, True, (time.perf_counter() - started) * 1000, manifest.get("warnings", []), manifest)
-        if self._pending >= limits.MAX_CONCURRENT_BUILDS + limits.MAX_WAITING_BUILDS:
+                hit.build_ms = (time.perf_counter() - started) * 1000
+                return hit
+        if self._pending >= self.slots + limits.MAX_WAITING_BUILDS:
             raise BuildBusy("too many builds are running; retry shortly")
         self._pending += 1
         try:
             async with self._slots:
-                return await self._compile(source, source_sha, key, display_name(filename), started)
+                return await self._compile(source, source_sha, key, display_name(filename), started, on_log)
         finally:
             self._pending -= 1
+
+    # The farm's executor interface (builder/farm.py Executor).
+    execute = build
 
     async def glue_object(self) -> str:
         """The glue compiled once per SDK digest, kept in the store."""
@@ -144,14 +180,16 @@ class LocalBuilder(Builder):
     def _sdk_path(self) -> str:
         return compile.SANDBOX_SDK if self.sandboxed else compile.SDK_DIR
 
-    async def _compile(self, source: bytes, source_sha: str, key: str, shown: str, started: float) -> BuildResult:
+    async def _compile(self, source: bytes, source_sha: str, key: str, shown: str, started: float,
+                       on_log: Callable[[str], None] | None = None) -> BuildResult:
         glue = await self.glue_object()
         scratch = tempfile.mkdtemp(prefix="cweb-build-")
         try:
             with open(os.path.join(scratch, SOURCE_NAME), "wb") as f:
                 f.write(source)
             argv = self.compiler.argv(scratch, glue, "module.so", [SOURCE_NAME], link=True)
-            run = await self.compiler.run(argv, scratch)
+            live = None if on_log is None else (lambda text: on_log(self._scrub(text, scratch, shown)))
+            run = await self.compiler.run(argv, scratch, live)
             log = self._scrub(run.output, scratch, shown)
             diags = diagnostics.parse(log)
             if run.returncode != 0:

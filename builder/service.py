@@ -2,10 +2,12 @@
 small Starlette app, used by the api through api/remote_builder.py.
 
     POST /build?check=1&cache=0      multipart field `code` -> BuildResult JSON
+    POST /build?stream=1             the same as JSON lines: {"log": text}... then
+                                     {"result": BuildResult} or {"error": body, "status": n}
     GET  /artifacts/{hash}            the .so bytes
     GET  /artifacts/{hash}/manifest   its manifest (build provenance)
     GET  /sdk/cweb.h, GET /sdk.tar.gz the SDK, as the api serves it
-    GET  /healthz                     {"status": "ok", "mode", "compiler", ...}
+    GET  /healthz                     {"status": "ok", "builder_id", "slots", "running", "toolchain", ...}
 
 Errors are the api's JSON bodies: {"error": code, "message": ..., **extra}
 with the status of the builder.errors class (422 + diagnostics and log for a
@@ -15,9 +17,11 @@ as it does with the embedded builder.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -25,7 +29,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from builder import compile as compile_mod
@@ -50,6 +54,10 @@ class BuilderSettings:
     store_dir: str = "./data/store"
     unsafe_builds: bool = False
     max_source_bytes: int = limits.MAX_SOURCE_BYTES
+    # Builds at once (0: one per core this process may use).
+    slots: int = 0
+    # How this builder names itself in the farm (default host:port; a container's host name is its id).
+    builder_id: str = ""
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> BuilderSettings:
@@ -60,6 +68,8 @@ class BuilderSettings:
             store_dir=env.get("CWEB_STORE_DIR", "./data/store"),
             unsafe_builds=env.get("CWEB_UNSAFE_BUILDS", "") == "1",
             max_source_bytes=env_int(env, "CWEB_MAX_SOURCE_BYTES", limits.MAX_SOURCE_BYTES),
+            slots=env_int(env, "CWEB_BUILD_SLOTS", 0),
+            builder_id=env.get("CWEB_BUILDER_ID", ""),
         )
 
 
@@ -78,6 +88,39 @@ def _error(status: int, code: str, message: str, **extra: object) -> Response:
 
 def _build_error(exc: BuildError) -> Response:
     return _error(exc.status, exc.code, exc.message, **exc.extra)
+
+
+def _stream_build(builder: LocalBuilder, source: bytes, filename: str, use_cache: bool) -> StreamingResponse:
+    """The build as JSON lines: the compiler's output as it comes, then the
+    result or the error. A stream that ends without either is a builder that
+    died mid-build (the farm retries it elsewhere)."""
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            result = await builder.build(source, filename, use_cache=use_cache,
+                                         on_log=lambda text: lines.put_nowait(orjson.dumps({"log": text}) + b"\n"))
+            lines.put_nowait(orjson.dumps({"result": result_body(result)}) + b"\n")
+        except BuildError as exc:
+            body = {"error": exc.code, "message": exc.message, **exc.extra}
+            lines.put_nowait(orjson.dumps({"error": body, "status": exc.status}) + b"\n")
+        except Exception:
+            log.exception("unhandled error in a streamed build")
+            body = {"error": "internal_error", "message": "unexpected builder error"}
+            lines.put_nowait(orjson.dumps({"error": body, "status": 500}) + b"\n")
+        finally:
+            lines.put_nowait(None)
+
+    async def body() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(run())
+        try:
+            while (line := await lines.get()) is not None:
+                yield line
+        finally:
+            # The caller hung up: stop compiling for nobody.
+            task.cancel()
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
 
 
 class UploadRejected(Exception):
@@ -116,7 +159,9 @@ def create_app(settings: BuilderSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         os.makedirs(settings.store_dir, exist_ok=True)
-        builder = LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes)
+        builder = LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes,
+                               slots=settings.slots)
+        builder.name = settings.builder_id or f"{socket.gethostname()}:{settings.port}"
         box["builder"] = builder
         if not builder.sandboxed:
             if settings.unsafe_builds:
@@ -132,9 +177,12 @@ def create_app(settings: BuilderSettings) -> Starlette:
 
     async def build(request: Request) -> Response:
         builder = box["builder"]
+        use_cache = request.query_params.get("cache", "1") != "0"
         try:
             source, filename = await _read_code(request, settings.max_source_bytes)
-            result = await builder.build(source, filename, use_cache=request.query_params.get("cache", "1") != "0")
+            if request.query_params.get("stream") == "1":
+                return _stream_build(builder, source, filename, use_cache)
+            result = await builder.build(source, filename, use_cache=use_cache)
         except UploadRejected as exc:
             return _error(exc.status, exc.code, exc.message)
         except BuildError as exc:
@@ -182,10 +230,14 @@ def create_app(settings: BuilderSettings) -> Starlette:
         return _json(
             {
                 "status": "ok" if ready else "refusing_builds",
+                "builder_id": builder.name,
+                "slots": builder.slots,
+                "running": builder.running,
                 "mode": builder.mode,
                 "sandboxed": builder.sandboxed,
                 "compiler": builder.compiler_id,
                 "sdk_digest": builder.sdk_digest,
+                "toolchain": builder.toolchain(),
             },
             200 if ready else 503,
         )

@@ -156,6 +156,14 @@ class Stack:
     project: str
     engine: object
     started_s: float = 0.0
+    # The environment `up` ran with: another `up` (e.g. --scale) needs the same.
+    env: dict | None = None
+
+    def containers(self, service: str) -> list:  # type: ignore[type-arg]
+        """Every container of a service (replicas after --scale), freshly listed."""
+        return self.engine.containers.list(  # type: ignore[attr-defined]
+            filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]}
+        )
 
     def container(self, service: str):  # type: ignore[no-untyped-def]
         """The one container compose created for a service, freshly inspected."""
@@ -226,7 +234,7 @@ def stack(docker_engine, images, compose_bin: str, request: pytest.FixtureReques
             logs = compose(compose_bin, env, "logs", "--no-color", "--tail", "60").stdout
             pytest.fail(f"the api did not answer /healthz within {HEALTHY_TIMEOUT_S}s:\n{logs[-6000:]}")
         time.sleep(0.3)
-    s = Stack(url=url, project=PROJECT, engine=docker_engine, started_s=time.monotonic() - t0)
+    s = Stack(url=url, project=PROJECT, engine=docker_engine, started_s=time.monotonic() - t0, env=env)
     print(f"compose project {PROJECT} healthy in {s.started_s:.1f}s")
     yield s
     # On failure, the services' logs are the evidence: print them (pytest shows them with the failure).

@@ -8,8 +8,10 @@ able to tell them apart, down to the compile-error body a user sees.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -24,7 +26,8 @@ import httpx
 import pytest
 
 from api.remote_builder import BuilderUnreachable, RemoteBuilder
-from builder.errors import CompileFailed, SourceRejected, SourceTooLarge
+from builder import limits
+from builder.errors import BuildOutputFlood, CompileFailed, SourceRejected, SourceTooLarge
 from builder.local import LocalBuilder
 from tests.conftest import ROOT, Server, free_port, route_module, stop_process, unique
 
@@ -281,3 +284,312 @@ def test_api_answers_the_same_through_either_builder(api_server: Server) -> None
     assert "compile_failed" == body["error"]
     assert ("broken.c", 3) == (body["diagnostics"][0]["file"], body["diagnostics"][0]["line"])
     assert "broken.c:3:" in body["log"]
+
+
+# ---- the farm: one queue over the embedded pool or over builder services ----
+
+# Slow enough to be seen running and killed (4096 unrolled statements at -O2:
+# about a second of gcc here), far inside the compile limits.
+SLOW_BODY = """
+#define A4(x) x x x x
+#define A16(x) A4(A4(x))
+#define A256(x) A16(A16(x))
+int slow_unrolled(volatile int *p) {
+    A16(A256(*p = *p * 3 + 1;))
+    return *p;
+}
+"""
+
+# Each `#pragma message` prints a 100 kB string: gcc floods its output.
+FLOOD = (
+    '#define S1 "' + "x" * 100 + '"\n'
+    + "".join(f"#define S{i + 1} " + " ".join([f"S{i}"] * 10) + "\n" for i in range(1, 4))
+    + "#pragma message S4\n" * 60
+    + "int flood;\n"
+).encode()
+
+
+def slow_source() -> bytes:
+    return fresh_source("slow").replace(b"#include <cweb.h>", b"#include <cweb.h>\n" + SLOW_BODY.encode(), 1)
+
+
+class FarmHandle:
+    """A BuildFarm as the api makes it (api.builder_discovery.make_farm), with its builders."""
+
+    def __init__(self, kind: str, setup, services: list[BuilderService]) -> None:  # type: ignore[no-untyped-def]
+        self.kind, self.setup, self.services = kind, setup, services
+        self.farm = setup.farm
+
+
+@pytest.fixture(scope="module")
+def builder_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[BuilderService]]:
+    """Two builder services on one shared store, two slots each."""
+    store = tmp_path_factory.mktemp("farm") / "store"
+    services = [BuilderService(store) for _ in range(2)]
+    try:
+        for s in services:
+            s.start()
+        yield services
+    finally:
+        for s in services:
+            s.stop()
+
+
+def _farm_handle(kind: str, runner: asyncio.Runner, store: Path, services: list[BuilderService]) -> FarmHandle:
+    from api.builder_discovery import make_farm
+
+    url = ",".join(s.url for s in services)
+    setup = runner.run(make_farm(url, str(store), unsafe_builds=True, max_source_bytes=1 << 20, slots=2))
+    return FarmHandle(kind, setup, services)
+
+
+@pytest.fixture(params=["pool", "service"])
+def farm(request: pytest.FixtureRequest, runner: asyncio.Runner, tmp_path: Path) -> Iterator[FarmHandle]:
+    """The same farm contract over the embedded pool (2 slots) and over two builder services."""
+    if request.param == "pool":
+        handle = _farm_handle("pool", runner, tmp_path / "store", [])
+    else:
+        services = request.getfixturevalue("builder_services")
+        for s in services:
+            if s.proc is None:
+                s.start()
+        handle = _farm_handle("service", runner, services[0].store, services)
+    yield handle
+    runner.run(handle.setup.aclose())
+
+
+async def _gather_builds(farm, sources: list[bytes], client: str = "c", **kw):  # type: ignore[no-untyped-def]
+    """Run the builds at once, sampling the farm: (results or errors, most builds running at once per builder)."""
+    peak: dict[str, int] = {}
+    done = False
+
+    async def sample() -> None:
+        while not done:
+            for b in farm.builders:
+                peak[b["name"]] = max(peak.get(b["name"], 0), b["running"])
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        out = await asyncio.gather(*(farm.build(s, f"m{i}.c", client=client, **kw) for i, s in enumerate(sources)),
+                                   return_exceptions=True)
+    finally:
+        done = True
+        await sampler
+    return out, peak
+
+
+def test_farm_distinct_builds_all_succeed_within_slots(farm: FarmHandle, runner: asyncio.Runner) -> None:
+    """Six different modules at once: all compile, no builder ever runs more than its slots,
+    and with two builder services both take work."""
+    results, peak = runner.run(_gather_builds(farm.farm, [fresh_source(f"d{i}") for i in range(6)]))
+    for r in results:
+        assert not isinstance(r, BaseException), r
+    assert 6 == len({r.module_hash for r in results})
+    assert all(r.build["joined"] is False and r.cache_hit is False for r in results)
+    slots = {b["name"]: b["slots"] for b in farm.farm.builders}
+    assert all(peak[name] <= slots[name] for name in peak), (peak, slots)
+    used = {r.build["builder"] for r in results}
+    if farm.kind == "service":
+        assert 2 == len(used), used
+        assert set(slots) == used
+    else:
+        assert {"local"} == used
+    for r in results:
+        b = farm.farm.get(r.build["id"])
+        assert ("done", 1) == (b.state, b.attempts)
+        assert b.queue_ms >= 0 and b.compile_ms > 0
+        assert r.build_key == b.summary()["build_key"]
+
+
+def test_farm_same_source_at_once_compiles_once(farm: FarmHandle, runner: asyncio.Runner) -> None:
+    """Five builds of one new source at once: one compile, four joins, one artifact."""
+    source = fresh_source("joined")
+    results, _ = runner.run(_gather_builds(farm.farm, [source] * 5))
+    for r in results:
+        assert not isinstance(r, BaseException), r
+    assert 1 == len({r.module_hash for r in results})
+    assert 1 == len({r.build["id"] for r in results})
+    assert [False, True, True, True, True] == sorted(r.build["joined"] for r in results)
+    b = farm.farm.get(results[0].build["id"])
+    assert (4, 1, False) == (b.joined, b.attempts, b.cache_hit)
+    again = runner.run(farm.farm.build(source, "again.c"))
+    assert (True, "cache", False) == (again.cache_hit, again.build["builder"], again.build["joined"])
+    assert results[0].module_hash == again.module_hash
+
+
+def test_farm_compile_error_is_final_and_never_joined_later(farm: FarmHandle, runner: asyncio.Runner) -> None:
+    """A compile error fails its build once (no retry) and is not cached: the next try compiles again."""
+    with pytest.raises(CompileFailed):
+        runner.run(farm.farm.build(BROKEN, "broken.c"))
+    failed = farm.farm.listing("failed")[0]
+    assert ("compile_failed", 1) == (failed.error.code, failed.attempts)
+    with pytest.raises(CompileFailed):
+        runner.run(farm.farm.build(BROKEN, "broken.c"))
+    assert failed.id != farm.farm.listing("failed")[0].id
+
+
+def test_farm_output_flood_fails_and_is_not_cached(farm: FarmHandle, runner: asyncio.Runner) -> None:
+    """gcc printing megabytes is killed: compile_output_flood (422), one attempt, nothing stored."""
+    with pytest.raises(BuildOutputFlood) as info:
+        runner.run(farm.farm.build(FLOOD, "flood.c"))
+    assert (422, "compile_output_flood") == (info.value.status, info.value.code)
+    b = farm.farm.listing("failed")[0]
+    assert 1 == b.attempts
+    assert 0 < b.log_bytes <= limits.BUILD_LOG_BYTES
+    with pytest.raises(BuildOutputFlood):
+        runner.run(farm.farm.build(FLOOD, "flood.c"))
+
+
+def test_farm_is_fair_between_clients(runner: asyncio.Runner, tmp_path: Path) -> None:
+    """One slot; client A queues eight builds, then B one: B's compiles second, not ninth."""
+    from api.builder_discovery import make_farm
+
+    setup = runner.run(make_farm("", str(tmp_path / "store"), unsafe_builds=True, max_source_bytes=1 << 20, slots=1))
+    farm = setup.farm
+    order: list[str] = []
+
+    async def go() -> None:
+        async def one(source: bytes, client: str) -> None:
+            await farm.build(source, "f.c", client=client)
+            order.append(client)
+
+        many = [asyncio.create_task(one(fresh_source(f"a{i}"), "A")) for i in range(8)]
+        while len(farm.queue) < 7:  # one of A's runs, seven wait
+            await asyncio.sleep(0.005)
+        b = asyncio.create_task(one(fresh_source("b"), "B"))
+        while not [x for x in farm.listing("queued") if x.client == "B"]:
+            await asyncio.sleep(0.005)
+        queued = [x for x in farm.listing("queued") if x.client == "B"]
+        assert 1 == farm.position(queued[0]), "B waits for one of A's builds, not seven"
+        await asyncio.gather(*many, b)
+
+    try:
+        runner.run(go())
+    finally:
+        runner.run(setup.aclose())
+    assert order.index("B") <= 2, order
+
+
+def test_farm_live_log_streams_compiler_output(farm: FarmHandle, runner: asyncio.Runner) -> None:
+    """A watcher sees state events, then the warnings gcc prints, then the end."""
+    source = fresh_source("warned").replace(b"(void)ctx; (void)req;", b"(void)ctx; (void)req; int unused_live = 1;")
+
+    async def go() -> list[dict]:
+        task = asyncio.create_task(farm.farm.build(source, "live.c"))
+        while not farm.farm.listing():
+            await asyncio.sleep(0.005)
+        b = next(x for x in farm.farm.listing() if not x.finished)
+        q = farm.farm.watch(b)
+        events: list[dict] = []
+        while not events or events[-1]["event"] != "end":
+            events.append(await asyncio.wait_for(q.get(), 60))
+        await task
+        return events
+
+    events = runner.run(go())
+    kinds = [e["event"] for e in events]
+    assert "end" == kinds[-1] and "done" == events[-1]["state"]
+    assert "log" in kinds
+    text = "".join(e["text"] for e in events if e["event"] == "log")
+    assert "unused_live" in text and "live.c" in text
+
+
+def test_farm_survives_a_builder_killed_mid_compile(builder_services: list[BuilderService], runner: asyncio.Runner) -> None:
+    """Two builder services; the one compiling a slow module is killed: the build is
+    retried on the other and succeeds, attempts 2, nothing half-written in the store."""
+    for s in builder_services:
+        if s.proc is None:
+            s.start()
+    handle = _farm_handle("service", runner, builder_services[0].store, builder_services)
+    farm = handle.farm
+    by_name = {b.name: s for s in builder_services for b in handle.setup.discovery._by_url.values() if b.url == s.url}
+
+    async def go():  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(farm.build(slow_source(), "slow.c"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            running = farm.listing("running")
+            if running:
+                break
+            await asyncio.sleep(0.01)
+        assert running, "the build never ran"
+        victim = by_name[running[0].builder]
+        await asyncio.sleep(0.2)  # gcc is running now
+        victim.proc.kill()
+        return await task, running[0], victim
+
+    try:
+        result, b, victim = runner.run(go())
+        assert ("done", 2) == (b.state, b.attempts)
+        assert b.tried[0] != b.tried[1]
+        assert result.build["builder"] == b.tried[1]
+        assert "lost the build" in "".join(b.log)
+        store = builder_services[0].store
+        art = store / "artifacts" / f"{result.module_hash}.so"
+        assert result.module_hash == hashlib.sha256(art.read_bytes()).hexdigest()
+        assert not [p for p in (store / "artifacts").iterdir() if p.name.startswith(".tmp-")]
+    finally:
+        runner.run(handle.setup.aclose())
+        for s in builder_services:
+            if s.proc is not None and s.proc.poll() is not None:
+                s.log.close()
+                s.proc = None
+
+
+def _sse_events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.split("\n\n"):
+        lines = [x for x in block.splitlines() if not x.startswith(":")]
+        if not lines:
+            continue
+        kind = next(x[len("event: "):] for x in lines if x.startswith("event: "))
+        data = next(x[len("data: "):] for x in lines if x.startswith("data: "))
+        out.append((kind, json.loads(data)))
+    return out
+
+
+def test_api_deploys_through_the_farm_and_shows_builds(api_server: Server) -> None:
+    """POST /mgnt answers build {id, builder, queue_ms, compile_ms, joined}; five deploys
+    of one new source at once compile once; /builds, /builds/{id}, its SSE log and the
+    farm's metrics tell the same story."""
+    name = unique("farm")
+    source = route_module(name, f"/{name}", "farmed").replace("(void)ctx; (void)req;", "(void)ctx; (void)req; int unused_api = 1;")
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: api_server.deploy(source, "farm.c"), range(5)))
+    for a in answers:
+        assert 200 == a.status_code, a.text
+    builds = [a.json()["build"] for a in answers]
+    assert 1 == len({b["id"] for b in builds}), builds
+    assert [False, True, True, True, True] == sorted(b["joined"] for b in builds)
+    first = next(b for b in builds if not b["joined"])
+    assert {"id", "builder", "queue_ms", "compile_ms", "joined"} == set(first)
+    assert first["compile_ms"] > 0 and first["queue_ms"] >= 0
+    expected_builder = "local" if "CWEB_BUILDER_URL" not in api_server.env else None
+    if expected_builder:
+        assert expected_builder == first["builder"]
+    with api_server.client() as c:
+        one = c.get(f"/builds/{first['id']}").json()
+        assert ("done", first["builder"], 4, 1) == (one["state"], one["builder"], one["joined"], one["attempts"])
+        assert one["position"] is None and one["module_hash"] == answers[0].json()["module_hash"]
+        listed = c.get("/builds", params={"state": "done"}).json()
+        assert first["id"] in [b["id"] for b in listed["builds"]]
+        assert {"done"} == {b["state"] for b in listed["builds"]}
+        assert 0 == listed["queue_depth"] and listed["builders"]
+        assert (400, "invalid_parameter") == (c.get("/builds", params={"state": "bogus"}).status_code,
+                                              c.get("/builds", params={"state": "bogus"}).json()["error"])
+        missing = c.get("/builds/nope")
+        assert (404, "build_not_found") == (missing.status_code, missing.json()["error"])
+        log = c.get(f"/builds/{first['id']}/log")
+        assert log.headers["content-type"].startswith("text/event-stream")
+        events = _sse_events(log.text)
+        assert "state" == events[0][0] and "end" == events[-1][0] and "done" == events[-1][1]["state"]
+        assert "unused_api" in "".join(e["text"] for kind, e in events if kind == "log")
+        metrics = c.get("/metrics").text
+    assert "cweb_build_queue_depth 0.0" in metrics
+    assert re.search(r'cweb_farm_builds_total\{builder="[^"]+",outcome="done"\} [1-9]', metrics), metrics
+    assert re.search(r'cweb_build_compile_seconds_count\{builder="[^"]+"\} [1-9]', metrics)
+    assert "cweb_build_queue_seconds_count" in metrics
+    assert re.search(r'cweb_builds_total\{outcome="joined"\} 4\.0', metrics)
+    again = api_server.deploy(source, "farm.c").json()["build"]
+    assert ("cache", False) == (again["builder"], again["joined"])
