@@ -125,7 +125,8 @@ def create_app(settings: Settings) -> Dispatcher:
         state.started_at = time.time()
         await state.registry.open()
         state.farms = await make_farm(settings.builder_url, settings.store_dir, unsafe_builds=settings.unsafe_builds,
-                                      max_source_bytes=settings.max_source_bytes, slots=settings.build_slots)
+                                      max_source_bytes=settings.max_source_bytes, slots=settings.build_slots,
+                                      key_path=os.path.join(settings.data_dir, "builder-key", "ed25519.pem"))
         state.builder = state.farm = state.farms.farm
         state.farm.on_finish.append(state.metrics.observe_build)
         state.metrics.farm = state.farm
@@ -259,12 +260,17 @@ def create_app(settings: Settings) -> Dispatcher:
                 "workers": state.agent.sandbox}
 
     @app.post("/mgnt")
-    async def deploy(request: Request, check: int = Query(0, ge=0, le=1)) -> dict:
-        """Build, validate and activate an uploaded C module (field `code`)."""
+    async def deploy(request: Request, check: int = Query(0, ge=0, le=1),
+                     verify: str | None = Query(None, pattern="^reproducible$")) -> dict:
+        """Build, validate and activate an uploaded C module (field `code`).
+
+        verify=reproducible builds the source a second time, without the
+        cache, on another builder when there is one, and refuses the deploy
+        (409 not_reproducible) when the two artifacts differ."""
         started = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)
         return await state.deploys.upload(source, filename, check=bool(check), started=started,
-                                          client=builds.client_of(request))
+                                          client=builds.client_of(request), reproducible=verify == "reproducible")
 
     def live_summary(v: Any) -> dict:
         summary = v.summary()

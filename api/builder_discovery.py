@@ -124,6 +124,8 @@ class BuilderDiscovery:
         if hit is None:
             return None
         manifest = store.manifest(hit) or {}
+        if "provenance" not in manifest:
+            return None  # unsigned, from before signing: a builder rebuilds and signs it
         return BuildResult(hit, source_sha, key, True, 0.0, list(manifest.get("warnings", [])), manifest)
 
     async def start(self, wait_s: float = 60.0) -> None:
@@ -169,11 +171,13 @@ class FarmSetup:
             await self.discovery.aclose()
 
 
-async def make_farm(builder_url: str, store_dir: str, *, unsafe_builds: bool, max_source_bytes: int, slots: int = 0) -> FarmSetup:
+async def make_farm(builder_url: str, store_dir: str, *, unsafe_builds: bool, max_source_bytes: int, slots: int = 0,
+                    key_path: str = "") -> FarmSetup:
     """The embedded pool (no builder_url: one LocalBuilder with `slots` slots)
     or the farm of the builders behind builder_url, discovered and watched."""
     if not builder_url:
-        local = LocalBuilder(store_dir, unsafe_builds=unsafe_builds, max_source_bytes=max_source_bytes, slots=slots)
+        local = LocalBuilder(store_dir, unsafe_builds=unsafe_builds, max_source_bytes=max_source_bytes, slots=slots,
+                             key_path=key_path or None)
         farm = BuildFarm([local], key_for=local.key_for, max_source_bytes=max_source_bytes,
                          cached=lambda sha: asyncio.to_thread(local.cached, sha), reader=local)
         return FarmSetup(farm, local, None)

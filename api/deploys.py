@@ -5,16 +5,19 @@ api/versions.py). Both end in the same activate-and-answer
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from api.errors import ApiError, BadRequest, NotFound, disk_full_is_507
+from api.errors import ApiError, BadRequest, Conflict, NotFound, disk_full_is_507
 from api.modules.host import ModuleHost
 from api.modules.version import Version, declaration_warnings
 from api.registry import Registry
 from builder.errors import BuildError
 from builder.farm import BuildFarm
-from builder.local import display_name
+from builder.local import BuildResult, display_name
+
+log = logging.getLogger("cweb.api")
 
 
 class Deployer:
@@ -41,11 +44,13 @@ class Deployer:
         }
 
     async def upload(self, source: bytes, filename: str, *, check: bool, started: float, client: str = "",
-                     build_id: str | None = None) -> dict:
+                     build_id: str | None = None, reproducible: bool = False) -> dict:
         """Build the source through the farm's queue (client: whose turn it is;
-        build_id: a name the client chose, to follow the log); then activate
-        it, or with check only validate it as a deploy would (a dry run).
-        Every build is recorded in the history."""
+        build_id: a name the client chose, to follow the log); with
+        reproducible, build it again without the cache, on another builder
+        when there is one, and refuse a mismatch; then activate it, or with
+        check only validate it as a deploy would (a dry run). Every build is
+        recorded in the history."""
         try:
             with disk_full_is_507("the build"):
                 result = await self.builder.build(source, filename, client=client, build_id=build_id)
@@ -64,6 +69,8 @@ class Deployer:
         record = {"file": filename, "module_hash": result.module_hash, "build_ms": round(result.build_ms, 2),
                   "build_id": result.build.get("id")}
         base = result.summary()
+        if reproducible:
+            base["reproducible"] = await self._reproduce(source, filename, result, client)
         try:
             if check:
                 # A dry run: the server's own validation (declaration, route
@@ -93,6 +100,23 @@ class Deployer:
             "warnings": base["warnings"] + declaration_warnings(version.decl, display_name(filename)),
             **answer,
         }
+
+    async def _reproduce(self, source: bytes, filename: str, first: BuildResult, client: str) -> dict:
+        """The same build again, uncached, away from the first builder; a mismatch is loud."""
+        with disk_full_is_507("the build"):
+            again = await self.builder.build(source, filename, use_cache=False, client=client,
+                                             avoid=first.build.get("builder"))
+        report = {
+            "match": again.module_hash == first.module_hash,
+            "builds": [{"builder": r.manifest.get("builder_id") or r.build.get("builder"), "build_id": r.build.get("id"),
+                        "module_hash": r.module_hash} for r in (first, again)],
+        }
+        if not report["match"]:
+            log.error("build %s is NOT reproducible: %s on %s, %s on %s", first.build_key[:12],
+                      first.module_hash[:12], report["builds"][0]["builder"], again.module_hash[:12], report["builds"][1]["builder"])
+            raise Conflict("the two builds of this source produced different artifacts; nothing was deployed",
+                           code="not_reproducible", **report)
+        return report
 
     async def rollback(self, name: str, module_hash: str, *, started: float) -> dict:
         """Make an earlier artifact of name the active one: the same hot swap

@@ -171,6 +171,11 @@ RUNTIME_STATUS: dict[str, type[ApiError]] = {
     # The version is registered but its artifact is gone from the store: the
     # request is fine, the server's state stands in its way (rebuild/redeploy).
     "artifact_missing": Conflict,
+    # The artifact's signed provenance does not hold (runtime/provenance.py):
+    # the store's state refuses the load, not the request.
+    "artifact_unsigned": Conflict,
+    "artifact_tampered": Conflict,
+    "untrusted_builder": Conflict,
     "bad_state": Conflict,
 }
 

@@ -188,6 +188,9 @@ class Artifact(Model):
     jobs: list[JobName]
     first_deployed_at: float | None
     deploys: list[dict[str, Any]]
+    provenance: dict[str, Any] | None = Field(None, description="The builder's signed statement (builder_id, key_id, build_key, "
+                                              "toolchain_digest, source_sha256, module_hash) and whether it verifies "
+                                              "under a trusted builder key, as the runtime checks before loading")
     manifest: dict[str, Any]
     job_runs: list[dict[str, Any]] | None = None
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.responses import Response
 
 from api.errors import Invalid, NotFound
 from builder.store import is_hash
+from runtime import provenance
 
 router = APIRouter()
 
@@ -35,6 +37,26 @@ def _check_hash(module_hash: str) -> str:
     if not is_hash(module_hash):
         raise NotFound(f"{module_hash!r} is not a module hash (64 lower-case hex digits)", code="artifact_not_found")
     return module_hash
+
+
+def _chain(state: Any, module_hash: str, manifest: dict) -> dict:
+    """The artifact's provenance as the runtime will judge it: the signed
+    statement, and whether it verifies under a trusted builder key."""
+    prov = manifest.get("provenance")
+    if not isinstance(prov, dict):
+        return {"signed": False, "verified": False, "error": "artifact_unsigned"}
+    shown = {k: prov.get(k) for k in (*provenance.SIGNED_FIELDS, "algorithm", "public_key", "signature")}
+    store = getattr(state.builder, "store", None)
+    if store is None and not state.settings.runtime.trusted_builder_keys:
+        return {"signed": True, "verified": None, "error": None, "statement": shown,
+                "note": "the api cannot see the store's builder keys; the runtime checks them before loading"}
+    if not hasattr(state, "trusted_keys"):
+        state.trusted_keys = provenance.TrustedKeys(store.root if store is not None else "", state.settings.runtime.trusted_builder_keys)
+    try:
+        provenance.verify(manifest, module_hash, state.trusted_keys)
+    except provenance.ProvenanceError as exc:
+        return {"signed": True, "verified": False, "error": exc.code, "message": exc.message, "statement": shown}
+    return {"signed": True, "verified": True, "error": None, "statement": shown}
 
 
 async def _versions(state: Any, name: str) -> list[dict]:
@@ -113,6 +135,7 @@ async def artifact(module_hash: str, request: Request) -> dict:
         "jobs": [{"name": j["name"]} for j in decl.get("jobs", [])],
         "first_deployed_at": record.get("first_seen"),
         "deploys": await state.registry.deploys_of(module_hash),
+        "provenance": await asyncio.to_thread(_chain, state, module_hash, manifest) if manifest else None,
         "manifest": manifest,
     }
     out["job_runs"] = await state.job_store.runs_of(module_hash, JOB_RUNS_SHOWN)

@@ -310,8 +310,11 @@ class BuildFarm(Builder):
     # ---- the queue ----
 
     async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True,
-                    client: str = "") -> BuildResult:
-        """Source -> artifact through the queue. Raises a BuildError subclass."""
+                    client: str = "", avoid: str | None = None) -> BuildResult:
+        """Source -> artifact through the queue. Raises a BuildError subclass.
+
+        avoid: a builder to use only when no other has room (a reproducibility
+        check builds on a second builder)."""
         check_source(source, self.max_source_bytes)
         self._start_sweeper()
         source_sha = hashlib.sha256(source).hexdigest()
@@ -341,6 +344,8 @@ class BuildFarm(Builder):
         if self.queue.count(client) >= limits.MAX_QUEUED_PER_CLIENT:
             raise BuildBusy(f"you have {limits.MAX_QUEUED_PER_CLIENT} builds queued already; wait for them")
         b = self._new(key, client, filename, use_cache, source)
+        if avoid:
+            b.tried.append(avoid)
         b.done = asyncio.get_running_loop().create_future()
         if use_cache:
             self._inflight[key] = b
@@ -401,7 +406,8 @@ class BuildFarm(Builder):
     async def _run(self, b: Build, slot: _Slot) -> None:
         name = slot.executor.name
         b.state, b.builder, b.attempts = "running", name, b.attempts + 1
-        b.tried.append(name)
+        if name not in b.tried:
+            b.tried.append(name)
         b._started_mono = time.monotonic()
         b.started_at = time.time()
         b.queue_ms += (b._started_mono - b._queued_mono) * 1000

@@ -19,6 +19,7 @@ from builder import cache, compile, diagnostics, elf, limits
 from builder.errors import BuildBusy, CompileFailed, SourceRejected, SourceTooLarge
 from builder.interface import Builder
 from builder.store import Store, write_atomic
+from runtime import provenance
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SOURCE_NAME = "module.c"
@@ -78,8 +79,13 @@ class LocalBuilder(Builder):
     name = "local"
 
     def __init__(self, store_dir: str, *, unsafe_builds: bool = False, max_source_bytes: int = limits.MAX_SOURCE_BYTES,
-                 slots: int = 0) -> None:
+                 slots: int = 0, name: str = "local", key_path: str | None = None) -> None:
         self.store = Store(store_dir)
+        self.name = name
+        # Signs every manifest this builder writes; its public key goes into
+        # the store, where the runtime looks for trusted builders.
+        self.signer = provenance.Signer.load_or_create(name, key_path)
+        self.signer.register(store_dir)
         self.sandboxed = compile.sandbox_works()
         self.unsafe_builds = unsafe_builds
         self.compiler = compile.Compiler(self.sandboxed)
@@ -122,6 +128,8 @@ class LocalBuilder(Builder):
         if not hit:
             return None
         manifest = self.store.manifest(hit) or {}
+        if "provenance" not in manifest:
+            return None  # built before manifests were signed: build (and sign) it again
         return BuildResult(hit, source_sha, key, True, 0.0, manifest.get("warnings", []), manifest)
 
     async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True,
@@ -207,6 +215,8 @@ class LocalBuilder(Builder):
             "source_sha256": source_sha,
             "source_name": shown,
             "build_key": key,
+            "builder_id": self.name,
+            "toolchain_digest": provenance.toolchain_digest(self.toolchain()),
             "compiler": self.compiler_id,
             "flags": self.flags,
             "sdk_digest": self.sdk_digest,
@@ -217,6 +227,8 @@ class LocalBuilder(Builder):
             "size": len(data),
             "warnings": warnings,
         }
+        manifest["provenance"] = self.signer.sign(build_key=key, toolchain=self.toolchain(),
+                                                  source_sha256=source_sha, module_hash=module_hash)
         # Written (and fsynced) on a thread: a slow or full disk delays this
         # deploy only; ENOSPC comes back as OSError (the api answers 507).
         await asyncio.to_thread(self._keep, source_sha, source, module_hash, data, manifest, key)

@@ -37,6 +37,7 @@ from builder import limits
 from builder.errors import BuildError, SourceTooLarge
 from builder.local import BuildResult, LocalBuilder, sdk_tarball
 from builder.store import is_hash
+from runtime import provenance
 from runtime.env import env_int
 
 log = logging.getLogger("cweb.builder")
@@ -58,6 +59,9 @@ class BuilderSettings:
     slots: int = 0
     # How this builder names itself in the farm (default host:port; a container's host name is its id).
     builder_id: str = ""
+    # CWEB_BUILDER_KEY: the builder's Ed25519 signing key (PEM, made when
+    # missing); unset, a replica makes a key per life and registers it.
+    key_path: str = ""
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> BuilderSettings:
@@ -70,6 +74,7 @@ class BuilderSettings:
             max_source_bytes=env_int(env, "CWEB_MAX_SOURCE_BYTES", limits.MAX_SOURCE_BYTES),
             slots=env_int(env, "CWEB_BUILD_SLOTS", 0),
             builder_id=env.get("CWEB_BUILDER_ID", ""),
+            key_path=env.get("CWEB_BUILDER_KEY", ""),
         )
 
 
@@ -160,8 +165,8 @@ def create_app(settings: BuilderSettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         os.makedirs(settings.store_dir, exist_ok=True)
         builder = LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes,
-                               slots=settings.slots)
-        builder.name = settings.builder_id or f"{socket.gethostname()}:{settings.port}"
+                               slots=settings.slots, name=settings.builder_id or f"{socket.gethostname()}:{settings.port}",
+                               key_path=settings.key_path or None)
         box["builder"] = builder
         if not builder.sandboxed:
             if settings.unsafe_builds:
@@ -172,7 +177,9 @@ def create_app(settings: BuilderSettings) -> Starlette:
             await builder.glue_object()
         except BuildError as exc:
             log.error("SDK glue does not compile: %s", exc.message)
-        log.info("cweb builder ready on %s:%d (store %s, mode %s)", settings.host, settings.port, settings.store_dir, builder.mode)
+        log.info("cweb builder %s ready on %s:%d (store %s, mode %s, %d slots, signing key %s = %s)", builder.name, settings.host,
+                 settings.port, settings.store_dir, builder.mode, builder.slots, builder.signer.key_id,
+                 provenance.public_b64(builder.signer.public))
         yield
 
     async def build(request: Request) -> Response:
@@ -238,6 +245,7 @@ def create_app(settings: BuilderSettings) -> Starlette:
                 "compiler": builder.compiler_id,
                 "sdk_digest": builder.sdk_digest,
                 "toolchain": builder.toolchain(),
+                "key_id": builder.signer.key_id,
             },
             200 if ready else 503,
         )

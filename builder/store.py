@@ -4,6 +4,7 @@
     <store>/artifacts/<module_hash>.json   manifest: build provenance
     <store>/sources/<source_sha256>.c      uploaded sources, for provenance
     <store>/actions/<build_key>.json       action cache: build key -> module_hash
+    <store>/builders/<key_id>.json         builders' public keys (runtime/provenance.py)
 
 Every file is written to a temporary name in the same directory, synced and
 renamed, so a reader sees either nothing or the whole file. An artifact is
@@ -32,7 +33,7 @@ def is_hash(value: str) -> bool:
 class Store:
     def __init__(self, root: str) -> None:
         self.root = root
-        for sub in ("artifacts", "sources", "actions", "glue"):
+        for sub in ("artifacts", "sources", "actions", "glue", "builders"):
             path = os.path.join(root, sub)
             # Only create what is missing: readers mount the store read-only.
             if not os.path.isdir(path):
@@ -70,7 +71,9 @@ class Store:
         if not os.path.exists(path) or not self.artifact_intact(module_hash):
             write_atomic(path, data, 0o444)
         mpath = os.path.join(self.root, "artifacts", f"{module_hash}.json")
-        if not os.path.exists(mpath):
+        # The first signed manifest stays (another builder's rebuild of the
+        # same bytes does not replace it); an unsigned one from before is replaced.
+        if "provenance" not in (self.manifest(module_hash) or {}):
             write_atomic(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode(), 0o444)
 
     def manifest(self, module_hash: str) -> dict | None:

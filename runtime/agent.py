@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import agent_protocol, limits, sandbox, services
+from runtime import agent_protocol, limits, provenance, sandbox, services
 from runtime.channel import Channel, Lines, recv_blocking, send_blocking
 from runtime.errors import RuntimeFailure
 from runtime.files import write_atomic
@@ -114,6 +114,8 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         store_dir, run_dir, data_dir, workdir = settings.store_dir, settings.run_dir, settings.data_dir, settings.workdir
         self.store_dir = store_dir
+        self.require_signed = settings.require_signed
+        self.trusted = provenance.TrustedKeys(store_dir, settings.trusted_builder_keys)
         self.run_dir = run_dir
         self.data_dir = data_dir
         self.workdir = workdir
@@ -338,6 +340,14 @@ class Agent:
             artifact = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise RuntimeFailure("artifact_missing", f"artifact {module_hash[:12]} is not in the store") from exc
+        if self.require_signed:
+            # Before any worker sees it: the signed statement must name this
+            # hash (the worker then checks the bytes against the hash).
+            try:
+                await asyncio.to_thread(self._check_provenance, module_hash)
+            except BaseException:
+                os.close(artifact)
+                raise
         try:
             w = await self._take_worker()
         except BaseException:
@@ -348,6 +358,16 @@ class Agent:
         except BaseException:
             self._ensure_spare()
             raise
+
+    def _check_provenance(self, module_hash: str) -> None:
+        try:
+            with open(os.path.join(self.store_dir, "artifacts", f"{module_hash}.json"), "rb") as f:
+                manifest = json.loads(f.read())
+        except FileNotFoundError:
+            manifest = None
+        except ValueError as exc:
+            raise provenance.ProvenanceError("artifact_tampered", f"artifact {module_hash[:12]}: its manifest is not JSON") from exc
+        provenance.verify(manifest, module_hash, self.trusted)
 
     async def _load_into(self, w: WorkerProc, module_hash: str, artifact: int, req: dict) -> dict:
         w.worker_id = self.next_id

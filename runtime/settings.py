@@ -34,6 +34,12 @@ class AgentSettings:
     services: ServicesSettings = field(default_factory=ServicesSettings)
     # CWEB_RUNTIME_SECRET: the standalone socket's shared secret ("" = make one).
     secret: str = field(default="", repr=False)
+    # Artifacts load only with a builder's valid signature (runtime/provenance.py);
+    # CWEB_REQUIRE_SIGNED_ARTIFACTS=0 turns that off (stores from before signing).
+    require_signed: bool = True
+    # CWEB_TRUSTED_BUILDER_KEYS: base64 Ed25519 public keys, comma-separated;
+    # empty = the keys builders registered in the store.
+    trusted_builder_keys: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -48,6 +54,8 @@ class AgentSettings:
             workers=WorkerLimits.from_env(env),
             services=ServicesSettings.from_env(env),
             secret=env.get("CWEB_RUNTIME_SECRET", ""),
+            require_signed=env.get("CWEB_REQUIRE_SIGNED_ARTIFACTS", "1") != "0",
+            trusted_builder_keys=env.get("CWEB_TRUSTED_BUILDER_KEYS", ""),
         )
 
     def to_json(self) -> str:

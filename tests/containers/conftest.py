@@ -25,8 +25,11 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 
-API_IMAGE = "cweb-api:dev"
-BUILDER_IMAGE = "cweb-builder:dev"
+# CWEB_IMAGE_TAG (default dev) names the images scripts/images.sh builds and
+# docker-compose.yml runs: concurrent checkouts on one engine keep theirs apart.
+IMAGE_TAG = os.environ.get("CWEB_IMAGE_TAG", "dev")
+API_IMAGE = f"cweb-api:{IMAGE_TAG}"
+BUILDER_IMAGE = f"cweb-builder:{IMAGE_TAG}"
 PROJECT_PREFIX = "cwebtest-"
 PROJECT = f"{PROJECT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -132,7 +135,7 @@ def compose_env(**extra: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("HOME", "/tmp")
-    return {**env, **extra}
+    return {**env, "CWEB_IMAGE_TAG": IMAGE_TAG, **extra}
 
 
 def compose(compose_bin: str, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -593,3 +593,28 @@ def test_api_deploys_through_the_farm_and_shows_builds(api_server: Server) -> No
     assert re.search(r'cweb_builds_total\{outcome="joined"\} 4\.0', metrics)
     again = api_server.deploy(source, "farm.c").json()["build"]
     assert ("cache", False) == (again["builder"], again["joined"])
+
+
+def test_verify_reproducible_builds_twice_and_refuses_a_mismatch(api_server: Server) -> None:
+    """?verify=reproducible compiles again without the cache; equal artifacts deploy,
+    different ones (a source that bakes in __TIME__ and compiles for over a second)
+    are refused 409 not_reproducible with both hashes, and nothing is activated."""
+    name = unique("repro")
+    with api_server.client() as c:
+        ok = c.post("/mgnt", params={"verify": "reproducible"},
+                    files={"code": ("repro.c", route_module(name, f"/{name}", "same").encode(), "text/x-c")})
+        assert 200 == ok.status_code, ok.text
+        report = ok.json()["reproducible"]
+        assert report["match"] is True and 2 == len(report["builds"])
+        assert {ok.json()["module_hash"]} == {b["module_hash"] for b in report["builds"]}
+        assert report["builds"][0]["build_id"] != report["builds"][1]["build_id"]
+        stamped = unique("stamp")
+        source = route_module(stamped, f"/{stamped}", "stamped").replace(
+            "#include <cweb.h>", "#include <cweb.h>\n" + SLOW_BODY + "\nconst char *built_at = __TIME__;\n", 1)
+        bad = c.post("/mgnt", params={"verify": "reproducible"}, files={"code": ("stamp.c", source.encode(), "text/x-c")})
+        assert (409, "not_reproducible") == (bad.status_code, bad.json()["error"]), bad.text
+        hashes = [b["module_hash"] for b in bad.json()["builds"]]
+        assert 2 == len(set(hashes))
+        assert 404 == c.get(f"/modules/{stamped}").status_code
+        assert 400 == c.post("/mgnt", params={"verify": "maybe"}, files={"code": ("x.c", b"int x;", "text/x-c")}).status_code
+    assert "NOT reproducible" in api_server.logs()
