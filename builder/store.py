@@ -14,6 +14,7 @@ longer matches is evicted and rebuilt, never served or kept failing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -35,9 +36,14 @@ class Store:
         self.root = root
         for sub in ("artifacts", "sources", "actions", "glue", "builders"):
             path = os.path.join(root, sub)
-            # Only create what is missing: readers mount the store read-only.
+            # Only create what is missing: readers mount the store read-only,
+            # and a reader of a store whose builder is older lacks a directory.
             if not os.path.isdir(path):
-                os.makedirs(path, exist_ok=True)
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError as exc:
+                    if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                        raise
 
     def artifact_path(self, module_hash: str) -> str:
         if not is_hash(module_hash):
