@@ -261,16 +261,20 @@ def create_app(settings: Settings) -> Dispatcher:
 
     @app.post("/mgnt")
     async def deploy(request: Request, check: int = Query(0, ge=0, le=1),
-                     verify: str | None = Query(None, pattern="^reproducible$")) -> dict:
+                     verify: str | None = Query(None, pattern="^reproducible$"),
+                     build_id: str | None = Query(None, pattern="^[0-9a-f]{16}$")) -> dict:
         """Build, validate and activate an uploaded C module (field `code`).
 
         verify=reproducible builds the source a second time, without the
         cache, on another builder when there is one, and refuses the deploy
-        (409 not_reproducible) when the two artifacts differ."""
+        (409 not_reproducible) when the two artifacts differ. build_id (16 hex
+        digits, chosen by the client) names the build, so the client can follow
+        GET /builds/{build_id}/log while it waits; a joined or reused id is ignored."""
         started = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)
         return await state.deploys.upload(source, filename, check=bool(check), started=started,
-                                          client=builds.client_of(request), reproducible=verify == "reproducible")
+                                          client=builds.client_of(request), build_id=build_id,
+                                          reproducible=verify == "reproducible")
 
     def live_summary(v: Any) -> dict:
         summary = v.summary()

@@ -310,11 +310,12 @@ class BuildFarm(Builder):
     # ---- the queue ----
 
     async def build(self, source: bytes, filename: str | None = None, *, use_cache: bool = True,
-                    client: str = "", avoid: str | None = None) -> BuildResult:
+                    client: str = "", avoid: str | None = None, build_id: str | None = None) -> BuildResult:
         """Source -> artifact through the queue. Raises a BuildError subclass.
 
         avoid: a builder to use only when no other has room (a reproducibility
-        check builds on a second builder)."""
+        check builds on a second builder). build_id: the id to give a new
+        build (a client that wants to follow its log while it waits), when unused."""
         check_source(source, self.max_source_bytes)
         self._start_sweeper()
         source_sha = hashlib.sha256(source).hexdigest()
@@ -328,7 +329,7 @@ class BuildFarm(Builder):
                 started = time.perf_counter()
                 hit = await self.cached(source_sha)
                 if hit is not None:
-                    b = self._new(key, client, filename, use_cache, None)
+                    b = self._new(key, client, filename, use_cache, None, build_id)
                     b.state, b.builder, b.cache_hit, b.result = "done", "cache", True, hit
                     b.started_at = b.finished_at = time.time()
                     hit.build_ms = (time.perf_counter() - started) * 1000
@@ -343,7 +344,7 @@ class BuildFarm(Builder):
             raise BuildBusy(f"the build queue is full ({limits.MAX_QUEUED_BUILDS} builds); retry shortly")
         if self.queue.count(client) >= limits.MAX_QUEUED_PER_CLIENT:
             raise BuildBusy(f"you have {limits.MAX_QUEUED_PER_CLIENT} builds queued already; wait for them")
-        b = self._new(key, client, filename, use_cache, source)
+        b = self._new(key, client, filename, use_cache, source, build_id)
         if avoid:
             b.tried.append(avoid)
         b.done = asyncio.get_running_loop().create_future()
@@ -354,8 +355,11 @@ class BuildFarm(Builder):
         self._dispatch()
         return await self._wait(b, joined=False)
 
-    def _new(self, key: str, client: str, filename: str | None, use_cache: bool, source: bytes | None) -> Build:
-        b = Build(id=uuid.uuid4().hex[:16], key=key, client=client, filename=filename or "module.c",
+    def _new(self, key: str, client: str, filename: str | None, use_cache: bool, source: bytes | None,
+             build_id: str | None = None) -> Build:
+        if not build_id or build_id in self.builds:
+            build_id = uuid.uuid4().hex[:16]
+        b = Build(id=build_id, key=key, client=client, filename=filename or "module.c",
                   use_cache=use_cache, source=source)
         self.builds[b.id] = b
         return b
