@@ -7,6 +7,7 @@ one when it is done, so the other container tests see the stack as before."""
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,12 +15,22 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import route_module, unique
-from tests.containers.conftest import Stack, compose
+from tests.containers.conftest import COMPOSE_FILE, Stack
 from tests.integration.test_builders import SLOW_BODY
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
 
 REPLICAS = 3
+
+
+def scale(stack: Stack, compose_bin: str, replicas: int) -> subprocess.CompletedProcess:
+    """`up --scale builder=N` on the session's own project (stack.project: this
+    module's import of the conftest would make a project name of its own)."""
+    return subprocess.run(
+        [compose_bin, "-p", stack.project, "-f", str(COMPOSE_FILE), "up", "-d", "--no-build", "--no-recreate",
+         "--scale", f"builder={replicas}"],
+        cwd=str(COMPOSE_FILE.parent), env=stack.env, capture_output=True, text=True, timeout=300,
+    )
 
 
 def _builders(stack: Stack) -> list[dict]:
@@ -31,7 +42,7 @@ def _builders(stack: Stack) -> list[dict]:
 def farm_stack(stack: Stack, compose_bin: str) -> Iterator[Stack]:
     """The session's stack with three builder replicas, found by the api through DNS."""
     assert stack.env is not None
-    up = compose(compose_bin, stack.env, "up", "-d", "--no-build", "--no-recreate", "--scale", f"builder={REPLICAS}", timeout=300)
+    up = scale(stack, compose_bin, REPLICAS)
     assert 0 == up.returncode, up.stderr[-3000:]
     try:
         deadline = time.monotonic() + 120
@@ -40,7 +51,7 @@ def farm_stack(stack: Stack, compose_bin: str) -> Iterator[Stack]:
             time.sleep(0.5)
         yield stack
     finally:
-        down = compose(compose_bin, stack.env, "up", "-d", "--no-build", "--no-recreate", "--scale", "builder=1", timeout=300)
+        down = scale(stack, compose_bin, 1)
         assert 0 == down.returncode, down.stderr[-3000:]
 
 

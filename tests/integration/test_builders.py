@@ -618,3 +618,31 @@ def test_verify_reproducible_builds_twice_and_refuses_a_mismatch(api_server: Ser
         assert 404 == c.get(f"/modules/{stamped}").status_code
         assert 400 == c.post("/mgnt", params={"verify": "maybe"}, files={"code": ("x.c", b"int x;", "text/x-c")}).status_code
     assert "NOT reproducible" in api_server.logs()
+
+
+def test_cweb_deploy_at_a_terminal_shows_its_build_as_it_comes(server: Server, tmp_path: Path) -> None:
+    """`cweb deploy` on a terminal names the builder and prints gcc's output
+    while the deploy waits (GET /builds/{build_id}/log); piped, it prints the answer only."""
+    from tests.unit.test_cli_offline import CWEB, run_cweb_on_tty
+
+    name = unique("clilive")
+    src = tmp_path / "live.c"
+    src.write_text(route_module(name, f"/{name}", "live").replace("(void)ctx; (void)req;", "(void)ctx; (void)req; int unused_tty = 1;"))
+    rc, output = run_cweb_on_tty("--server", server.url, "deploy", str(src), cwd=tmp_path, timeout=120)
+    assert 0 == rc, output
+    assert "compiling on local" in output
+    # Once live from gcc (module-relative name), once as the answer's diagnostic (local path).
+    assert output.count("unused variable 'unused_tty'") == 2, output
+    src.write_text(src.read_text().replace("unused_tty", "unused_pipe"))
+    piped = subprocess.run([sys.executable, "-I", "-S", str(CWEB), "--server", server.url, "deploy", str(src)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert 0 == piped.returncode, piped.stderr
+    assert "compiling on" not in piped.stderr and 1 == piped.stderr.count("unused variable 'unused_pipe'")
+    with server.client() as c:
+        chosen = "0123456789abcdef"
+        r = c.post("/mgnt", params={"build_id": chosen},
+                   files={"code": ("id.c", route_module(unique("bid"), "/bid_" + uuid.uuid4().hex[:8], "x").encode(), "text/x-c")})
+        assert 200 == r.status_code, r.text
+        assert chosen == r.json()["build"]["id"]
+        assert "done" == c.get(f"/builds/{chosen}").json()["state"]
+        assert 400 == c.post("/mgnt", params={"build_id": "../x"}, files={"code": ("x.c", b"int x;", "text/x-c")}).status_code
