@@ -101,7 +101,7 @@ def sha(data: bytes) -> str:
 def test_store_creates_its_layout(tmp_path: Path) -> None:
     """A new Store makes its subdirectories."""
     Store(str(tmp_path / "store"))
-    assert ["actions", "artifacts", "glue", "sources"] == sorted(os.listdir(tmp_path / "store"))
+    assert ["actions", "artifacts", "builders", "glue", "sources"] == sorted(os.listdir(tmp_path / "store"))
 
 
 def test_put_artifact_is_read_only_and_named_by_hash(tmp_path: Path) -> None:
@@ -123,13 +123,24 @@ def test_put_artifact_is_read_only_and_named_by_hash(tmp_path: Path) -> None:
 
 
 def test_put_artifact_twice_keeps_the_first(tmp_path: Path) -> None:
-    """Artifacts are immutable: a second put of the same hash changes nothing."""
+    """Artifacts are immutable: a second put of the same hash changes nothing
+    (the first signed manifest stays, whichever builder rebuilds the bytes)."""
+    store = Store(str(tmp_path))
+    data = b"artifact"
+    h = sha(data)
+    store.put_artifact(h, data, {"n": 1, "provenance": {"builder_id": "a"}})
+    store.put_artifact(h, data, {"n": 2, "provenance": {"builder_id": "b"}})
+    assert {"n": 1, "provenance": {"builder_id": "a"}} == store.manifest(h)
+
+
+def test_put_artifact_replaces_an_unsigned_manifest(tmp_path: Path) -> None:
+    """A manifest from before signing is replaced by the signed one of a rebuild."""
     store = Store(str(tmp_path))
     data = b"artifact"
     h = sha(data)
     store.put_artifact(h, data, {"n": 1})
-    store.put_artifact(h, data, {"n": 2})
-    assert {"n": 1} == store.manifest(h)
+    store.put_artifact(h, data, {"n": 2, "provenance": {"builder_id": "b"}})
+    assert 2 == store.manifest(h)["n"]
 
 
 def test_put_source_round_trips(tmp_path: Path) -> None:
