@@ -94,6 +94,13 @@ class CwebClient:
     def _forget_module_data(self, name: str) -> None:
         """Delete modules-data/<name>/ (the module's database) where we can reach it."""
 
+    def _forget_secrets(self) -> None:
+        """Delete every module's secrets (<data dir>/secrets/) where we can reach it."""
+
+    def put_secret(self, module: str, key: str, value: str) -> None:
+        """Store a secret the module reads with cweb_secret(key); set it before deploy()."""
+        self._control(f"secret {key} of {module}", "PUT", f"/modules/{module}/secrets/{key}", content=value.encode())
+
     def logs(self, module: str, tail: int = 200) -> str:
         """What the module printed (stdout and stderr of every version), one line each."""
         lines = self._control(f"logs of {module}", "GET", f"/modules/{module}/logs", params={"tail": tail})["lines"]
@@ -163,7 +170,7 @@ class CwebClient:
 
     def reset(self) -> None:
         """Back to a clean server: our sockets closed, pending and running jobs
-        canceled, every module removed (with its modules-data directory).
+        canceled, every module removed (with its modules-data directory), no secrets.
         Finished jobs stay in the history; the cross-module cache is not emptied."""
         self._close_sockets()
         for state in ("pending", "running"):
@@ -173,6 +180,7 @@ class CwebClient:
                     raise RequestError(f"cancel job {job['job_uuid']}", r.status_code, _body(r))
         for module in self.modules():
             self.undeploy(module["name"])
+        self._forget_secrets()
 
     def _close_sockets(self) -> None:
         sockets, self._sockets = self._sockets, []

@@ -176,6 +176,9 @@ class CwebContainer(CwebClient, DockerContainer):
     def _forget_module_data(self, name: str) -> None:
         self.exec(["rm", "-rf", f"{STATE_DIR}/data/modules-data/{name}"])
 
+    def _forget_secrets(self) -> None:
+        self.exec(["rm", "-rf", f"{STATE_DIR}/data/secrets"])
+
 
 def _compose_command() -> list[str]:
     """Compose v2 (`docker compose`) when the CLI has it, else docker-compose (v1)."""
@@ -279,3 +282,6 @@ class CwebComposeStack(CwebClient):
 
     def _forget_module_data(self, name: str) -> None:
         self.compose("exec", "-T", "runtime", "rm", "-rf", f"/var/lib/cweb/modules-data/{name}")
+
+    def _forget_secrets(self) -> None:
+        self.compose("exec", "-T", "api", "rm", "-rf", "/data/secrets")

@@ -205,3 +205,6 @@ class CwebServer(CwebClient):
     def _forget_module_data(self, name: str) -> None:
         shutil.rmtree(self.data_dir / "modules-data" / name, ignore_errors=True)
 
+    def _forget_secrets(self) -> None:
+        shutil.rmtree(self.data_dir / "secrets", ignore_errors=True)
+

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 
 from cweb_testing import CwebComposeStack, CwebContainer, DeployError  # noqa: E402
 from tests.conftest import EXAMPLES, ROOT  # noqa: E402
+from tests.integration.test_testing_plugin import SECRET_MODULE  # noqa: E402
 
 SAMPLE_MODULES = ROOT / "tests" / "user_project" / "modules"
 
@@ -48,9 +49,15 @@ def exercise(cweb) -> None:  # type: ignore[no-untyped-def]
     anonymous = cweb.post("/mgnt", files={"code": ("greet.c", (SAMPLE_MODULES / "greet.c").read_bytes())})
     assert 401 == anonymous.status_code
 
+    cweb.put_secret("secretive", "TOKEN", "s3cr3t")
+    cweb.deploy(SECRET_MODULE)
+    assert "s3cr3t" == cweb.get("/secretive").text
+
     cweb.reset()
     assert [] == cweb.modules()
     assert 404 == cweb.get("/counter").status_code
+    cweb.deploy(SECRET_MODULE)
+    assert "(none)" == cweb.get("/secretive").text  # the reset deleted the secrets too
 
 
 def test_cweb_container_runs_the_embedded_server_built_from_the_checkout(images, docker_engine) -> None:  # type: ignore[no-untyped-def]

@@ -173,3 +173,27 @@ def test_deploy_takes_a_path_a_path_string_or_source(cweb: CwebServer, tmp_path:
         cweb.deploy("int broken(void) { return undeclared; }\n", filename="inline.c")
     assert refused.value.filename == "inline.c"
     assert any(d["file"] == "inline.c" and d["line"] == 1 for d in refused.value.diagnostics)
+
+
+SECRET_MODULE = r"""#include <cweb.h>
+static int show(struct cweb_context *ctx, http_request_t *req, http_response_t *res) {
+    (void)ctx; (void)req;
+    const char *token = cweb_secret("TOKEN");
+    snprintf(res->body, HTTP_RESPONSE_SIZE, "%s", token ? token : "(none)");
+    res->status = HTTP_200_OK;
+    return 0;
+}
+export module_t config = {
+    .name = "secretive", .author = "tests",
+    .routes = { {"/secretive", "GET", show, NONE} }, .size = 1,
+};
+"""
+
+
+def test_put_secret_reaches_the_module_and_reset_forgets_it(cweb: CwebServer) -> None:
+    cweb.put_secret("secretive", "TOKEN", "s3cr3t")
+    cweb.deploy(SECRET_MODULE)
+    assert "s3cr3t" == cweb.get("/secretive").text
+    cweb.reset()
+    cweb.deploy(SECRET_MODULE)
+    assert "(none)" == cweb.get("/secretive").text
