@@ -27,8 +27,9 @@ from api.deploys import Deployer
 from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.jobs import routes as job_routes
+from api.jobs.backend import JobStore
 from api.jobs.service import JobLimits, JobService
-from api.jobs.store import Store as JobStore
+from api.jobs.store import Store as SQLiteJobStore
 from api.metrics import Metrics
 from api.modules.host import ModuleHost
 from api.openapi import API_DESCRIPTION, document, with_module_routes
@@ -176,7 +177,7 @@ def create_app(settings: Settings) -> Dispatcher:
     state.changes = observe.Changes()
     state.builds = observe.BuildHistory(on_record=state.changes.publish)
     state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
-    state.job_store = JobStore(os.path.join(settings.data_dir, "jobs.db"))
+    state.job_store = SQLiteJobStore(os.path.join(settings.data_dir, "jobs.db"))
     state.jobs = JobService(state.job_store, limits=JobLimits.from_settings(settings))
 
     async def on_agent_event(event: dict) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from api.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable, disk_full_is_507
-from api.jobs.store import Store
+from api.jobs.backend import JobStore
 from api.modules.version import VersionState
 from api.settings import Settings
 from runtime import protocol
@@ -175,7 +175,7 @@ def public_event(ev: dict) -> dict:
 
 
 class JobService:
-    def __init__(self, store: Store, instance: str | None = None, limits: JobLimits | None = None) -> None:
+    def __init__(self, store: JobStore, instance: str | None = None, limits: JobLimits | None = None) -> None:
         self.store = store
         # The module host the jobs run on, from start(); the host gets this
         # service at its construction (api/modules/pinning.JobDemand).

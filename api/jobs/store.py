@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from api.jobs.backend import JobStore
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_uuid        TEXT PRIMARY KEY,
@@ -92,8 +94,8 @@ def add_event(conn: sqlite3.Connection, job_uuid: str, kind: str, data: str, ts:
     return {"job_uuid": job_uuid, "event_id": cur.lastrowid, "ts": ts, "type": kind, "data": data}
 
 
-class Store:
-    """jobs.db: one writer thread with group commit, one reader thread."""
+class Store(JobStore):
+    """jobs.db (SQLite): one writer thread with group commit, one reader thread."""
 
     def __init__(self, path: str) -> None:
         self.path = path
