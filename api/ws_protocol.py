@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -51,6 +51,26 @@ CLOSE_INTERNAL = 1011
 _TEXT, _BINARY, _CONT, _PING, _PONG, _CLOSE = (
     Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PING, Opcode.PONG, Opcode.CLOSE)
 _OPEN = State.OPEN
+
+
+def _utf8(data: bytes) -> bytes:
+    """Module text that is not UTF-8 goes out with U+FFFD, as on the ASGI path."""
+    return data if data.isascii() else data.decode("utf-8", "replace").encode()
+
+
+# The last payload framed for connections without extensions, its kind and
+# its frame: server frames carry no mask, so a broadcast's 1,000 copies are
+# the same bytes, serialized by the library once.
+_last_framed: list = [None, False, b""]
+
+
+def _framed(data: bytes, binary: bool) -> bytes:
+    last = _last_framed
+    if last[1] == binary and last[0] == data:
+        return last[2]
+    frame = Frame(_BINARY if binary else _TEXT, data if binary else _utf8(data)).serialize(mask=False)
+    last[0], last[1], last[2] = data, binary, frame
+    return frame
 
 
 def take_upgrade(http: Any, dispatcher: Any) -> bool:
@@ -240,13 +260,15 @@ class ModuleSocket(asyncio.Protocol):
         ws = self.ws
         if ws.state is not _OPEN or self.closing:
             return True
-        if binary:
-            ws.send_binary(data)
+        if ws.extensions:  # compressed: the connection's own context frames it
+            if binary:
+                ws.send_binary(data)
+            else:
+                ws.send_text(_utf8(data))
+            out = ws.data_to_send()
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         else:
-            # Module text that is not UTF-8 goes out with U+FFFD, as on the ASGI path.
-            ws.send_text(data if data.isascii() else data.decode("utf-8", "replace").encode())
-        out = ws.data_to_send()
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.transport.write(_framed(data, binary))
         return True
 
     async def send(self, message: dict) -> None:

@@ -351,3 +351,19 @@ def test_the_socket_path_still_serves_after_protocol_errors(limited: Server, pat
         assert b"still here" == c.next_frame().data
     finally:
         c.close()
+
+
+def test_permessage_deflate_when_the_client_offers_it(limited: Server, path: str) -> None:
+    """Compressed connections are framed by their own context (not the shared
+    uncompressed frame): a deflate client and a plain one get the same echoes."""
+    from websockets.sync.client import connect
+
+    url = f"ws://127.0.0.1:{limited.port}{path}"
+    with connect(url, open_timeout=IO_S) as deflated, connect(url, open_timeout=IO_S, compression=None) as plain:
+        assert "permessage-deflate" in (deflated.response.headers.get("Sec-WebSocket-Extensions") or "")
+        assert plain.response.headers.get("Sec-WebSocket-Extensions") is None
+        for ws in (deflated, plain, deflated):
+            ws.send("same text " * 20)
+            assert "same text " * 20 == ws.recv(timeout=IO_S)
+            ws.send(b"\x00\x01" * 50)
+            assert b"\x00\x01" * 50 == ws.recv(timeout=IO_S)
