@@ -102,7 +102,10 @@ def cweb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     unknown = set(marker.kwargs) - {"api_key", "tls", "env", "workdir"}
     if unknown:
         raise pytest.UsageError(f"@pytest.mark.cweb: unknown argument(s) {sorted(unknown)}")
-    server = _start(tmp_path_factory.mktemp("cweb-own"), **marker.kwargs)
+    # The session's settings (cweb_env, --cweb-env, --cweb-workdir) still apply; the marker's win.
+    settings = {"workdir": request.config.getoption("--cweb-workdir"), **marker.kwargs,
+                "env": {**request.config.stash[_ENV_KEY], **(marker.kwargs.get("env") or {})}}
+    server = _start(tmp_path_factory.mktemp("cweb-own"), **settings)
     request.node.stash[_SERVER_KEY] = server
     try:
         yield server

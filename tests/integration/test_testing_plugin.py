@@ -90,12 +90,20 @@ def test_cweb_env_from_ini_and_option_reach_the_server(tmp_path: Path) -> None:
         "    with pytest.raises(DeployError) as refused:\n"
         "        cweb.deploy(COUNTER)\n"
         "    assert 413 == refused.value.status\n"
+        "@pytest.mark.cweb(env={'CWEB_MAX_BODY_BYTES': '8192'})\n"
+        "def test_marker_keeps_the_session_env_and_overrides_it(cweb):\n"
+        "    cweb.deploy(GREET)\n"
+        "    assert 200 == cweb.request('GET', '/greet', content=b'x' * 4096).status_code\n"
+        "    with pytest.raises(DeployError) as refused:\n"
+        "        cweb.deploy(COUNTER)\n"
+        "    assert 413 == refused.value.status\n"
     )
     limit = counter.stat().st_size - 1
     assert (PROJECT / "modules" / "greet.c").stat().st_size < limit
     done = run_pytest("--cweb-env", f"CWEB_MAX_SOURCE_BYTES={limit}", cwd=tmp_path, timeout=300)
     assert 0 == done.returncode, done.stdout[-6000:] + done.stderr[-3000:]
     assert "PASSED test_limit.py::test_limits" in done.stdout
+    assert "PASSED test_limit.py::test_marker_keeps_the_session_env_and_overrides_it" in done.stdout
 
 
 def test_session_options_tls_key_and_workdir_reach_the_server(tmp_path: Path) -> None:
