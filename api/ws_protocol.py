@@ -148,7 +148,7 @@ class ModuleSocket(asyncio.Protocol):
             query = urllib.parse.urlsplit(target).query
             self.conn = self.hub.open(path, query, self.send, self.push, self.drained)
             if self.conn is None:  # the module went away since the headers were read
-                response = ws.reject(404, "no socket on this path\n")
+                response = ws.reject(403, "no socket on this path\n")  # as for any unknown path
         ws.send_response(response)
         self.flush()
         if self.conn is not None and self.ping_interval:
@@ -295,6 +295,7 @@ class ModuleSocket(asyncio.Protocol):
         """The server's close frame; the client has CLOSE_TIMEOUT_S to answer."""
         self.ws.send_close(code)
         self.closing = True
+        self.ping_payload = None  # a late pong must not re-arm the ping over the close deadline
         self.flush()
         if not self.transport.is_closing():
             self.rearm(CLOSE_TIMEOUT_S, self.transport.close)

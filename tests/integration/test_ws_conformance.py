@@ -367,3 +367,49 @@ def test_permessage_deflate_when_the_client_offers_it(limited: Server, path: str
             assert "same text " * 20 == ws.recv(timeout=IO_S)
             ws.send(b"\x00\x01" * 50)
             assert b"\x00\x01" * 50 == ws.recv(timeout=IO_S)
+
+
+# ---- keepalive -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pinging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """A server that pings every second, the echo module deployed."""
+    s = Server(tmp_path_factory.mktemp("cweb-ws-ping") / "data", env={"CWEB_WS_PING_INTERVAL": "1"})
+    s.start(timeout=90)
+    name = unique("ping")
+    r = s.deploy(ECHO.replace("NAME", name))
+    assert 200 == r.status_code, r.text
+    yield s, f"/{name}/ws"
+    s.stop()
+
+
+def test_a_client_that_answers_pings_stays_and_one_that_does_not_is_closed_1011(pinging: tuple[Server, str]) -> None:
+    server, path = pinging
+    silent, polite = Raw(server, path), Raw(server, path)
+    try:
+        # polite answers every ping (its protocol queued the pong; it is sent);
+        # silent never sends what its protocol queued.
+        pings = 0
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            polite.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                polite._read()
+            except TimeoutError:
+                break
+            polite.sock.sendall(b"".join(polite.proto.data_to_send()))
+            pings += sum(1 for f in polite.frames if f.opcode is Opcode.PING)
+            polite.frames = [f for f in polite.frames if f.opcode is not Opcode.PING]
+        assert pings >= 2
+        polite.sock.settimeout(IO_S)
+        polite.send(Frame(Opcode.TEXT, b"still open"))
+        frame = polite.next_frame()
+        while frame.opcode is Opcode.PING:  # one more may come first
+            frame = polite.next_frame()
+        assert b"still open" == frame.data
+        assert Opcode.PING is silent.next_frame().opcode
+        assert 1011 == silent.close_code()
+    finally:
+        silent.close()
+        polite.close()
