@@ -43,8 +43,29 @@ BUILD_LOG_BYTES = 64 << 10
 
 
 def default_slots() -> int:
-    """Build slots of one builder: one per core it may use."""
+    """Build slots of one builder: one per core it may use, counting a cgroup
+    CPU quota (a container with `cpus: 1.5` gets one slot, not one per host core)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            return slots_for(cores, f.read())
+    except OSError:
+        pass
+    try:  # cgroup v1: the same quota in two files
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", encoding="ascii") as q, \
+                open("/sys/fs/cgroup/cpu/cpu.cfs_period_us", encoding="ascii") as p:
+            quota = q.read().strip()
+            return slots_for(cores, f"{'max' if quota.startswith('-') else quota} {p.read().strip()}")
+    except OSError:
+        return cores
+
+
+def slots_for(cores: int, cpu_max: str) -> int:
+    """Slots for `cores` usable cores under a cgroup v2 cpu.max line ("max 100000" or "150000 100000")."""
+    quota, _, period = cpu_max.strip().partition(" ")
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return cores
+    return max(1, min(cores, int(quota) // int(period)))

@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import route_module, unique
-from tests.containers.conftest import COMPOSE_FILE, Stack
+from tests.containers.conftest import COMPOSE_FILE, Stack, run
 from tests.integration.test_builders import SLOW_BODY
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
@@ -27,10 +28,19 @@ def scale(stack: Stack, compose_bin: str, replicas: int) -> subprocess.Completed
     """`up --scale builder=N` on the session's own project (stack.project: this
     module's import of the conftest would make a project name of its own)."""
     return subprocess.run(
-        [compose_bin, "-p", stack.project, "-f", str(COMPOSE_FILE), "up", "-d", "--no-build", "--no-recreate",
-         "--scale", f"builder={replicas}"],
+        # Only the builder service (--no-deps): the others' health is not this
+        # call's business, and a slow healthcheck of theirs must not fail it.
+        [compose_bin, "-p", stack.project, "-f", str(COMPOSE_FILE), "up", "-d", "--no-build", "--no-recreate", "--no-deps",
+         "--scale", f"builder={replicas}", "builder"],
         cwd=str(COMPOSE_FILE.parent), env=stack.env, capture_output=True, text=True, timeout=300,
     )
+
+
+def deploy(stack: Stack, source: str, filename: str) -> httpx.Response:
+    """POST /mgnt with room for a queue: a burst waits for the builders' slots."""
+    with stack.client() as c:
+        c.timeout = httpx.Timeout(300, connect=10)
+        return c.post("/mgnt", files={"code": (filename, source.encode(), "text/x-c")})
 
 
 def _builders(stack: Stack) -> list[dict]:
@@ -70,7 +80,7 @@ def test_twelve_distinct_modules_at_once_all_succeed_on_several_builders(farm_st
     """Twelve different modules deployed at once: all 200, and more than one builder compiled them."""
     names = [unique("farm12") for _ in range(12)]
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda n: farm_stack.deploy(route_module(n, f"/{n}", n), f"{n}.c"), names))
+        answers = list(pool.map(lambda n: deploy(farm_stack, route_module(n, f"/{n}", n), f"{n}.c"), names))
     for a in answers:
         assert 200 == a.status_code, a.text
     builds = [a.json()["build"] for a in answers]
@@ -89,7 +99,7 @@ def test_same_new_source_five_times_at_once_compiles_once(farm_stack: Stack) -> 
     name = unique("farmjoin")
     source = route_module(name, f"/{name}", "once")
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
-        answers = list(pool.map(lambda _: farm_stack.deploy(source, "join.c"), range(5)))
+        answers = list(pool.map(lambda _: deploy(farm_stack, source, "join.c"), range(5)))
     for a in answers:
         assert 200 == a.status_code, a.text
     builds = [a.json()["build"] for a in answers]
@@ -108,10 +118,10 @@ def test_builder_killed_mid_compile_does_not_fail_the_deploy(farm_stack: Stack) 
     source = route_module(name, f"/{name}", "survived").replace("#include <cweb.h>", "#include <cweb.h>\n" + SLOW_BODY, 1)
     answer: dict = {}
 
-    def deploy() -> None:
-        answer["r"] = farm_stack.deploy(source, "slow.c")
+    def slow_deploy() -> None:
+        answer["r"] = deploy(farm_stack, source, "slow.c")
 
-    t = threading.Thread(target=deploy)
+    t = threading.Thread(target=slow_deploy)
     t.start()
     running = None
     deadline = time.monotonic() + 120
@@ -134,3 +144,30 @@ def test_builder_killed_mid_compile_does_not_fail_the_deploy(farm_stack: Stack) 
     assert ("done", 2) == (after["state"], after["attempts"])
     with farm_stack.client(auth=False) as c:
         assert "survived" == c.get(f"/{name}").text
+
+
+def test_runtime_refuses_a_tampered_signed_manifest(stack: Stack) -> None:
+    """A manifest changed in the shared store after its builder signed it (done
+    here from a builder container, the only one that may write the store): the
+    runtime refuses to load that artifact, the rollback is 409 artifact_tampered
+    and the active version keeps serving."""
+    name = unique("farmtamper")
+    first = deploy(stack, route_module(name, f"/{name}", "one"), "t.c")
+    assert 200 == first.status_code, first.text
+    second = deploy(stack, route_module(name, f"/{name}", "two"), "t.c")
+    assert 200 == second.status_code, second.text
+    h1 = first.json()["module_hash"]
+    with stack.client() as c:
+        chain = c.get(f"/artifacts/{h1}").json()["provenance"]
+    assert chain["signed"] is True and chain["verified"] in (True, None), chain
+    tamper = (
+        "import json, os, sys; p = f'/store/artifacts/{sys.argv[1]}.json'; m = json.load(open(p)); "
+        "m['provenance']['builder_id'] = 'mallory'; os.chmod(p, 0o644); json.dump(m, open(p, 'w'))"
+    )
+    code, out = run(stack.containers("builder")[0], "python", "-c", tamper, h1)
+    assert 0 == code, out
+    with stack.client() as c:
+        back = c.post(f"/modules/{name}/rollback", json={"module_hash": h1})
+    assert (409, "artifact_tampered") == (back.status_code, back.json()["error"]), back.text
+    with stack.client(auth=False) as c:
+        assert "two" == c.get(f"/{name}").text

@@ -46,3 +46,16 @@ def test_retry_goes_to_the_head_of_its_client_and_remove_works() -> None:
     assert q.remove(b0) and not q.remove(b0)
     assert q.position(b0) is None
     assert [a0, a1] == [q.pop(), q.pop()] and q.pop() is None
+
+
+def test_slots_follow_the_cgroup_cpu_quota() -> None:
+    """One slot per usable core, capped by a container's CPU quota (cpus: 1.5 -> 1)."""
+    from builder.limits import default_slots, slots_for
+
+    assert 2 == slots_for(2, "max 100000\n")
+    assert 1 == slots_for(2, "150000 100000\n")
+    assert 1 == slots_for(4, "50000 100000")
+    assert 3 == slots_for(4, "300000 100000")
+    assert 2 == slots_for(2, "800000 100000")
+    assert 2 == slots_for(2, "garbage")
+    assert default_slots() >= 1
