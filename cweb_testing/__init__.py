@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cweb_testing.client import CwebClient
-from cweb_testing.errors import CwebTestingError, DeployError, JobTimeout, RequestError, ServerStartError
+from cweb_testing.errors import CwebTestingError, DeployError, JobTimeout, LogTimeout, RequestError, ServerStartError
 from cweb_testing.server import CwebServer
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "CwebTestingError",
     "DeployError",
     "JobTimeout",
+    "LogTimeout",
     "RequestError",
     "ServerStartError",
 ]

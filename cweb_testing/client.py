@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from cweb_testing.errors import DeployError, JobTimeout, RequestError
+from cweb_testing.errors import DeployError, JobTimeout, LogTimeout, RequestError
 
 TERMINAL_JOB_STATES = ("done", "failed", "canceled")
 # Seconds: a cold deploy compiles (gcc) and starts a worker; generous for a loaded CI machine.
@@ -101,10 +101,23 @@ class CwebClient:
         """Store a secret the module reads with cweb_secret(key); set it before deploy()."""
         self._control(f"secret {key} of {module}", "PUT", f"/modules/{module}/secrets/{key}", content=value.encode())
 
-    def logs(self, module: str, tail: int = 200) -> str:
-        """What the module printed (stdout and stderr of every version), one line each."""
-        lines = self._control(f"logs of {module}", "GET", f"/modules/{module}/logs", params={"tail": tail})["lines"]
-        return "\n".join(entry["line"] for entry in lines)
+    def logs(self, module: str, tail: int = 200, *, wait_for: str | None = None, timeout: float = 10.0) -> str:
+        """What the module printed (stdout and stderr of every version), one line each.
+
+        A module's output reaches the server through a pipe, after the
+        answer of the request that printed it: wait_for waits (up to
+        timeout seconds) until some line contains that text, and raises
+        LogTimeout with what was there if none does."""
+        __tracebackhide__ = True
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self._control(f"logs of {module}", "GET", f"/modules/{module}/logs", params={"tail": tail})["lines"]
+            text = "\n".join(entry["line"] for entry in lines)
+            if wait_for is None or wait_for in text:
+                return text
+            if time.monotonic() > deadline:
+                raise LogTimeout(module, wait_for, timeout, text)
+            time.sleep(0.05)
 
     # ---- jobs -------------------------------------------------------
 

@@ -77,3 +77,11 @@ class JobTimeout(CwebTestingError):
         self.last = last
         state = last.get("state") if last else "unknown"
         super().__init__(f"job {job_uuid} did not finish within {timeout:g} s (last state: {state}; {last})")
+
+
+class LogTimeout(CwebTestingError):
+    def __init__(self, module: str, wanted: str, timeout: float, text: str) -> None:
+        self.module = module
+        self.text = text
+        tail = "\n".join(text.splitlines()[-20:]) or "(nothing)"
+        super().__init__(f"module {module} printed no line with {wanted!r} within {timeout:g} s; its last lines:\n{tail}")

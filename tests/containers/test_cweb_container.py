@@ -40,7 +40,7 @@ def exercise(cweb) -> None:  # type: ignore[no-untyped-def]
 
     cweb.deploy(SAMPLE_MODULES / "greet.c")
     assert "hello ada" == cweb.get("/greet", params={"name": "ada"}).text
-    assert "greeted ada" in cweb.logs("greet")
+    assert "greeted ada" in cweb.logs("greet", wait_for="greeted ada")
 
     with pytest.raises(DeployError) as refused:
         cweb.deploy(SAMPLE_MODULES / "broken.c")

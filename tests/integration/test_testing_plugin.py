@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cweb_testing import CwebServer, DeployError, JobTimeout, RequestError
+from cweb_testing import CwebServer, DeployError, JobTimeout, LogTimeout, RequestError
 from tests.conftest import ROOT, SPIN_JOB, wait_for
 
 PROJECT = ROOT / "tests" / "user_project"
@@ -158,6 +158,18 @@ def test_wait_job_times_out_readably_and_reset_cancels_the_job(cweb: CwebServer)
     cweb.reset()
     assert "canceled" == cweb.wait_job(job_uuid, timeout=20)["state"]
     assert [] == cweb.modules()
+
+
+def test_logs_wait_for_a_line_and_time_out_naming_what_was_printed(cweb: CwebServer) -> None:
+    """Output reaches the server after the answer: wait_for waits for it, and a
+    line that never comes is LogTimeout with the module's last lines."""
+    cweb.deploy(ROOT / "tests" / "user_project" / "modules" / "greet.c")
+    assert 200 == cweb.get("/greet", params={"name": "lin"}).status_code
+    assert "greeted lin" in cweb.logs("greet", wait_for="greeted lin")
+    with pytest.raises(LogTimeout) as late:
+        cweb.logs("greet", wait_for="never printed", timeout=0.3)
+    assert "printed no line with 'never printed' within 0.3 s" in str(late.value)
+    assert "greeted lin" in str(late.value)
 
 
 def test_helpers_raise_request_error_with_the_servers_code(cweb: CwebServer) -> None:

@@ -37,7 +37,7 @@ def test_route_with_query_and_logs(cweb):
     r = cweb.get("/greet", params={"name": "ada"})
     assert (200, "hello ada") == (r.status_code, r.text)
     assert r.headers["content-type"].startswith("text/plain")
-    assert "greeted ada" in cweb.logs("greet")
+    assert "greeted ada" in cweb.logs("greet", wait_for="greeted ada")
 
 
 def test_job_finishes_with_its_result(cweb):
