@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
+
+def _interrupted(*_: object) -> None:
+    print("cweb: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+    # A Ctrl-C while the imports below run (seconds on a loaded machine)
+    # ends the server quietly; run() gives Ctrl-C back to Python after them.
+    signal.signal(signal.SIGINT, _interrupted)
+
 import argparse
 import logging
 import os
 import socket
 import ssl
-import sys
 
 import uvicorn
 
@@ -148,11 +161,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def run() -> None:
     """main() with Ctrl-C an ordinary way to stop, at any moment: no traceback."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except KeyboardInterrupt:
-        print("cweb: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
 
 
 if __name__ == "__main__":
