@@ -90,7 +90,7 @@ class Build:
     compile_ms: float = 0.0
     cache_hit: bool = False
     result: BuildResult | None = None
-    error: BuildError | None = None
+    error: BuildError | OSError | None = None
     log: list[str] = field(default_factory=list)
     log_bytes: int = 0
     done: asyncio.Future | None = None
@@ -117,8 +117,8 @@ class Build:
             "compile_ms": round(self.compile_ms, 2), "cache_hit": self.cache_hit,
             "build_key": self.key if len(self.key) == 64 else None,
             "module_hash": self.result.module_hash if self.result else None,
-            "error": self.error.code if self.error else None,
-            "message": self.error.message if self.error else None,
+            "error": getattr(self.error, "code", "storage_error") if self.error else None,
+            "message": getattr(self.error, "message", str(self.error)) if self.error else None,
         }
         return out
 
@@ -437,6 +437,10 @@ class BuildFarm(Builder):
                     exc = BuilderLost(f"{exc.message} (gave up after {b.attempts} attempts)", **exc.extra)
                 b.state, b.error = "failed", exc
                 self._finish(b)
+        except OSError as exc:
+            # A full or failing disk: handed to every waiter as it is (the api answers 507 for ENOSPC).
+            b.state, b.error = "failed", exc
+            self._finish(b)
         except Exception as exc:  # noqa: BLE001 - an executor bug must not leave the build hanging
             log.exception("builder %s failed build %s", name, b.id)
             b.state, b.error = "failed", BuildError(f"the builder failed unexpectedly: {exc}")
