@@ -45,7 +45,7 @@ elif str(_ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from bench.server import ROOT, free_port, start_cweb, stop_cweb  # noqa: E402
+from bench.server import ROOT, free_port, start_cweb, stop_cweb, wait_healthy  # noqa: E402
 
 MODULE = """#include <cweb.h>
 #include <stdio.h>
@@ -72,22 +72,13 @@ def start_builder(store: Path, slots: int, log_dir: Path) -> tuple[subprocess.Po
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
     env.update(PYTHONPATH=str(ROOT), CWEB_UNSAFE_BUILDS="1", CWEB_BUILD_SLOTS=str(slots))
-    with open(log_dir / f"builder-{port}.log", "ab") as log:
+    log_path = log_dir / f"builder-{port}.log"
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "builder", "--port", str(port), "--store", str(store)],
                                 cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"builder exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1, trust_env=False).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("builder did not become healthy")
+    wait_healthy(proc, url, 90, "builder", log_path)
+    return proc, url
 
 
 def deploy(url: str, body: bytes) -> tuple[float, dict]:

@@ -39,18 +39,26 @@ def start_cweb(data_dir: Path, *, port: int | None = None, env: dict | None = No
             cwd=str(root), env=child_env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
+    wait_healthy(proc, url, timeout, "server", log_path)
+    return proc, url
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float, what: str, log_path: Path | None = None) -> None:
+    """Wait until url/healthz answers 200; kill proc and raise RuntimeError
+    (with the end of its log) if it exits or takes longer than timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {tail}")
         try:
             if httpx.get(url + "/healthz", timeout=1, trust_env=False).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"server did not become healthy within {timeout:g} s")
+    raise RuntimeError(f"{what} did not become healthy within {timeout:g} s")
 
 
 def stop_cweb(proc: subprocess.Popen, timeout: float = 15.0) -> None:
