@@ -106,7 +106,28 @@ def _bwrap_prefix(scratch: str, glue_obj: str | None) -> list[str]:
     return argv + ["--"]
 
 
+def _uid_tasks() -> int:
+    """Processes and threads of this process's real uid on the machine:
+    what RLIMIT_NPROC counts against a fork."""
+    uid, n = str(os.getuid()), 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if line.startswith(("Uid:", "Threads:")))
+        except OSError:
+            continue
+        if fields.get("Uid", "").split()[:1] == [uid]:
+            n += int(fields.get("Threads", "1"))
+    return n
+
+
 def _prlimit_prefix() -> list[str]:
+    # RLIMIT_NPROC counts every task of the uid, not only the compile's: where
+    # the builder shares its uid with the server and its workers (one
+    # container, or a user's own `make run`), a bare 64 would refuse gcc's
+    # first vfork once the workers' threads pass it.
     return [
         "prlimit",
         f"--as={limits.COMPILE_MEMORY_BYTES}",
@@ -114,7 +135,7 @@ def _prlimit_prefix() -> list[str]:
         f"--fsize={limits.COMPILE_FILE_BYTES}",
         "--core=0",
         "--nofile=256",
-        f"--nproc={limits.COMPILE_PROCESSES}",
+        f"--nproc={_uid_tasks() + limits.COMPILE_PROCESSES}",
         "--",
     ]
 

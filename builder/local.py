@@ -169,7 +169,8 @@ class LocalBuilder(Builder):
             scratch = tempfile.mkdtemp(prefix="cweb-glue-")
             try:
                 sources = sorted(n for n in os.listdir(compile.SDK_DIR) if n.endswith(".c"))
-                argv = self.compiler.argv(scratch, "", "glue.o", [f"{self._sdk_path()}/{n}" for n in sources], link=False)
+                # Off the loop: the process limit reads /proc (compile._uid_tasks).
+                argv = await asyncio.to_thread(self.compiler.argv, scratch, "", "glue.o", [f"{self._sdk_path()}/{n}" for n in sources], link=False)
                 run = await self.compiler.run(argv, scratch)
                 if run.returncode != 0:
                     raise CompileFailed("the SDK glue failed to compile", log=run.output, diagnostics=diagnostics.parse(run.output))
@@ -195,7 +196,7 @@ class LocalBuilder(Builder):
         try:
             with open(os.path.join(scratch, SOURCE_NAME), "wb") as f:
                 f.write(source)
-            argv = self.compiler.argv(scratch, glue, "module.so", [SOURCE_NAME], link=True)
+            argv = await asyncio.to_thread(self.compiler.argv, scratch, glue, "module.so", [SOURCE_NAME], link=True)
             live = None if on_log is None else (lambda text: on_log(self._scrub(text, scratch, shown)))
             run = await self.compiler.run(argv, scratch, live)
             log = self._scrub(run.output, scratch, shown)
