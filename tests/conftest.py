@@ -82,6 +82,13 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        # The fixture never gets to stop a server it did not return: stop it
+        # here (SIGTERM stops its agent and workers too).
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         raise RuntimeError(f"server did not become healthy: {self.log_path.read_text()[-3000:]}")
 
     def stop(self, sig: int | None = None) -> None:
