@@ -154,15 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         server.run()
     except KeyboardInterrupt:
-        pass  # Ctrl-C during start-up: uvicorn's own handler is not installed yet
+        # uvicorn raises a Ctrl-C again once it has stopped: after a clean stop
+        # that is the end (exit 0); before "ready", the start was interrupted (130).
+        if not server.started:
+            raise
+        return
     if not server.started:
         sys.exit(1)
 
 
 def run() -> None:
     """main() with Ctrl-C an ordinary way to stop, at any moment: no traceback."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         main()
     except KeyboardInterrupt:
         _interrupted()

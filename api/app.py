@@ -158,6 +158,11 @@ def create_app(settings: Settings) -> Dispatcher:
         # "ready" comes once the port is bound (api/__main__.py).
         log.info("cweb started: %d module(s), data dir %s, builds: %s", len(state.host.active), settings.data_dir, state.builder.mode)
         yield
+        # What start-up left frozen is collected while the loop still runs: a
+        # subprocess transport finalized after the loop closed would print an
+        # "Event loop is closed" traceback on the way out (a Ctrl-C during start).
+        gc.unfreeze()
+        gc.collect()
         job_metrics.cancel()
         for task in feeds:
             task.cancel()
