@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 # libseccomp2: the workers' seccomp filter (pyseccomp loads it with ctypes).
-APT_PACKAGES := gcc libc6-dev libssl-dev libsqlite3-dev libjansson-dev bubblewrap libseccomp2 libseccomp2
+APT_PACKAGES := gcc libc6-dev libssl-dev libsqlite3-dev libjansson-dev bubblewrap libseccomp2
 TEST_APT_PACKAGES := chromium wrk nginx-light
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
