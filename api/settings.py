@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from dataclasses import dataclass, field
 
-from runtime.env import env_float, env_int
+from runtime.env import env_float, env_int, env_secret
 from runtime.settings import AgentSettings
 
 # Seconds a client has to send a request's line and headers (slowloris), and
@@ -66,11 +67,25 @@ class Settings:
     job_max_result_bytes: int = 1 << 20
     # Seconds after a job finished before its events are deleted (0 = kept forever).
     job_event_retention_s: float = 30 * 86400.0
+    # Several nodes (docs/CLUSTER.md): shared state in PostgreSQL when set
+    # (else SQLite files in data_dir), artifacts in an S3-compatible store
+    # when s3_endpoint is set (else the local store only).
+    database_url: str = ""
+    s3_endpoint: str = ""
+    s3_bucket: str = "cweb"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    # This node's id (X-Cweb-Node, /_cweb/nodes; default the host name) and
+    # the URL other nodes reach it at (default http://<its address>:<port>).
+    node_id: str = ""
+    node_url: str = ""
+    node_header: bool = True
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        keys = [k.strip() for k in env.get("CWEB_API_KEY", "").split(",") if k.strip()]
+        keys = [k.strip() for k in env_secret(env, "CWEB_API_KEY").split(",") if k.strip()]
         return cls(
             host=env.get("CWEB_HOST", "127.0.0.1"),
             port=env_int(env, "CWEB_PORT", 8080),
@@ -109,6 +124,15 @@ class Settings:
             job_max_events_total_bytes=env_int(env, "CWEB_JOB_MAX_EVENTS_BYTES", 16 << 20),
             job_max_result_bytes=env_int(env, "CWEB_JOB_MAX_RESULT_BYTES", 1 << 20),
             job_event_retention_s=env_float(env, "CWEB_JOB_EVENT_RETENTION_S", 30 * 86400.0),
+            database_url=env_secret(env, "CWEB_DATABASE_URL"),
+            s3_endpoint=env.get("CWEB_S3_ENDPOINT", ""),
+            s3_bucket=env.get("CWEB_S3_BUCKET", "cweb"),
+            s3_region=env.get("CWEB_S3_REGION", "us-east-1"),
+            s3_access_key=env_secret(env, "CWEB_S3_ACCESS_KEY"),
+            s3_secret_key=env_secret(env, "CWEB_S3_SECRET_KEY"),
+            node_id=env.get("CWEB_NODE_ID", "") or socket.gethostname(),
+            node_url=env.get("CWEB_NODE_URL", ""),
+            node_header=env.get("CWEB_NODE_HEADER", "1") != "0",
         )
 
     def resolved(self) -> Settings:

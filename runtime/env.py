@@ -1,4 +1,4 @@
-"""Reading numbers from the environment, for every component's from_env().
+"""Reading numbers and secrets from the environment, for every component's from_env().
 
 Here because runtime/ is the one package a worker's sandbox can import (only
 runtime/ is bound into it, runtime/sandbox.py), so runtime/limits.py,
@@ -31,3 +31,16 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float, "a number")
+
+
+def env_secret(env: Mapping[str, str], name: str) -> str:
+    """NAME, or the contents of the file NAME_FILE names (Docker and
+    Kubernetes secrets are files: the value never sits in the environment)."""
+    path = env.get(f"{name}_FILE", "")
+    if not path:
+        return env.get(name, "")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{name}_FILE={path!r} cannot be read: {exc.strerror}") from None
