@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the cweb images from this checkout: cweb-api:dev and cweb-builder:dev.
+# Build the cweb images from this checkout: cweb-api:dev, cweb-builder:dev and
+# cweb-postgres:dev (the cluster's database).
 #
 # Offline path: when debian:bookworm-slim is not in the local engine (no
 # registry can be reached here), make it with debootstrap (bookworm,
@@ -81,8 +82,13 @@ build() {
     fi
     rm -f "$out"
 }
-build Dockerfile.builder "cweb-builder:$TAG"
-build Dockerfile.api "cweb-api:$TAG"
+# Arguments name the images to build (builder api postgres); none: all of them.
+for name in ${*:-builder api postgres}; do
+    case "$name" in
+        builder | api | postgres) build "Dockerfile.$name" "cweb-$name:$TAG" ;;
+        *) log "unknown image $name (builder, api or postgres)"; exit 2 ;;
+    esac
+done
 # Earlier builds of these images, now untagged.
 docker image prune -f --filter label=org.cweb.image >/dev/null
-log "built cweb-builder:$TAG and cweb-api:$TAG"
+log "built: ${*:-builder api postgres} ($TAG)"

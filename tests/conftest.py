@@ -260,3 +260,7 @@ def fill_disk(path: Path) -> None:
     finally:
         os.close(fd)
 
+
+
+# A real PostgreSQL for the suites that run against it (tests/databases.py).
+from tests.databases import postgres_server, postgres_url  # noqa: E402, F401
