@@ -61,7 +61,7 @@ class Database:
                 self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_max,
                                                       command_timeout=COMMAND_TIMEOUT_S)
                 break
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 if loop.time() >= deadline:
                     raise Unavailable(f"the database did not answer within {wait_s:g} s: {exc}",
                                       code="database_unavailable") from exc

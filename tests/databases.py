@@ -49,7 +49,7 @@ async def _ready(url: str, timeout: float) -> None:
             conn = await asyncpg.connect(url, timeout=5)
             await conn.close()
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.3)
