@@ -110,7 +110,7 @@ class Database:
             try:
                 conn = await asyncpg.connect(self.url, timeout=COMMAND_TIMEOUT_S)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 for channel in self.listeners:
                     await conn.add_listener(channel, self._deliver)
                 self._listen_conn = conn
