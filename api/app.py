@@ -33,6 +33,7 @@ from api.jobs.store import Store as SQLiteJobStore
 from api.metrics import Metrics
 from api.modules.host import ModuleHost
 from api.openapi import API_DESCRIPTION, document, with_module_routes
+from api.pg import Database, is_postgres
 from api.registry import Registry
 from api.settings import Settings
 from builder import compile as compile_mod
@@ -68,6 +69,7 @@ class State:
     deploys: Deployer
     jobs: JobService
     job_store: JobStore
+    db: Database | None
     started_at: float
 
 
@@ -124,6 +126,8 @@ def create_app(settings: Settings) -> Dispatcher:
         # A fresh shared cache per server run, and the signing key, before any worker starts.
         cache_admin.prepare(settings.data_dir, settings.cache_bytes)
         state.started_at = time.time()
+        if state.db is not None:
+            await state.db.open()
         await state.registry.open()
         state.farms = await make_farm(settings.builder_url, settings.store_dir, unsafe_builds=settings.unsafe_builds,
                                       max_source_bytes=settings.max_source_bytes, slots=settings.build_slots,
@@ -172,6 +176,8 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.agent.close()
         await state.registry.close()
         await state.farms.aclose()
+        if state.db is not None:
+            await state.db.close()
 
     # Every collaborator is built here and handed to its users; the lifespan
     # only opens, starts and stops them.
@@ -181,6 +187,8 @@ def create_app(settings: Settings) -> Dispatcher:
     state.secrets = secrets.SecretStore(settings.data_dir)
     state.changes = observe.Changes()
     state.builds = observe.BuildHistory(on_record=state.changes.publish)
+    # PostgreSQL shared by every node when configured (docs/CLUSTER.md), else SQLite files.
+    state.db = Database(settings.database_url) if is_postgres(settings.database_url) else None
     state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
     state.job_store = SQLiteJobStore(os.path.join(settings.data_dir, "jobs.db"))
     state.jobs = JobService(state.job_store, limits=JobLimits.from_settings(settings))
