@@ -44,7 +44,7 @@ bench: install-test
 	@scripts/ensure-system.sh nginx-light wrk
 	$(VPY) bench/run.py
 
-# Both container images (cweb-api:dev, cweb-builder:dev) from this checkout;
+# The container images (cweb-api, cweb-builder, cweb-postgres, cweb-s3 :dev) from this checkout;
 # offline, debian:bookworm-slim is made with debootstrap first.
 images:
 	@# A Docker engine and docker-compose (to run the images with docker-compose.yml).

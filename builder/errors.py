@@ -8,7 +8,10 @@
     ├── ArtifactInvalid        gcc produced something that is not a shared object
     ├── SandboxUnavailable     no sandbox and unsafe builds not allowed (503)
     ├── BuildOutputFlood       gcc printed without end (422, killed, never cached)
-    └── BuilderLost            the builder died mid-compile (503; the farm retries)
+    ├── BuilderLost            the builder died mid-compile (503; the farm retries)
+    ├── ObjectStoreUnavailable the S3 object store failed or refused a call (503)
+    ├── ArtifactCorrupt        an object in the store does not match its digest (502)
+    └── ArtifactMissing        an artifact neither in the local store nor in the object store (404)
 
 `retryable` marks what the farm (builder/farm.py) may run again on another
 builder; everything else is the source's fault and final.
@@ -79,3 +82,26 @@ class BuilderLost(BuildError):
     code = "builder_lost"
     status = 503
     retryable = True
+
+
+class ObjectStoreUnavailable(BuildError):
+    """The S3 object store did not answer, refused the credentials or failed
+    a call (builder/objects.py); nothing was cached from it."""
+
+    code = "object_store_unavailable"
+    status = 503
+
+
+class ArtifactCorrupt(BuildError):
+    """An object fetched from the object store does not match its digest
+    (artifact bytes, manifest, builder key): refused and never cached."""
+
+    code = "artifact_corrupt"
+    status = 502
+
+
+class ArtifactMissing(BuildError):
+    """An artifact that is neither in this machine's store nor in the object store."""
+
+    code = "artifact_missing"
+    status = 404

@@ -41,6 +41,18 @@ BUILD_HISTORY = 500
 # Compiler output kept per build for its live log (bytes).
 BUILD_LOG_BYTES = 64 << 10
 
+# ---- the object store (builder/objects.py) ----
+# Seconds to connect to / wait for a read from the S3 endpoint, and attempts
+# of one call (botocore's standard retry mode: throttling, 5xx, resets).
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 30.0
+S3_ATTEMPTS = 3
+# Connections kept to the endpoint (calls run on worker threads).
+S3_POOL_CONNECTIONS = 16
+# Largest manifest, action entry or builder key read from the store (bytes):
+# bounded reads of objects that anyone with write access could have swollen.
+MAX_RECORD_BYTES = 1 << 20
+
 
 def default_slots() -> int:
     """Build slots of one builder: one per core it may use, counting a cgroup

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from builder import cache, compile, diagnostics, elf, limits
 from builder.errors import BuildBusy, CompileFailed, SourceRejected, SourceTooLarge
 from builder.interface import Builder
+from builder.objects import ObjectStore
 from builder.store import Store, write_atomic
 from runtime import provenance
 
@@ -79,8 +80,9 @@ class LocalBuilder(Builder):
     name = "local"
 
     def __init__(self, store_dir: str, *, unsafe_builds: bool = False, max_source_bytes: int = limits.MAX_SOURCE_BYTES,
-                 slots: int = 0, name: str = "local", key_path: str | None = None) -> None:
-        self.store = Store(store_dir)
+                 slots: int = 0, name: str = "local", key_path: str | None = None,
+                 objects: ObjectStore | None = None) -> None:
+        self.store = Store(store_dir, objects)
         self.name = name
         # Signs every manifest this builder writes; its public key goes into
         # the store, where the runtime looks for trusted builders.
@@ -181,10 +183,14 @@ class LocalBuilder(Builder):
         return path
 
     async def manifest(self, module_hash: str) -> dict | None:
-        return self.store.manifest(module_hash)
+        if self.store.objects is None:
+            return self.store.manifest(module_hash)
+        return await asyncio.to_thread(self.store.manifest, module_hash)  # may fetch from the object store
 
     async def source(self, source_sha256: str) -> bytes | None:
-        return self.store.source(source_sha256)
+        if self.store.objects is None:
+            return self.store.source(source_sha256)
+        return await asyncio.to_thread(self.store.source, source_sha256)
 
     def _sdk_path(self) -> str:
         return compile.SANDBOX_SDK if self.sandboxed else compile.SDK_DIR

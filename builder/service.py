@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from starlette.applications import Starlette
@@ -34,8 +34,9 @@ from starlette.routing import Route
 
 from builder import compile as compile_mod
 from builder import limits
-from builder.errors import BuildError, SourceTooLarge
+from builder.errors import ArtifactMissing, BuildError, SourceTooLarge
 from builder.local import BuildResult, LocalBuilder, sdk_tarball
+from builder.objects import ObjectStore, S3Settings
 from builder.store import is_hash
 from runtime import provenance
 from runtime.env import env_int
@@ -62,6 +63,9 @@ class BuilderSettings:
     # CWEB_BUILDER_KEY: the builder's Ed25519 signing key (PEM, made when
     # missing); unset, a replica makes a key per life and registers it.
     key_path: str = ""
+    # CWEB_S3_*: artifacts, manifests, sources, the action cache and builder
+    # keys also go to this object store (builder/objects.py); empty: the local store only.
+    s3: S3Settings = field(default_factory=S3Settings)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> BuilderSettings:
@@ -75,6 +79,7 @@ class BuilderSettings:
             slots=env_int(env, "CWEB_BUILD_SLOTS", 0),
             builder_id=env.get("CWEB_BUILDER_ID", ""),
             key_path=env.get("CWEB_BUILDER_KEY", ""),
+            s3=S3Settings.from_env(env),
         )
 
 
@@ -164,10 +169,17 @@ def create_app(settings: BuilderSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         os.makedirs(settings.store_dir, exist_ok=True)
+        objects = ObjectStore(settings.s3) if settings.s3.enabled else None
         builder = LocalBuilder(settings.store_dir, unsafe_builds=settings.unsafe_builds, max_source_bytes=settings.max_source_bytes,
                                slots=settings.slots, name=settings.builder_id or f"{socket.gethostname()}:{settings.port}",
-                               key_path=settings.key_path or None)
+                               key_path=settings.key_path or None, objects=objects)
         box["builder"] = builder
+        if objects is not None:
+            try:
+                # The key first: nodes verify what this builder signs against it.
+                await asyncio.to_thread(builder.store.publish_builder_key, builder.signer.key_id)
+            except BuildError as exc:
+                log.error("object store: %s (retried with the first build)", exc.message)
         if not builder.sandboxed:
             if settings.unsafe_builds:
                 log.warning("compiling without bubblewrap (CWEB_UNSAFE_BUILDS=1): the container is the sandbox")
@@ -180,7 +192,13 @@ def create_app(settings: BuilderSettings) -> Starlette:
         log.info("cweb builder %s ready on %s:%d (store %s, mode %s, %d slots, signing key %s = %s)", builder.name, settings.host,
                  settings.port, settings.store_dir, builder.mode, builder.slots, builder.signer.key_id,
                  provenance.public_b64(builder.signer.public))
-        yield
+        if objects is not None:
+            log.info("artifacts also go to the object store %s/%s", objects.endpoint, objects.bucket)
+        try:
+            yield
+        finally:
+            if objects is not None:
+                objects.close()
 
     async def build(request: Request) -> Response:
         builder = box["builder"]
@@ -199,13 +217,23 @@ def create_app(settings: BuilderSettings) -> Starlette:
             body["check"] = True
         return _json(body)
 
-    def _artifact_hash(request: Request) -> str | None:
+    async def _artifact_hash(request: Request) -> str | None:
         module_hash = request.path_params["module_hash"]
-        builder = box["builder"]
-        return module_hash if is_hash(module_hash) and builder.store.has_artifact(module_hash) else None
+        store = box["builder"].store
+        if not is_hash(module_hash):
+            return None
+        if store.objects is not None and not store.has_artifact(module_hash):
+            try:
+                await asyncio.to_thread(store.fetch_artifact, module_hash)
+            except ArtifactMissing:
+                return None
+        return module_hash if store.has_artifact(module_hash) else None
 
     async def artifact(request: Request) -> Response:
-        module_hash = _artifact_hash(request)
+        try:
+            module_hash = await _artifact_hash(request)
+        except BuildError as exc:
+            return _build_error(exc)
         if module_hash is None:
             return _error(404, "artifact_not_found", "no artifact with that hash in the store")
         return FileResponse(
@@ -215,7 +243,10 @@ def create_app(settings: BuilderSettings) -> Starlette:
         )
 
     async def manifest(request: Request) -> Response:
-        module_hash = _artifact_hash(request)
+        try:
+            module_hash = await _artifact_hash(request)
+        except BuildError as exc:
+            return _build_error(exc)
         body = box["builder"].store.manifest(module_hash) if module_hash else None
         if body is None:
             return _error(404, "artifact_not_found", "no artifact with that hash in the store")
@@ -246,6 +277,7 @@ def create_app(settings: BuilderSettings) -> Starlette:
                 "sdk_digest": builder.sdk_digest,
                 "toolchain": builder.toolchain(),
                 "key_id": builder.signer.key_id,
+                "object_store": None if builder.store.objects is None else f"{builder.store.objects.endpoint}/{builder.store.objects.bucket}",
             },
             200 if ready else 503,
         )

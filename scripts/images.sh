@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the cweb images from this checkout: cweb-api:dev, cweb-builder:dev and
-# cweb-postgres:dev (the cluster's database).
+# Build the cweb images from this checkout: cweb-api:dev, cweb-builder:dev,
+# cweb-postgres:dev (the cluster's database) and cweb-s3:dev (its object store).
 #
 # Offline path: when debian:bookworm-slim is not in the local engine (no
 # registry can be reached here), make it with debootstrap (bookworm,
@@ -82,13 +82,13 @@ build() {
     fi
     rm -f "$out"
 }
-# Arguments name the images to build (builder api postgres); none: all of them.
-for name in ${*:-builder api postgres}; do
+# Arguments name the images to build (builder api postgres s3); none: all of them.
+for name in ${*:-builder api postgres s3}; do
     case "$name" in
-        builder | api | postgres) build "Dockerfile.$name" "cweb-$name:$TAG" ;;
-        *) log "unknown image $name (builder, api or postgres)"; exit 2 ;;
+        builder | api | postgres | s3) build "Dockerfile.$name" "cweb-$name:$TAG" ;;
+        *) log "unknown image $name (builder, api, postgres or s3)"; exit 2 ;;
     esac
 done
 # Earlier builds of these images, now untagged.
 docker image prune -f --filter label=org.cweb.image >/dev/null
-log "built: ${*:-builder api postgres} ($TAG)"
+log "built: ${*:-builder api postgres s3} ($TAG)"

@@ -264,3 +264,6 @@ def fill_disk(path: Path) -> None:
 
 # A real PostgreSQL for the suites that run against it (tests/databases.py).
 from tests.databases import postgres_server, postgres_url  # noqa: E402, F401
+
+# A real S3-compatible object store for the suites that use one (tests/objects.py).
+from tests.objects import s3_endpoint, s3_server  # noqa: E402, F401
