@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, builds, cache_admin, observe, secrets, versions
+from api.artifacts import Artifacts, object_store
 from api.builder_discovery import FarmSetup, make_farm
 from api.cors import Cors
 from api.deploys import Deployer
@@ -41,6 +42,8 @@ from builder.errors import BuildError
 from builder.farm import BuildFarm
 from builder.interface import Builder
 from builder.local import sdk_tarball
+from builder.objects import ObjectStore
+from builder.store import Store
 from runtime.client import AgentClient
 
 log = logging.getLogger("cweb.api")
@@ -70,6 +73,8 @@ class State:
     jobs: JobService
     job_store: JobStore
     db: Database | None
+    objects: ObjectStore | None
+    artifacts: Artifacts
     started_at: float
 
 
@@ -131,7 +136,8 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.registry.open()
         state.farms = await make_farm(settings.builder_url, settings.store_dir, unsafe_builds=settings.unsafe_builds,
                                       max_source_bytes=settings.max_source_bytes, slots=settings.build_slots,
-                                      key_path=os.path.join(settings.data_dir, "builder-key", "ed25519.pem"))
+                                      key_path=os.path.join(settings.data_dir, "builder-key", "ed25519.pem"),
+                                      objects=state.objects)
         state.builder = state.farm = state.farms.farm
         state.farm.on_finish.append(state.metrics.observe_build)
         state.metrics.farm = state.farm
@@ -176,6 +182,8 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.agent.close()
         await state.registry.close()
         await state.farms.aclose()
+        if state.objects is not None:
+            state.objects.close()
         if state.db is not None:
             await state.db.close()
 
@@ -209,6 +217,11 @@ def create_app(settings: Settings) -> Dispatcher:
     state.host = ModuleHost(settings, state.agent, state.registry, jobs=state.jobs, metrics=state.metrics,
                             on_activate=state.logs.activated, on_change=state.changes.publish)
     state.host.spawner.secrets = state.secrets
+    # Artifacts in an S3-compatible object store when configured (docs/CLUSTER.md):
+    # fetched into this node's store before the agent loads them.
+    state.objects = object_store(settings)
+    state.artifacts = Artifacts(Store(settings.store_dir, state.objects) if state.objects is not None else None)
+    state.host.spawner.artifacts = state.artifacts
     # Swagger UI and ReDoc assets come from the fastapi-offline package, served
     # under /docs/static: the docs work with no route to a CDN.
     app = FastAPIOffline(

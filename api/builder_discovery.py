@@ -27,8 +27,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from api.remote_builder import RemoteBuilder
 from builder import cache
+from builder.errors import BuildError
 from builder.farm import BuildFarm
 from builder.local import BuildResult, LocalBuilder
+from builder.objects import ObjectStore
 from builder.store import Store
 
 log = logging.getLogger("cweb.api.builders")
@@ -121,6 +123,9 @@ class BuilderDiscovery:
             hit = store.lookup_action(key)
         except OSError:  # a read-only mount cannot evict a corrupt artifact: let a builder do it
             return None
+        except BuildError as exc:  # the object store is away: a builder builds (and tries it again)
+            log.warning("action cache lookup failed: %s", exc.message)
+            return None
         if hit is None:
             return None
         manifest = store.manifest(hit) or {}
@@ -172,18 +177,22 @@ class FarmSetup:
 
 
 async def make_farm(builder_url: str, store_dir: str, *, unsafe_builds: bool, max_source_bytes: int, slots: int = 0,
-                    key_path: str = "") -> FarmSetup:
+                    key_path: str = "", objects: ObjectStore | None = None) -> FarmSetup:
     """The embedded pool (no builder_url: one LocalBuilder with `slots` slots)
-    or the farm of the builders behind builder_url, discovered and watched."""
+    or the farm of the builders behind builder_url, discovered and watched.
+    With an object store (objects) the store_dir is this node's cache of it:
+    the embedded builder writes through to it, and with remote builders the
+    manifests, sources and action cache are read from it, not from one
+    builder's disk."""
     if not builder_url:
         local = LocalBuilder(store_dir, unsafe_builds=unsafe_builds, max_source_bytes=max_source_bytes, slots=slots,
-                             key_path=key_path or None)
+                             key_path=key_path or None, objects=objects)
         farm = BuildFarm([local], key_for=local.key_for, max_source_bytes=max_source_bytes,
                          cached=lambda sha: asyncio.to_thread(local.cached, sha), reader=local)
         return FarmSetup(farm, local, None)
-    shared_dir = store_dir if os.path.isdir(os.path.join(store_dir, "artifacts")) else None
+    shared_dir = store_dir if objects is not None or os.path.isdir(os.path.join(store_dir, "artifacts")) else None
     # Reads (manifests, artifacts) go to any builder: they share the store.
-    reader = RemoteBuilder(builder_url.split(",")[0].strip(), store_dir=shared_dir)
+    reader = RemoteBuilder(builder_url.split(",")[0].strip(), store_dir=shared_dir, objects=objects)
     farm = BuildFarm(max_source_bytes=max_source_bytes, reader=reader)
     discovery = BuilderDiscovery(builder_url, farm)
     farm.key_for = discovery.key_for

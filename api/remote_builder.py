@@ -19,6 +19,7 @@ import orjson
 from builder import errors, limits
 from builder.interface import Builder
 from builder.local import BuildResult
+from builder.objects import ObjectStore
 from builder.store import Store, is_hash
 
 # Seconds to wait for a build: queueing behind others plus the compile itself.
@@ -71,15 +72,17 @@ class RemoteBuilder(Builder):
     mode = "remote"
     sandboxed = True
 
-    def __init__(self, url: str, *, store_dir: str | None = None, timeout: float = BUILD_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, store_dir: str | None = None, timeout: float = BUILD_TIMEOUT_S,
+                 objects: ObjectStore | None = None) -> None:
         self.url = url.rstrip("/")
         # What the builder says about itself in /healthz (refresh()).
         self.name = self.url
         self.slots = 1
         self.toolchain: dict | None = None
         self.timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
-        # The api needs no store of its own; give one only where it is mounted.
-        self.store = Store(store_dir) if store_dir else None
+        # The api needs no store of its own; give one only where it is mounted,
+        # or as the node's cache of the object store (objects).
+        self.store = Store(store_dir, objects) if store_dir else None
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
@@ -171,7 +174,9 @@ class RemoteBuilder(Builder):
         """The artifact's manifest (from the shared store where it is mounted,
         else from the builder), or None when there is none."""
         if self.store is not None:
-            return self.store.manifest(module_hash)
+            if self.store.objects is None:
+                return self.store.manifest(module_hash)
+            return await asyncio.to_thread(self.store.manifest, module_hash)
         resp = await self._request("GET", f"/artifacts/{module_hash}/manifest")
         if resp.status_code == 404:
             return None
@@ -180,8 +185,12 @@ class RemoteBuilder(Builder):
         return resp.json()
 
     async def source(self, source_sha256: str) -> bytes | None:
-        """Sources are kept in the builder's store: readable only where it is mounted."""
-        return self.store.source(source_sha256) if self.store is not None else None
+        """Sources are kept in the builder's store: readable where it is mounted or through the object store."""
+        if self.store is None:
+            return None
+        if self.store.objects is None:
+            return self.store.source(source_sha256)
+        return await asyncio.to_thread(self.store.source, source_sha256)
 
     async def healthy(self, attempts: int = 1, delay: float = 0.5) -> bool:
         """Whether the builder answers /healthz with 200 (tried `attempts` times)."""

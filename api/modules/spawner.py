@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api import routing, secrets
+from api.artifacts import Artifacts
 from api.errors import from_runtime
 from api.settings import Settings
 from runtime.client import AgentClient, EventsConn, WorkerPool, open_events
@@ -51,12 +52,16 @@ class Spawner:
         # The modules' secrets (api/secrets.py SecretStore), set by create_app;
         # handed to each worker as it starts, before onload.
         self.secrets: Any = None
+        # Fetches an artifact this node does not have from the object store
+        # (api/artifacts.py), set by create_app; a no-op without one.
+        self.artifacts = Artifacts()
 
     async def spawn(self, module_hash: str, check: Callable[[dict], None] | None = None) -> Spawned:
         """A running worker for module_hash with its request pool, job pool and
         events channel. check(decl) may refuse the declaration (route conflicts)
         before onload runs. Raises an api error; the worker is gone then."""
         t0 = time.perf_counter()
+        await self.artifacts.ensure(module_hash)
         try:
             r = await self.agent.call("load", hash=module_hash, max_response=self.settings.max_response_bytes)
         except RuntimeFailure as exc:
@@ -81,6 +86,7 @@ class Spawner:
     async def dry_run(self, module_hash: str, check: Callable[[dict], None] | None = None) -> dict:
         """load -> validate -> check, then discard the worker whatever happened:
         the declaration a deploy would get, or the error it would raise."""
+        await self.artifacts.ensure(module_hash)
         try:
             r = await self.agent.call("load", hash=module_hash, max_response=self.settings.max_response_bytes)
         except RuntimeFailure as exc:

@@ -49,8 +49,9 @@ static int handler(struct cweb_context *ctx, http_request_t *req, http_response_
 class BuilderService:
     """`python -m builder` on a free loopback port, with its own store."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, env: dict[str, str] | None = None) -> None:
         self.store = store
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = store.parent / f"builder-{self.port}.log"
@@ -58,7 +59,7 @@ class BuilderService:
 
     def start(self, timeout: float = 60.0) -> BuilderService:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
-        env.update(PYTHONPATH=str(ROOT), CWEB_UNSAFE_BUILDS="1")
+        env.update(PYTHONPATH=str(ROOT), CWEB_UNSAFE_BUILDS="1", **self.env)
         self.store.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

@@ -1,0 +1,147 @@
+"""Artifacts in an S3-compatible object store, end to end: real api nodes
+(`python -m api`, embedded agent and workers), a real `python -m builder`,
+real gcc, and a real SeaweedFS (tests/objects.py). Two nodes are two data
+dirs and two store dirs on this machine sharing one bucket."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Server, route_module, unique
+from tests.integration.test_builders import BuilderService
+from tests.objects import S3Target
+
+
+def node(tmp_path: Path, label: str, s3: S3Target, **env: str) -> Server:
+    """An api node with its own data dir and store dir, on the test's bucket."""
+    data = tmp_path / label / "data"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    return Server(data, env={**s3.env(), "CWEB_STORE_DIR": str(tmp_path / label / "store"), **env})
+
+
+def bucket_keys(s3: S3Target) -> set[str]:
+    client = s3.client()
+    return {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket) for o in page.get("Contents", [])}
+
+
+def test_second_node_gets_the_first_nodes_build_from_the_action_cache(tmp_path: Path, s3_endpoint: S3Target) -> None:
+    """Node A builds and writes through to S3; node B (another data dir and
+    store, the same bucket) deploys the same source: an action-cache hit
+    through S3, nothing compiled, the artifact fetched, verified and served."""
+    name = unique("s3a")
+    source = route_module(name, f"/{name}", "built once")
+    a = node(tmp_path, "a", s3_endpoint).start()
+    try:
+        first = a.deploy(source, "shared.c")
+        assert 200 == first.status_code, first.text
+        assert first.json()["cache_hit"] is False
+    finally:
+        a.stop()
+    module_hash = first.json()["module_hash"]
+    keys = bucket_keys(s3_endpoint)
+    assert {f"artifacts/{module_hash}.so", f"artifacts/{module_hash}.json"} <= keys
+    assert any(k.startswith("actions/") for k in keys) and any(k.startswith("sources/") for k in keys)
+    assert any(k.startswith("builders/") for k in keys)
+
+    b = node(tmp_path, "b", s3_endpoint).start()
+    try:
+        assert not (tmp_path / "b" / "store" / "artifacts" / f"{module_hash}.so").exists()
+        second = b.deploy(source, "shared.c")
+        assert 200 == second.status_code, second.text
+        assert second.json()["cache_hit"] is True
+        assert module_hash == second.json()["module_hash"]
+        with b.client() as c:
+            assert "built once" == c.get(f"/{name}").text
+            # A hit queues and compiles nothing: node B's one build is the cache's answer.
+            assert [("done", "cache", True)] == [(x["state"], x["builder"], x["cache_hit"]) for x in c.get("/builds").json()["builds"]]
+            # The manifest, its verified provenance and the source, all read through S3.
+            art = c.get(f"/artifacts/{module_hash}").json()
+            assert art["provenance"]["verified"] is True, art["provenance"]
+            assert source.encode() == c.get(f"/artifacts/{module_hash}/source").content
+        assert (tmp_path / "b" / "store" / "artifacts" / f"{module_hash}.so").read_bytes() == \
+            (tmp_path / "a" / "store" / "artifacts" / f"{module_hash}.so").read_bytes()
+    finally:
+        b.stop()
+
+
+def test_cold_node_serves_what_it_never_built_and_refuses_a_tampered_artifact(tmp_path: Path, s3_endpoint: S3Target) -> None:
+    """Node B starts with node A's registry and an empty store: ensure()
+    fetches the active artifact from S3 before its agent loads it. A rollback
+    to a version whose object was tampered with is refused with a clear
+    error, nothing of it is kept, and the active version keeps serving."""
+    name = unique("s3b")
+    a = node(tmp_path, "a", s3_endpoint).start()
+    try:
+        v1 = a.deploy(route_module(name, f"/{name}", "version one"), "v.c")
+        v2 = a.deploy(route_module(name, f"/{name}", "version two"), "v.c")
+        assert 200 == v1.status_code and 200 == v2.status_code, (v1.text, v2.text)
+    finally:
+        a.stop()
+    h1, h2 = v1.json()["module_hash"], v2.json()["module_hash"]
+    # The registry (what is active) as node B's, its store empty: a node that
+    # joins later sees the same through the shared database.
+    (tmp_path / "b" / "data").mkdir(parents=True, exist_ok=True)
+    for f in (tmp_path / "a" / "data").glob("registry.db*"):
+        shutil.copy(f, tmp_path / "b" / "data" / f.name)
+    s3_endpoint.client().put_object(Bucket=s3_endpoint.bucket, Key=f"artifacts/{h1}.so", Body=b"\x7fELF not what was built")
+
+    b = node(tmp_path, "b", s3_endpoint).start()
+    try:
+        store = tmp_path / "b" / "store"
+        with b.client() as c:
+            assert "version two" == c.get(f"/{name}").text
+            assert (store / "artifacts" / f"{h2}.so").exists()
+            assert list((store / "builders").glob("*.json")), "the signer's key came along"
+            started = time.perf_counter()
+            refused = c.post(f"/modules/{name}/rollback", json={"module_hash": h1})
+            assert 502 == refused.status_code, refused.text
+            body = refused.json()
+            assert "artifact_corrupt" == body["error"]
+            assert f"artifact {h1[:12]} in the object store does not hash to its name" in body["message"]
+            assert time.perf_counter() - started < 30
+            assert not (store / "artifacts" / f"{h1}.so").exists()
+            assert not [p for p in (store / "artifacts").iterdir() if p.name.startswith(".tmp")]
+            assert "version two" == c.get(f"/{name}").text
+            assert h2 == c.get(f"/modules/{name}").json()["module_hash"]
+        assert "fetched artifact" in b.logs() and "refused artifact" in b.logs()
+    finally:
+        b.stop()
+
+
+def test_remote_builder_writes_to_s3_and_the_api_reads_through_it(tmp_path: Path, s3_endpoint: S3Target) -> None:
+    """`python -m builder` with its own store and the api with another: the
+    builder writes to S3, the api finds manifests, sources, the action cache
+    and the artifact there, never on the builder's disk."""
+    service = BuilderService(tmp_path / "builder" / "store", env=s3_endpoint.env()).start()
+    api = node(tmp_path, "api", s3_endpoint, CWEB_BUILDER_URL=service.url)
+    try:
+        health = httpx.get(service.url + "/healthz", timeout=10).json()
+        assert f"{s3_endpoint.endpoint}/{s3_endpoint.bucket}" == health["object_store"]
+        assert f"builders/{health['key_id']}.json" in bucket_keys(s3_endpoint)
+        api.start()
+        name = unique("s3r")
+        source = route_module(name, f"/{name}", "from the builder")
+        first = api.deploy(source, "remote.c")
+        assert 200 == first.status_code, first.text
+        module_hash = first.json()["module_hash"]
+        assert first.json()["cache_hit"] is False
+        api_store = tmp_path / "api" / "store"
+        assert (api_store / "artifacts" / f"{module_hash}.so").exists()
+        assert (tmp_path / "builder" / "store" / "artifacts" / f"{module_hash}.so").exists()
+        with api.client() as c:
+            assert "from the builder" == c.get(f"/{name}").text
+            art = c.get(f"/artifacts/{module_hash}").json()
+            assert art["provenance"]["verified"] is True, art["provenance"]
+            assert source.encode() == c.get(f"/artifacts/{module_hash}/source").content
+        # The same source again: the api's own action-cache lookup through S3 answers it.
+        again = api.deploy(source, "remote.c")
+        assert 200 == again.status_code, again.text
+        assert again.json()["cache_hit"] is True
+        assert (api_store / "actions").iterdir().__next__().name.endswith(".json")
+    finally:
+        api.stop()
+        service.stop()
