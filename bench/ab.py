@@ -1,7 +1,8 @@
 """A/B of the hot paths between this checkout and another one (a reference
 commit checked out elsewhere), interleaved, in one run:
 
-- trivial: `wrk -c64` on /b/trivial, and the CPU each process (api, agent,
+- HTTP routes of workloads.c (`--only trivial,big,upload,compute,sha256`): wrk at
+  64 connections on each, and the CPU each process (api, agent,
   workers) spent per request, read from /proc/<pid>/stat;
 - cache_hit: redeploys of an already-built, inactive version every 0.3 s
   (the server's deploy_ms and its phases).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 
 from bench.deploy import module_source
+from bench.http import parse_report, post_script, wrk_argv
 from bench.server import ROOT, free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -98,25 +99,34 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def trivial(tree: Path, duration: int) -> str:
-    s = Server(tree)
-    try:
-        with httpx.Client(timeout=120) as c:
-            s.deploy(c, WORKLOADS.read_bytes())
-        url = s.url + "/b/trivial"
-        subprocess.run(["wrk", "-t2", "-c64", "-d1s", url], capture_output=True, check=True)
-        procs = _process_tree(s.proc.pid)
-        before = {p: _cpu_s(p) for p in procs}
-        out = subprocess.run(["wrk", "-t2", "-c64", f"-d{duration}s", url], capture_output=True, text=True, check=True).stdout
-        spent: dict[str, float] = {}
-        for p, role in procs.items():
-            spent[role] = spent.get(role, 0.0) + _cpu_s(p) - before[p]
-    finally:
-        s.stop()
-    n = int(re.search(r"(\d+) requests in", out).group(1))
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+# Routes of workloads.c the HTTP A/B can drive: (path, connections, POST body bytes).
+ROUTES = {
+    "trivial": ("/b/trivial", 64, 0),
+    "big": ("/b/big", 64, 0),
+    "upload": ("/b/upload", 64, 1 << 20),
+    "compute": ("/b/compute", 64, 0),
+    "sha256": ("/b/sha256", 64, 0),
+}
+
+
+def http_round(server: Server, route: str, duration: int, scripts: Path) -> str:
+    """One wrk run on a route of a running server, with the CPU each of its
+    processes spent per request."""
+    path, conns, post = ROUTES[route]
+    url = server.url + path
+    script = post_script(scripts, post) if post else None
+    subprocess.run(wrk_argv(url, conns, 1, script=script), capture_output=True, check=True)
+    procs = _process_tree(server.proc.pid)
+    before = {p: _cpu_s(p) for p in procs}
+    out = subprocess.run(wrk_argv(url, conns, duration, script=script), capture_output=True, text=True, check=True).stdout
+    spent: dict[str, float] = {}
+    for p, role in procs.items():
+        spent[role] = spent.get(role, 0.0) + _cpu_s(p) - before[p]
+    res = parse_report(out, url, conns)
+    n = max(res.requests, 1)
     per = ", ".join(f"{role} {v / n * 1e6:.1f}" for role, v in sorted(spent.items()) if v > 0)
-    return f"trivial_c64 {rate:,.0f} req/s; CPU µs per request: {per}"
+    return (f"{route}_c{conns} {res.requests_per_s:,.0f} req/s p50 {res.p50_ms:.2f} ms p99 {res.p99_ms:.2f} ms"
+            f" errors {res.errors}; CPU µs per request: {per}")
 
 
 def cache_hit(tree: Path, samples: int) -> str:
@@ -144,18 +154,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("reference", type=Path, help="a checkout of the reference commit")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=4, help="seconds of wrk per trivial run")
-    ap.add_argument("--only", default="trivial,cache_hit")
+    ap.add_argument("--duration", type=int, default=4, help="seconds of wrk per HTTP run")
+    ap.add_argument("--only", default="trivial,cache_hit", help=f"cache_hit and any of {', '.join(ROUTES)}")
+    ap.add_argument("--compute-iters", type=int, default=530_000, help="the ~1 ms loop's count (bench/run.py calibrates it)")
     args = ap.parse_args()
+    only = args.only.split(",")
     trees = {"reference": args.reference.resolve(), "this": ROOT}
-    for i in range(args.rounds):
-        # Alternate who goes first: a drift of the machine then hits both.
-        order = list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]
-        for name, tree in order:
-            if "trivial" in args.only:
-                print(f"round {i + 1} {name:9s} {trivial(tree, args.duration)}", flush=True)
-            if "cache_hit" in args.only:
-                print(f"round {i + 1} {name:9s} {cache_hit(tree, 12)}", flush=True)
+    routes = [r for r in only if r in ROUTES]
+    servers: dict[str, Server] = {}
+    scripts = Path(tempfile.mkdtemp(prefix="cweb-ab-lua-"))
+    try:
+        if routes:
+            # One server per checkout for the whole run: a start costs 20-40 s on a loaded machine.
+            for name, tree in trees.items():
+                servers[name] = Server(tree)
+                with httpx.Client(timeout=120) as c:
+                    servers[name].deploy(c, module_source(args.compute_iters))
+        for i in range(args.rounds):
+            # Alternate who goes first: a drift of the machine then hits both.
+            order = list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]
+            for route in routes:
+                for name, _tree in order:
+                    print(f"round {i + 1} {name:9s} {http_round(servers[name], route, args.duration, scripts)}", flush=True)
+            if "cache_hit" in only:
+                for name, tree in order:
+                    print(f"round {i + 1} {name:9s} {cache_hit(tree, 12)}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(scripts, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,12 @@ log = logging.getLogger("cweb.api")
 _U32 = struct.Struct("<I")
 
 
-# Frames at least this large are handed on as views of the read buffer
-# instead of copies (a 1 MiB response body is then copied once in the api).
+# On an events channel, frames at least this large are cut from the read
+# buffer as views instead of copies (_frames).
 _VIEW_FROM = 64 << 10
 
 
-def _frames(data: bytes | bytearray, owner: WorkerConn | EventsConn) -> list[bytes | memoryview]:
+def _frames(data: bytes | bytearray, owner: EventsConn) -> list[bytes | memoryview]:
     """The whole length-prefixed frames in data; an incomplete tail is kept
     in owner.buf for the next read. Large frames are memoryviews (owner.buf
     is then a new buffer, so the view stays valid).
@@ -281,18 +281,35 @@ class Call:
             self.settle(None, TimeoutError())
 
 
-class WorkerConn(asyncio.Protocol):
+# A WorkerConn's read buffer. A frame that cannot fit in it (a large answer
+# or job event) gets a buffer of its own, of its exact size, that the kernel
+# reads the rest of the frame straight into.
+_READ_BYTES = 64 << 10
+
+
+class WorkerConn(asyncio.BufferedProtocol):
     """One data connection to a worker, served by one worker thread.
 
     Requests are pipelined: the thread answers them in order, so each answer
     settles the oldest call. Frames queued in one event-loop turn leave in
     one write, and the thread then finds the next request already buffered
-    instead of sleeping and being woken for each."""
+    instead of sleeping and being woken for each.
+
+    Reads go into buffers of ours (asyncio's BufferedProtocol): small frames
+    are copied out of a fixed read buffer once; a frame larger than that
+    buffer is read into a buffer of its own and handed on as a view, so a
+    1 MiB answer is not copied in the api at all (only the part of it that
+    came with the read that brought its length is)."""
 
     def __init__(self, on_lost: Callable[[WorkerConn], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.need = 4  # bytes buf must hold before a frame can be complete
+        self.rbuf = bytearray(_READ_BYTES)
+        self.rview = memoryview(self.rbuf)
+        self.start = 0  # unparsed bytes are rbuf[start:end]
+        self.end = 0
+        # The frame being read into a buffer of its own, and how much of it is in.
+        self.big: memoryview | None = None
+        self.big_fill = 0
         self.waiters: collections.deque[Call] = collections.deque()
         self.out: list[bytes] = []
         self.closed = False
@@ -313,26 +330,60 @@ class WorkerConn(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and self.answered >= self.overdue
 
-    def data_received(self, data: bytes) -> None:
-        # Frames are cut straight from data when nothing was left over (the
-        # usual case), each copied once.
-        if self.buf:
-            self.buf += data
-            if len(self.buf) < self.need:
-                return  # the frame is still incomplete
-            data = self.buf  # type: ignore[assignment]
-        for frame in _frames(data, self):
-            if type(frame) is memoryview and frame[0] != protocol.F_HTTP_RESP:
-                frame = bytes(frame)  # only HTTP answers are read as views
-            # Jobs stream their events on the connection before the answer. An
-            # event is never an answer, even with no job's sink to take it.
-            if frame[0] == protocol.F_JOB_EVENT:
-                if self.sink is not None:
-                    self.sink(frame)
-                continue
-            self.answered += 1
-            if self.waiters:
-                self.waiters.popleft().settle(frame, None)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.big is not None:
+            return self.big[self.big_fill :]
+        if self.end == 0:
+            return self.rview
+        return self.rview[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        big = self.big
+        if big is not None:
+            self.big_fill += nbytes
+            if self.big_fill == len(big):
+                self.big = None
+                self._frame(big)
+            return
+        end = self.end = self.end + nbytes
+        off = self.start
+        rbuf, rview = self.rbuf, self.rview
+        while end - off >= 4:
+            (n,) = _U32.unpack_from(rbuf, off)
+            if end - off - 4 >= n:
+                off += 4 + n
+                self._frame(bytes(rview[off - n : off]))  # a copy: the buffer is read into again
+            elif n + 4 > _READ_BYTES:
+                # It will not fit: a buffer of its own, the rest read straight into it.
+                have = end - off - 4
+                big = memoryview(bytearray(n))
+                big[:have] = rview[off + 4 : end]
+                self.big, self.big_fill = big, have
+                off = end
+                break
+            else:
+                break
+        if off == end:
+            self.start = self.end = 0
+        elif end == _READ_BYTES:
+            # A frame that fits the buffer but runs past its end: moved to the front.
+            rbuf[: end - off] = bytes(rview[off:end])  # a copy: the two ranges may overlap
+            self.start, self.end = 0, end - off
+        else:
+            self.start = off
+
+    def _frame(self, frame: bytes | memoryview) -> None:
+        if type(frame) is memoryview and frame[0] != protocol.F_HTTP_RESP:
+            frame = bytes(frame)  # only HTTP answers are handed on as views
+        # Jobs stream their events on the connection before the answer. An
+        # event is never an answer, even with no job's sink to take it.
+        if frame[0] == protocol.F_JOB_EVENT:
+            if self.sink is not None:
+                self.sink(frame)  # type: ignore[arg-type]
+            return
+        self.answered += 1
+        if self.waiters:
+            self.waiters.popleft().settle(frame, None)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -341,13 +392,17 @@ class WorkerConn(asyncio.Protocol):
         if self.on_lost is not None:
             self.on_lost(self)
 
-    def queue(self, frame: bytes, call: Call) -> None:
+    def queue(self, frame: bytes | list[bytes], call: Call) -> None:
+        """frame: bytes, or the parts of a large one (protocol.encode_http)."""
         if self.closed or self.transport is None:
             raise WorkerGone()
         self.waiters.append(call)
         if not self.out:
             self.loop.call_soon(self._flush)
-        self.out.append(frame)
+        if type(frame) is list:
+            self.out += frame
+        else:
+            self.out.append(frame)  # type: ignore[arg-type]
 
     def _flush(self) -> None:
         out, self.out = self.out, []
@@ -397,7 +452,7 @@ class WorkerPool:
         conns = await asyncio.gather(*(loop.create_unix_connection(self._conn, sock=sock) for sock in socks))
         self.conns.extend(conn for _, conn in conns)
 
-    def submit(self, frame: bytes, timeout: float | None,
+    def submit(self, frame: bytes | list[bytes], timeout: float | None,
                callback: Callable[[bytes | None, BaseException | None], None], conn: WorkerConn | None = None) -> bool:
         """Send frame on the least busy connection with room, or keep it in
         the backlog until one has room; callback gets (answer, None) or
@@ -421,7 +476,7 @@ class WorkerPool:
         self._send(frame, deadline, callback, conn, now)
         return True
 
-    def _send(self, frame: bytes, deadline: float, callback: Callable, conn: WorkerConn, now: float) -> None:
+    def _send(self, frame: bytes | list[bytes], deadline: float, callback: Callable, conn: WorkerConn, now: float) -> None:
         conn.sent += 1
         call = Call(self, conn, conn.sent, now, deadline, callback)
         conn.queue(frame, call)
@@ -462,7 +517,7 @@ class WorkerPool:
             self.drain_waiters.append(fut)
             await fut
 
-    async def request(self, frame: bytes, timeout: float | None, sink: Callable[[bytes], None] | None = None) -> bytes:
+    async def request(self, frame: bytes | list[bytes], timeout: float | None, sink: Callable[[bytes], None] | None = None) -> bytes:
         """Send one frame and return the worker's answer frame.
 
         Raises WorkerGone if the worker dies, TimeoutError if it does not

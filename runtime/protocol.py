@@ -61,6 +61,12 @@ def _kv(pairs: list[tuple[bytes, bytes]]) -> bytes:
 _EMPTY_KV = _U32.pack(0)
 
 
+# A request body at least this large is not copied into its frame: the frame
+# is a list of parts (head, the body's chunks, tail) that go out in one
+# writelines(), which hands the kernel each part where it lies.
+JOIN_BELOW = 64 << 10
+
+
 def encode_http(
     method: int,
     route: int,
@@ -69,17 +75,20 @@ def encode_http(
     body: bytes | list[bytes],
     headers: list[tuple[bytes, bytes]],
     data: list[tuple[bytes, bytes]] | None = None,
-) -> bytes:
-    """One HTTP request frame, length prefix included.
+) -> bytes | list[bytes]:
+    """One HTTP request frame, length prefix included: bytes, or for a body
+    of JOIN_BELOW bytes or more the list of its parts (write them in order).
 
-    body may be the chunks it arrived in: they are copied once, into the frame."""
-    chunks = [body] if isinstance(body, (bytes, bytearray)) else body
-    parts = [
-        b"", _str(path), _str(query), _U32.pack(sum(map(len, chunks))), *chunks, b"\0",
-        _kv(headers), _kv(data) if data else _EMPTY_KV,
-    ]
-    parts[0] = _HTTP_HEAD.pack(4 + sum(map(len, parts)), F_HTTP, method, route)
-    return b"".join(parts)
+    body may be the chunks it arrived in: below JOIN_BELOW they are copied
+    once, into the frame; from it, not at all."""
+    chunks = [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
+    size = sum(map(len, chunks))
+    kv = _kv(headers)
+    extra = _kv(data) if data else _EMPTY_KV
+    prefix = _HTTP_HEAD.pack(19 + len(path) + len(query) + size + len(kv) + len(extra), F_HTTP, method, route)
+    if size >= JOIN_BELOW:
+        return [b"".join((prefix, _str(path), _str(query), _U32.pack(size))), *chunks, b"".join((b"\0", kv, extra))]
+    return b"".join((prefix, _str(path), _str(query), _U32.pack(size), *chunks, b"\0", kv, extra))
 
 
 def split_http_response(frame: bytes | memoryview) -> tuple[int, bytes, bytes | memoryview]:

@@ -56,13 +56,13 @@ def parse_request(text: str) -> tuple[str, str, str, bytes]:
     return parts[0].upper(), path, query, parts[2].encode() if len(parts) > 2 else b""
 
 
-def serve_one(lib: ctypes.CDLL, frame: bytes) -> tuple[int, bytes]:
+def serve_one(lib: ctypes.CDLL, frame: bytes | list[bytes]) -> tuple[int, bytes]:
     from runtime import protocol
 
     ours, theirs = socket.socketpair()
     t = threading.Thread(target=lib.cweb_abi_serve, args=(theirs.fileno(),), daemon=True)
     t.start()
-    ours.sendall(frame)
+    ours.sendall(frame if isinstance(frame, bytes) else b"".join(frame))
     head = ours.recv(4, socket.MSG_WAITALL)
     if len(head) < 4:
         raise SystemExit("the module closed the connection without answering")

@@ -526,7 +526,7 @@ def test_in_flight_request_finishes_on_the_old_version(server: Server) -> None:
     """A slow v1 request that started before the swap completes with v1's body; new requests get v2."""
     name = unique("slow")
     path = f"/{name}"
-    v1 = module(name, [(path, "GET", "h")], body_handler("h", "slow v1", usleep_ms=1500))
+    v1 = module(name, [(path, "GET", "h")], body_handler("h", "slow v1", usleep_ms=4000))
     v2 = module(name, [(path, "GET", "h")], body_handler("h", "fast v2"))
     deployed(server, v1)
     with server.client() as c:

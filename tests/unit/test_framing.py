@@ -3,11 +3,25 @@ do: split across reads, several per read, large ones as views."""
 
 from __future__ import annotations
 
+import random
 import struct
 import time
 
 from runtime import protocol
-from runtime.client import _VIEW_FROM, EventsConn, WorkerConn, _frames
+from runtime.client import _READ_BYTES, _VIEW_FROM, EventsConn, WorkerConn, _frames
+
+
+def feed(conn: WorkerConn, data: bytes, most: int = 1 << 30) -> None:
+    """Hand data to a WorkerConn the way the event loop does (BufferedProtocol):
+    into the buffer get_buffer() offers, at most `most` bytes per read."""
+    view = memoryview(data)
+    while view:
+        buf = conn.get_buffer(-1)
+        assert len(buf) > 0
+        n = min(len(buf), len(view), most)
+        buf[:n] = view[:n]
+        conn.buffer_updated(n)
+        view = view[n:]
 
 
 def _str(b: bytes) -> bytes:
@@ -76,7 +90,7 @@ def _ingest(conn: WorkerConn, size: int, piece: int = 256 << 10) -> tuple[float,
     view = memoryview(stream)
     t0 = time.thread_time()
     for off in range(0, len(stream), piece):
-        conn.data_received(bytes(view[off : off + piece]))
+        feed(conn, bytes(view[off : off + piece]))
     return time.thread_time() - t0, got
 
 
@@ -114,6 +128,95 @@ def test_an_event_frame_is_never_taken_for_a_job_answer() -> None:
     conn.waiters.append(Waiter())  # type: ignore[arg-type]
     event = bytes([protocol.F_JOB_EVENT]) + _str(b"progress") + _str(b"{}")
     end = bytes([protocol.F_JOB_END, 0]) + struct.pack("<i", 0) + _str(b"{}")
-    conn.data_received(prefixed(event) + prefixed(end))
+    feed(conn, prefixed(event) + prefixed(end))
     assert [end] == answers
     assert (0, 0, b"{}") == protocol.decode_job_end(answers[0])
+
+
+class _Answers:
+    """Stands in for the calls waiting on a WorkerConn: records what settles them."""
+
+    def __init__(self, conn: WorkerConn, count: int) -> None:
+        self.got: list[bytes | memoryview] = []
+        for _ in range(count):
+            conn.waiters.append(self)  # type: ignore[arg-type]
+
+    def settle(self, frame: bytes | memoryview, exc: object) -> None:
+        self.got.append(frame)
+
+
+def test_worker_answers_of_every_size_survive_any_split_into_reads() -> None:
+    """Small answers straddling the end of the read buffer, answers that
+    exactly fill it, and answers larger than it, cut into reads of random
+    sizes: every one arrives whole, in order; the large ones as views of a
+    buffer of their own that later reads leave intact."""
+    rng = random.Random(19)
+    sizes = [1, 7, _READ_BYTES - 4, _READ_BYTES - 3, _READ_BYTES, 3 * _READ_BYTES + 5, 1 << 20, 100, 5000]
+    sizes += [rng.choice([1, 50, 4000, 30000, _READ_BYTES - 10, 200000]) for _ in range(60)]
+    frames = [bytes([protocol.F_HTTP_RESP]) + rng.randbytes(n - 1) if n > 1 else bytes([protocol.F_HTTP_RESP]) for n in sizes]
+    stream = b"".join(prefixed(f) for f in frames)
+    for most in (1, 3, 4096, 65535, 100_000, 1 << 30):
+        conn = WorkerConn()
+        answers = _Answers(conn, len(frames))
+        if most == 1:
+            feed(conn, stream[: 3 * _READ_BYTES], most)  # byte by byte is slow: a prefix is enough
+            want = [f for f, end in zip(frames, _ends(frames), strict=True) if end <= 3 * _READ_BYTES]
+        else:
+            # Random read sizes up to `most`.
+            view, want = memoryview(stream), frames
+            while view:
+                k = rng.randint(1, min(most, len(view)))
+                feed(conn, bytes(view[:k]))
+                view = view[k:]
+        assert [bytes(f) for f in answers.got] == want, most
+        for frame in answers.got:
+            # Copies (bytes) unless larger than the read buffer: those are views.
+            assert (type(frame) is memoryview) == (len(frame) + 4 > _READ_BYTES)
+
+
+def _ends(frames: list[bytes]) -> list[int]:
+    out, at = [], 0
+    for f in frames:
+        at += 4 + len(f)
+        out.append(at)
+    return out
+
+
+def test_a_large_answer_lands_in_its_own_buffer_without_copies() -> None:
+    """After the read that brings its length, the rest of a large answer is
+    read straight into the frame's own buffer: get_buffer() offers exactly
+    the missing part of it."""
+    body = b"y" * (1 << 20)
+    frame = http_answer(200, [(b"Content-Type", b"application/octet-stream")], body)
+    data = prefixed(frame)
+    conn = WorkerConn()
+    answers = _Answers(conn, 1)
+    first = conn.get_buffer(-1)
+    first[:] = data[: len(first)]
+    conn.buffer_updated(len(first))
+    rest = conn.get_buffer(-1)
+    assert len(rest) == len(data) - len(first)
+    rest[:] = data[len(first) :]
+    conn.buffer_updated(len(rest))
+    (got,) = answers.got
+    status, _block, view = protocol.split_http_response(got)
+    assert status == 200 and type(view) is memoryview and view == body
+    assert view.obj is got.obj  # the body is a view of the frame's buffer, not a copy
+
+
+def test_a_large_request_body_goes_out_in_place() -> None:
+    """A request body of JOIN_BELOW bytes or more is not copied into its
+    frame: the frame is parts whose middle ones are the body's own chunks, and
+    written in order they are the same bytes as the joined frame of a small body."""
+    headers = [(b"host", b"x"), (b"content-type", b"application/octet-stream")]
+    chunks = [b"a" * (protocol.JOIN_BELOW - 10), b"b" * 10, b"c"]
+    parts = protocol.encode_http(1, 3, b"/up", b"q=1", chunks, headers, [(b"k", b"v")])
+    assert type(parts) is list and all(p is c for p, c in zip(parts[1:-1], chunks, strict=True))
+    kv = struct.pack("<I", 2) + b"".join(_str(k) + _str(v) for k, v in headers)
+    data = struct.pack("<I", 1) + _str(b"k") + _str(b"v")
+    for body in (chunks, [b"d" * 100, b"e"]):
+        size = sum(map(len, body))
+        rest = struct.pack("<BBH", protocol.F_HTTP, 1, 3) + _str(b"/up") + _str(b"q=1") + struct.pack("<I", size) + b"".join(body) + b"\0" + kv + data
+        frame = protocol.encode_http(1, 3, b"/up", b"q=1", body, headers, [(b"k", b"v")])
+        assert (type(frame) is bytes) == (size < protocol.JOIN_BELOW)
+        assert prefixed(rest) == (frame if type(frame) is bytes else b"".join(frame))
