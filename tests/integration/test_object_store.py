@@ -13,7 +13,7 @@ import httpx
 
 from tests.conftest import Server, route_module, unique
 from tests.integration.test_builders import BuilderService
-from tests.objects import S3Target
+from tests.objects import IMAGE, S3Target
 
 
 def node(tmp_path: Path, label: str, s3: S3Target, **env: str) -> Server:
@@ -145,3 +145,28 @@ def test_remote_builder_writes_to_s3_and_the_api_reads_through_it(tmp_path: Path
     finally:
         api.stop()
         service.stop()
+
+
+def test_the_image_refuses_anonymous_access_and_starting_without_credentials(s3_endpoint: S3Target) -> None:
+    """cweb-s3 answers only signed requests, and will not start open."""
+    import docker
+
+    s3_endpoint.client().create_bucket(Bucket=s3_endpoint.bucket)
+    s3_endpoint.client().put_object(Bucket=s3_endpoint.bucket, Key="artifacts/x.so", Body=b"secret-ish")
+    for method, path in (("GET", "/"), ("PUT", f"/{s3_endpoint.bucket}-anon"), ("GET", f"/{s3_endpoint.bucket}/artifacts/x.so"),
+                         ("PUT", f"/{s3_endpoint.bucket}/artifacts/y.so")):
+        r = httpx.request(method, s3_endpoint.endpoint + path, content=b"x" if method == "PUT" else None, timeout=10)
+        assert 403 == r.status_code, (method, path, r.status_code, r.text[:200])
+        assert b"secret-ish" not in r.content
+    client = docker.from_env()
+    try:
+        container = client.containers.run(IMAGE, detach=True)
+        try:
+            status = container.wait(timeout=60)
+            logs = container.logs().decode()
+        finally:
+            container.remove(force=True)
+        assert 0 != status["StatusCode"]
+        assert "set CWEB_S3_ACCESS_KEY and CWEB_S3_SECRET_KEY" in logs
+    finally:
+        client.close()
