@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from api.app import create_app  # after the checks: refusing to start stays instant
 
-    app = create_app(settings)
+    app = create_app(settings)  # resolves the node id
+    # X-Cweb-Node on every answer: uvicorn renders its default headers once
+    # (with the date, each second) and the module fast path reuses them
+    # (api/http_server.py status_prefix), so it costs nothing per request.
+    node_header = [("X-Cweb-Node", settings.node_id)] if settings.node_header else []
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         # No proxy in front by default; the middleware costs time on every request.
         proxy_headers=False,
         server_header=False,
+        headers=node_header,
         timeout_graceful_shutdown=5,
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,

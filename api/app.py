@@ -23,6 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import auth, builds, cache_admin, observe, secrets, versions
 from api.artifacts import Artifacts, object_store
 from api.builder_discovery import FarmSetup, make_farm
+from api.cluster import routes as cluster_routes
+from api.cluster.cluster import Cluster
 from api.cors import Cors
 from api.deploys import Deployer
 from api.dispatch import Dispatcher
@@ -35,7 +37,8 @@ from api.metrics import Metrics
 from api.modules.host import ModuleHost
 from api.openapi import API_DESCRIPTION, document, with_module_routes
 from api.pg import Database, is_postgres
-from api.registry import Registry
+from api.registry import Registry, RegistryStore
+from api.registry_pg import PgRegistry
 from api.settings import Settings
 from builder import compile as compile_mod
 from builder.errors import BuildError
@@ -62,7 +65,8 @@ class State:
     builder: Builder
     farm: BuildFarm
     farms: FarmSetup
-    registry: Registry
+    registry: RegistryStore
+    cluster: Cluster | None
     agent: AgentClient
     metrics: Metrics
     logs: observe.LogHub
@@ -146,13 +150,17 @@ def create_app(settings: Settings) -> Dispatcher:
                 log.warning("bubblewrap is unavailable: compiling WITHOUT a sandbox (CWEB_UNSAFE_BUILDS=1)")
             else:
                 log.error("bubblewrap is unavailable: uploads will be refused (set CWEB_UNSAFE_BUILDS=1 to allow unsandboxed builds)")
-        state.deploys = Deployer(state.farm, state.host, state.registry, state.metrics, state.builds)
+        state.deploys = Deployer(state.farm, state.host, state.registry, state.metrics, state.builds, cluster=state.cluster)
         if not settings.runtime_socket:
             # Embedded: the agent inherits its end of a socketpair; no path.
             await state.agent.spawn_embedded(settings.agent_settings())
         await state.agent.connect()
         await state.agent.describe()
-        await state.host.restore()
+        if state.cluster is not None:
+            # Every active module loaded (or forwarded) before /healthz answers.
+            await state.cluster.start()
+        else:
+            await state.host.restore()
         await state.job_store.open()
         await state.jobs.start(state.host)
         job_metrics = asyncio.create_task(state.metrics.follow_jobs(state.jobs))
@@ -177,6 +185,8 @@ def create_app(settings: Settings) -> Dispatcher:
         for task in feeds:
             task.cancel()
         state.host.sockets.close_all()
+        if state.cluster is not None:
+            await state.cluster.stop()
         await state.jobs.stop()
         await state.job_store.close()
         await state.agent.close()
@@ -197,7 +207,7 @@ def create_app(settings: Settings) -> Dispatcher:
     state.builds = observe.BuildHistory(on_record=state.changes.publish)
     # PostgreSQL shared by every node when configured (docs/CLUSTER.md), else SQLite files.
     state.db = Database(settings.database_url) if is_postgres(settings.database_url) else None
-    state.registry = Registry(os.path.join(settings.data_dir, "registry.db"))
+    state.registry = PgRegistry(state.db) if state.db is not None else Registry(os.path.join(settings.data_dir, "registry.db"))
     state.job_store = SQLiteJobStore(os.path.join(settings.data_dir, "jobs.db"))
     state.jobs = JobService(state.job_store, limits=JobLimits.from_settings(settings))
 
@@ -222,6 +232,7 @@ def create_app(settings: Settings) -> Dispatcher:
     state.objects = object_store(settings)
     state.artifacts = Artifacts(Store(settings.store_dir, state.objects) if state.objects is not None else None)
     state.host.spawner.artifacts = state.artifacts
+    state.cluster = Cluster(settings, state.db, state.registry, state.host) if isinstance(state.registry, PgRegistry) else None
     # Swagger UI and ReDoc assets come from the fastapi-offline package, served
     # under /docs/static: the docs work with no route to a CDN.
     app = FastAPIOffline(
@@ -240,6 +251,7 @@ def create_app(settings: Settings) -> Dispatcher:
     app.include_router(job_routes.router)
     app.include_router(observe.router)
     app.include_router(builds.router)
+    app.include_router(cluster_routes.router)
 
     def openapi() -> dict:
         # The control plane's schema is built once; module routes are added on
@@ -289,19 +301,24 @@ def create_app(settings: Settings) -> Dispatcher:
     @app.post("/mgnt")
     async def deploy(request: Request, check: int = Query(0, ge=0, le=1),
                      verify: str | None = Query(None, pattern="^reproducible$"),
-                     build_id: str | None = Query(None, pattern="^[0-9a-f]{16}$")) -> dict:
+                     build_id: str | None = Query(None, pattern="^[0-9a-f]{16}$"),
+                     placement: str | None = Query(None, pattern="^(all|one)$")) -> dict:
         """Build, validate and activate an uploaded C module (field `code`).
 
         verify=reproducible builds the source a second time, without the
         cache, on another builder when there is one, and refuses the deploy
         (409 not_reproducible) when the two artifacts differ. build_id (16 hex
         digits, chosen by the client) names the build, so the client can follow
-        GET /builds/{build_id}/log while it waits; a joined or reused id is ignored."""
+        GET /builds/{build_id}/log while it waits; a joined or reused id is ignored.
+        placement (several nodes, docs/CLUSTER.md): `all` serves the module on
+        every node (the default), `one` on the node that received the deploy
+        only, the others forwarding its routes and sockets there; omitted, a
+        redeploy keeps the module's placement."""
         started = time.perf_counter()
         source, filename = await _read_upload(request, settings.max_source_bytes)
         return await state.deploys.upload(source, filename, check=bool(check), started=started,
                                           client=builds.client_of(request), build_id=build_id,
-                                          reproducible=verify == "reproducible")
+                                          reproducible=verify == "reproducible", placement=placement)
 
     def live_summary(v: Any) -> dict:
         summary = v.summary()
@@ -310,14 +327,18 @@ def create_app(settings: Settings) -> Dispatcher:
 
     @app.get("/modules")
     async def modules() -> dict:
-        return {"modules": [live_summary(v) for v in sorted(state.host.active.values(), key=lambda v: v.deployed_at)]}
+        served = [*state.host.active.values(), *state.host.remote.values()]
+        return {"modules": [live_summary(v) for v in sorted(served, key=lambda v: v.deployed_at)]}
 
     @app.get("/modules/{name}")
     async def module(name: str) -> dict:
-        return live_summary(state.host.get(name))
+        remote = state.host.remote.get(name)
+        return live_summary(remote if remote is not None else state.host.get(name))
 
     @app.delete("/modules/{name}")
     async def remove_module(name: str) -> dict:
+        if state.cluster is not None:
+            return {"name": name, "removed": True, "nodes": await state.cluster.remove(name)}
         await state.host.remove(name)
         return {"name": name, "removed": True}
 

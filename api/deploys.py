@@ -12,7 +12,7 @@ from typing import Any
 from api.errors import ApiError, BadRequest, Conflict, NotFound, disk_full_is_507
 from api.modules.host import ModuleHost
 from api.modules.version import Version, declaration_warnings
-from api.registry import Registry
+from api.registry import RegistryStore
 from builder.errors import BuildError
 from builder.farm import BuildFarm
 from builder.local import BuildResult, display_name
@@ -21,30 +21,44 @@ log = logging.getLogger("cweb.api")
 
 
 class Deployer:
-    def __init__(self, builder: BuildFarm, host: ModuleHost, registry: Registry, metrics: Any, builds: Any) -> None:
+    def __init__(self, builder: BuildFarm, host: ModuleHost, registry: RegistryStore, metrics: Any, builds: Any,
+                 cluster: Any = None) -> None:
         self.builder = builder
         self.host = host
         self.registry = registry
+        # Several nodes (api/cluster/cluster.py Cluster): a deploy loads and
+        # swaps on every live node, the answer says what each did. None: this node alone.
+        self.cluster = cluster
         # Prometheus counters (api/metrics.py) and the build history (api/observe.py BuildHistory).
         self.metrics = metrics
         self.builds = builds
 
     async def activate(self, module_hash: str, *, source_sha256: str, build_key: str, action: str,
-                       started: float) -> tuple[Version, dict]:
+                       started: float, placement: str | None = None) -> tuple[Version, dict]:
         """Make module_hash the active version of its module (ModuleHost.activate,
-        a full disk is a 507); the version and the fields every deploy answer has."""
+        a full disk is a 507; in a cluster on every node); the version and the
+        fields every deploy answer has."""
+        extra: dict = {}
         with disk_full_is_507("the deploy"):
-            version, previous, noop = await self.host.activate(
-                module_hash, source_sha256=source_sha256, build_key=build_key, action=action)
+            if self.cluster is None:
+                version, previous, noop = await self.host.activate(
+                    module_hash, source_sha256=source_sha256, build_key=build_key, action=action)
+                previous_hash = previous.module_hash if previous else None
+            else:
+                version, previous_hash, noop, nodes = await self.cluster.activate(
+                    module_hash, source_sha256=source_sha256, build_key=build_key, action=action, placement=placement)
+                row = await self.cluster.registry.placement(version.name)
+                extra = {"nodes": nodes, "placement": row["placement"] if row else "all"}
         return version, {
             "noop": noop,
-            "previous_hash": previous.module_hash if previous else None,
+            "previous_hash": previous_hash,
             "phases": {} if noop else version.phases,
             "deploy_ms": round((time.perf_counter() - started) * 1000, 2),
+            **extra,
         }
 
     async def upload(self, source: bytes, filename: str, *, check: bool, started: float, client: str = "",
-                     build_id: str | None = None, reproducible: bool = False) -> dict:
+                     build_id: str | None = None, reproducible: bool = False, placement: str | None = None) -> dict:
         """Build the source through the farm's queue (client: whose turn it is;
         build_id: a name the client chose, to follow the log); with
         reproducible, build it again without the cache, on another builder
@@ -78,7 +92,8 @@ class Deployer:
                 decl = await self.host.dry_run(result.module_hash)
             else:
                 version, answer = await self.activate(result.module_hash, source_sha256=result.source_sha256,
-                                                      build_key=result.build_key, action="deploy", started=started)
+                                                      build_key=result.build_key, action="deploy", started=started,
+                                                      placement=placement)
         except ApiError as exc:
             # Compiled, then refused: recorded as a rejection, never as a green build.
             self.builds.record(**record, outcome="rejected", error=exc.code, message=exc.message,

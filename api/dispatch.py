@@ -40,6 +40,7 @@ log = logging.getLogger("cweb.api")
 
 # Bound once: reading a member off an Enum class costs ~0.3 us on Python 3.11.
 _ACTIVE, _RESTARTING, _QUARANTINED = VersionState.ACTIVE, VersionState.RESTARTING, VersionState.QUARANTINED
+_FORWARDED = VersionState.FORWARDED
 
 # First path segments owned by the control plane ("/jobs/x" -> "jobs").
 _CONTROL = frozenset(p.lstrip("/") for p in routing.RESERVED_PREFIXES) | {"favicon.ico"}
@@ -239,6 +240,10 @@ class Dispatcher:
             await self.http(scope, receive, send, path)
         elif kind == "websocket":
             if self.ws_handler is not None and not _is_control(scope["path"]):
+                entry = self.host.table.match_socket(scope["path"])
+                if entry is not None and entry.version.state is _FORWARDED:  # another node serves it (api/cluster)
+                    await entry.version.forward_socket(scope, receive, send)
+                    return
                 await self.ws_handler(scope, receive, send)
             elif self.guard is not None and (refused := self.guard(scope)) is not None:
                 await refuse_websocket(scope, receive, send, *refused)
@@ -391,6 +396,8 @@ class Dispatcher:
             if entry is None:
                 return json_reply(*error_body(NotFound(f"no route for {path}")), self.cors_headers(headers))
             version = entry.version
+            if version.state is _FORWARDED:  # another node serves it (api/cluster/forward.py)
+                return await version.forward(method, path, query, headers, body)
             if version.state is _RESTARTING:
                 try:
                     await asyncio.wait_for(version.ready.wait(), 5)

@@ -1,6 +1,8 @@
 """Which module versions are active, and every deploy ever made.
 
-A small SQLite file owned by the api (<data-dir>/registry.db). Every call
+`RegistryStore` is the interface; `Registry` keeps it in a small SQLite file
+owned by the api (<data-dir>/registry.db), `api/registry_pg.py PgRegistry`
+in the PostgreSQL every node of a cluster shares. In SQLite, every call
 runs on the registry's own thread, never on the event loop: a slow disk, an
 fsync or a lock held elsewhere delays that call only (and at most
 BUSY_TIMEOUT_MS for a lock), never the requests the loop is serving. A full
@@ -9,6 +11,7 @@ disk surfaces as InsufficientStorage (507).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import sqlite3
@@ -48,8 +51,48 @@ CREATE INDEX IF NOT EXISTS deploys_name ON deploys(name, id);
 """
 
 
-class Registry:
-    """The registry's calls, each awaited while its thread does the work."""
+class RegistryStore(abc.ABC):
+    """What the host, the deployer and the control plane ask of a registry."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Ready the store (tables created)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release what open() took."""
+
+    @abc.abstractmethod
+    async def record_artifact(self, module_hash: str, decl: dict, source_sha256: str, build_key: str) -> None:
+        """Remember an artifact that was loaded once (idempotent)."""
+
+    @abc.abstractmethod
+    async def artifact(self, module_hash: str) -> dict | None:
+        """module_hash, name, author, source_sha256, build_key, decl, first_seen."""
+
+    @abc.abstractmethod
+    async def activate(self, name: str, module_hash: str, action: str = "deploy") -> float:
+        """Make module_hash the active version of name; its deployed_at."""
+
+    @abc.abstractmethod
+    async def remove(self, name: str) -> None:
+        """name is no longer active (its history stays)."""
+
+    @abc.abstractmethod
+    async def active(self) -> list[tuple[str, str, float]]:
+        """(name, module_hash, deployed_at) in deploy order."""
+
+    @abc.abstractmethod
+    async def versions(self, name: str) -> list[dict]:
+        """Every artifact ever deployed as name, newest first."""
+
+    @abc.abstractmethod
+    async def deploys_of(self, module_hash: str) -> list[dict]:
+        """Every deploy, rollback and removal of module_hash, oldest first."""
+
+
+class Registry(RegistryStore):
+    """The registry in SQLite: each call awaited while its thread does the work."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -95,7 +138,6 @@ class Registry:
             await self._run(self._remove, name)
 
     async def active(self) -> list[tuple[str, str, float]]:
-        """(name, module_hash, deployed_at) in deploy order."""
         return await self._run(self._active)
 
     async def versions(self, name: str) -> list[dict]:

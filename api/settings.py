@@ -17,6 +17,18 @@ BODY_TIMEOUT_S = 120.0
 # Per-module secrets (api/secrets.py): bytes of one value, keys per module.
 MAX_SECRET_BYTES = 64 << 10
 MAX_SECRETS_PER_MODULE = 64
+# Several nodes (api/cluster): seconds between a node's heartbeats, and
+# without one after which a node counts as gone (its placement-one modules
+# move to a live node).
+NODE_HEARTBEAT_S = 2.0
+NODE_TTL_S = 10.0
+# Seconds between two full comparisons of what a node serves with the
+# registry (the backstop behind NOTIFY and the deploy's own calls).
+NODE_RECONCILE_S = 10.0
+# Seconds one node-to-node call of a deploy may take (load includes fetching
+# the artifact), and a prepared worker waits for its swap before it is discarded.
+NODE_CALL_TIMEOUT_S = 60.0
+NODE_PREPARED_TTL_S = 120.0
 
 
 @dataclass
@@ -81,6 +93,8 @@ class Settings:
     node_id: str = ""
     node_url: str = ""
     node_header: bool = True
+    node_heartbeat_s: float = NODE_HEARTBEAT_S
+    node_ttl_s: float = NODE_TTL_S
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Settings:
@@ -130,13 +144,19 @@ class Settings:
             s3_region=env.get("CWEB_S3_REGION", "us-east-1"),
             s3_access_key=env_secret(env, "CWEB_S3_ACCESS_KEY"),
             s3_secret_key=env_secret(env, "CWEB_S3_SECRET_KEY"),
-            node_id=env.get("CWEB_NODE_ID", "") or socket.gethostname(),
+            node_id=env.get("CWEB_NODE_ID", ""),
             node_url=env.get("CWEB_NODE_URL", ""),
             node_header=env.get("CWEB_NODE_HEADER", "1") != "0",
+            node_heartbeat_s=env_float(env, "CWEB_NODE_HEARTBEAT_S", NODE_HEARTBEAT_S),
+            node_ttl_s=env_float(env, "CWEB_NODE_TTL_S", NODE_TTL_S),
         )
 
     def resolved(self) -> Settings:
-        """Fill in the paths that derive from data_dir."""
+        """Fill in the paths that derive from data_dir, and the node's id and URL."""
+        if not self.node_id:
+            self.node_id = default_node_id(self.port)
+        if not self.node_url:
+            self.node_url = default_node_url(self.host, self.port, bool(self.tls_cert))
         self.data_dir = os.path.abspath(self.data_dir)
         if not self.workdir:
             self.workdir = os.getcwd()
@@ -167,3 +187,30 @@ class Settings:
     @property
     def store_dir(self) -> str:
         return self.store_override or os.path.join(self.data_dir, "store")
+
+
+def in_container() -> bool:
+    """Docker, Podman or Kubernetes: the host name is the container's own."""
+    return (os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
+            or bool(os.environ.get("KUBERNETES_SERVICE_HOST")))
+
+
+def default_node_id(port: int) -> str:
+    """The host name; outside a container with the port added, since several
+    nodes on one machine (tests, a trial) share the host name but not the port."""
+    name = socket.gethostname()
+    return name if in_container() else f"{name}:{port}"
+
+
+def default_node_url(host: str, port: int, tls: bool) -> str:
+    """How other nodes reach this one: its listen address, or for a wildcard
+    listener the address its host name resolves to (a container's address on
+    its networks)."""
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"

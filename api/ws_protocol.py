@@ -35,6 +35,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from api.dispatch import _is_control as is_control
+from api.modules.version import VersionState
 
 if TYPE_CHECKING:
     from api.sockets import Conn, SocketHub
@@ -85,7 +86,8 @@ def take_upgrade(http: Any, dispatcher: Any) -> bool:
     path = httptools.parse_url(http.url).path.decode("latin-1")
     if "%" in path:
         path = urllib.parse.unquote(path)
-    if is_control(path) or hub.host.table.match_socket(path) is None:
+    entry = None if is_control(path) else hub.host.table.match_socket(path)
+    if entry is None or entry.version.state is VersionState.FORWARDED:  # forwarded through ASGI (api/cluster)
         return False
     sock = ModuleSocket(hub, http.config, http.server_state, http.loop)
     http.connections.discard(http)
@@ -144,6 +146,9 @@ class ModuleSocket(asyncio.Protocol):
             self.transport.close()
             return
         response = ws.accept(requests[0])
+        for name, value in self.server_state.default_headers:  # X-Cweb-Node, as on every answer
+            if name != b"date":
+                response.headers[name.decode("latin-1")] = value.decode("latin-1")
         if response.status_code == 101:
             query = urllib.parse.urlsplit(target).query
             self.conn = self.hub.open(path, query, self.send, self.push, self.drained)

@@ -17,10 +17,10 @@ from typing import Any
 from api import routing
 from api.errors import NotFound
 from api.modules.pinning import JobDemand, NoJobs, Pins
-from api.modules.spawner import Spawner
+from api.modules.spawner import Spawned, Spawner
 from api.modules.supervisor import Supervisor
 from api.modules.version import Version, VersionState
-from api.registry import Registry
+from api.registry import RegistryStore
 from api.settings import Settings
 from api.sockets import SocketHub
 from runtime import protocol
@@ -33,7 +33,7 @@ HISTORY = 500
 
 
 class ModuleHost:
-    def __init__(self, settings: Settings, agent: AgentClient, registry: Registry, *,
+    def __init__(self, settings: Settings, agent: AgentClient, registry: RegistryStore, *,
                  jobs: JobDemand | None = None, metrics: Any = None,
                  on_activate: Callable[[Version], None] | None = None,
                  on_change: Callable[[str, dict], None] | None = None) -> None:
@@ -59,6 +59,11 @@ class ModuleHost:
         self.supervisor = Supervisor(self)
         self.spawner = Spawner(settings, agent, self._on_worker_frame, self.supervisor.on_hung)
         self.pins = Pins(self)
+        # Loaded and started ahead of a cluster-wide swap (api/cluster): hash -> worker.
+        self.prepared: dict[str, Spawned] = {}
+        # Modules another node serves, whose routes this node forwards there
+        # (api/cluster/forward.py RemoteModule): routable, never local.
+        self.remote: dict[str, Any] = {}
 
     @property
     def pinned(self) -> dict[str, Version]:
@@ -86,22 +91,32 @@ class ModuleHost:
 
     # ---- deploy ----------------------------------------------------------------
 
-    async def activate(self, module_hash: str, *, source_sha256: str, build_key: str, action: str = "deploy") -> tuple[Version, Version | None, bool]:
-        """Load module_hash and make it the active version of its module.
+    def _check(self, decl: dict) -> None:
+        routing.check_conflicts(decl, [*self.active.values(), *self.remote.values()])
 
+    async def activate(self, module_hash: str, *, source_sha256: str, build_key: str, action: str = "deploy",
+                       deployed_at: float | None = None) -> tuple[Version, Version | None, bool]:
+        """Load module_hash (or take the worker prepare() started for it) and
+        make it the active version of its module.
+
+        The registry records it first, unless deployed_at is given: then the
+        caller has recorded it already (a cluster's swap, api/cluster).
         Returns (version, previous, noop). Any rejection leaves the previous
         version serving and nothing changed."""
         async with self.lock:
             for v in self.active.values():
                 if v.module_hash == module_hash and v.state != VersionState.QUARANTINED:
                     return v, None, True
-            spawned = await self.spawner.spawn(
-                module_hash, check=lambda decl: routing.check_conflicts(decl, list(self.active.values())))
+            spawned = self.prepared.pop(module_hash, None)
+            if spawned is None:
+                spawned = await self.spawner.spawn(module_hash, check=self._check)
             t2 = time.perf_counter()
             version = Version.of(spawned, module_hash, source_sha256=source_sha256, build_key=build_key)
             try:
-                await self.registry.record_artifact(module_hash, version.decl, source_sha256, build_key)
-                version.deployed_at = await self.registry.activate(version.name, module_hash, action)
+                if deployed_at is None:
+                    await self.registry.record_artifact(module_hash, version.decl, source_sha256, build_key)
+                    deployed_at = await self.registry.activate(version.name, module_hash, action)
+                version.deployed_at = deployed_at
             except BaseException:
                 # Not recorded (a full disk: 507): not served either, and the
                 # previous version keeps serving.
@@ -111,6 +126,7 @@ class ModuleHost:
             previous = self.active.get(version.name)
             self.by_worker[version.worker_id] = version
             self.active[version.name] = version
+            self.remote.pop(version.name, None)
             self._rebuild()
             if self.on_activate is not None:
                 self.on_activate(version)
@@ -127,11 +143,43 @@ class ModuleHost:
         artifact in a worker, validate its declaration, check its routes
         against the active modules; then discard the worker. Returns the
         declaration; raises what a deploy of it would."""
-        return await self.spawner.dry_run(
-            module_hash, check=lambda decl: routing.check_conflicts(decl, list(self.active.values())))
+        return await self.spawner.dry_run(module_hash, check=self._check)
+
+    async def prepare(self, module_hash: str, ttl: float) -> tuple[str, dict]:
+        """Load and start module_hash without serving it, so that a cluster's
+        swap (api/cluster) finds it ready: ("prepared" | "serving", its
+        declaration). What activate() would refuse is raised here. A worker
+        not swapped in within ttl seconds (its deploy died) is discarded."""
+        async with self.lock:
+            for v in self.active.values():
+                if v.module_hash == module_hash and v.state != VersionState.QUARANTINED:
+                    return "serving", v.decl
+            spawned = self.prepared.get(module_hash)
+            if spawned is None:
+                spawned = self.prepared[module_hash] = await self.spawner.spawn(module_hash, check=self._check)
+                asyncio.get_running_loop().call_later(ttl, lambda: asyncio.create_task(self.unprepare(module_hash, spawned)))
+            return "prepared", spawned.decl
+
+    async def unprepare(self, module_hash: str, spawned: Spawned | None = None) -> None:
+        """Discard a prepared worker that will not be swapped in (only spawned, if given)."""
+        current = self.prepared.get(module_hash)
+        if current is not None and (spawned is None or current is spawned):
+            del self.prepared[module_hash]
+            await self.spawner.discard_spawned(current)
+
+    def set_remote(self, module: Any) -> None:
+        """Route module.name's paths to the node that serves it (api/cluster)."""
+        self.remote[module.name] = module
+        self._rebuild()
+
+    def drop_remote(self, name: str) -> bool:
+        if self.remote.pop(name, None) is None:
+            return False
+        self._rebuild()
+        return True
 
     def _rebuild(self) -> None:
-        ordered = sorted(self.active.values(), key=lambda v: v.deployed_at)
+        ordered = sorted([*self.active.values(), *self.remote.values()], key=lambda v: v.deployed_at)
         self.table = routing.RouteTable(ordered)
 
     def retire(self, old: Version) -> None:
@@ -169,12 +217,15 @@ class ModuleHost:
 
     # ---- removal and listing -------------------------------------------------
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, *, record: bool = True) -> None:
+        """Stop serving name; record: write the removal to the registry first
+        (a cluster's other nodes follow a removal already recorded)."""
         async with self.lock:
             if name not in self.active:
                 raise NotFound(f"no module named {name!r}", code="module_not_found")
             # Recorded first: a registry that cannot write (507, 503) leaves the module serving.
-            await self.registry.remove(name)
+            if record:
+                await self.registry.remove(name)
             v = self.active.pop(name)
             self._rebuild()
             self.sockets.close_module(name)

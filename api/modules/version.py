@@ -23,6 +23,7 @@ class VersionState(StrEnum):
     STOPPING = "stopping"        # drained; its worker is being stopped
     STOPPED = "stopped"          # gone
     PINNED = "pinned"            # loaded only for jobs pinned to its hash; never routable
+    FORWARDED = "forwarded"      # served by another node of the cluster; routable here, forwarded there
 
 
 # The states in which a version will never serve a request again.
