@@ -11,15 +11,15 @@ worker dies while handling it is not retried (it may be what crashed the
 worker); one that had not reached the worker yet goes to its replacement.
 Either way the connection stays open and is re-opened on the new worker.
 
-Clients reach the hub two ways: through ASGI (`__call__`, uvicorn's
-WebSocket protocol) or by direct calls from the server's own WebSocket
-protocol (api/ws_protocol.py: `open`, `receive`, `gone`). On the direct path
-a message whose connection is idle and whose worker is the one that saw
-on_open goes to the worker from the read that brought it, and the next one
-from the read that brings the worker's answer: no task, no future. Anything
-else (re-open after a swap, a restart to wait for, a worker gone) runs the
-same async code the ASGI path runs, in a task that holds the connection's
-turn.
+Clients reach the hub by direct calls from the server's own WebSocket
+protocol (api/ws_protocol.py: `open`, `receive`, `gone`). A message whose
+connection is idle and whose worker is the one that saw on_open goes to the
+worker from the read that brought it, and the next one from the read that
+brings the worker's answer: no task, no future. Anything else (re-open after
+a swap, a restart to wait for, a worker gone) runs async code in a task that
+holds the connection's turn. An upgrade that reaches the hub through ASGI
+(`__call__`) is one no socket path matched when its headers were read: it
+is refused.
 
 Outbound, a frame from a worker is written to the client's socket at once
 when nothing is queued for it and the socket takes data; otherwise it waits
@@ -134,19 +134,15 @@ class Conn:
     # True while the sender waits for the client's socket to drain.
     blocked: bool = False
     sender: asyncio.Task | None = None
-    # uvicorn's flow-control flag for this socket, when it exposes one.
-    writable: asyncio.Event | None = None
-    # A direct send that suspended after all; the sender finishes it first.
-    resume: asyncio.Task | None = None
     # WS_OPEN's data: the path, then NUL and ws->session when there is one.
     open_data: bytes = b""
-    # Direct path only: push(data, binary) writes a frame at once, False if the
-    # socket does not take data now; the client's messages waiting for the
-    # turn (None: the client left); drained() is called whenever inbox is empty.
+    # push(data, binary) writes a frame at once, False if the socket does not
+    # take data now; the client's messages waiting for the turn (None: the
+    # client left); drained() is called whenever inbox is empty.
     push: Callable[[bytes, bool], bool] | None = None
     inbox: collections.deque = field(default_factory=collections.deque)
     drained: Callable[[], None] | None = None
-    # Direct path: the client is gone; its on_close is queued behind the inbox.
+    # The client is gone; its on_close is queued behind the inbox.
     left: bool = False
 
 
@@ -159,13 +155,6 @@ def _open_data(path: str, query_string: bytes) -> bytes:
         since = params.get("since_event_id", ["0"])[0]
         data += b"\0" + f"{params['id'][0]}|{since}".encode("utf-8", "replace")
     return data
-
-
-def _writable_flag(send: Callable) -> asyncio.Event | None:
-    """uvicorn's `writable` event behind an ASGI send, if it has one: while it
-    is set, its send completes without suspending."""
-    flag = getattr(getattr(send, "__self__", None), "writable", None)
-    return flag if isinstance(flag, asyncio.Event) else None
 
 
 class SocketHub:
@@ -189,54 +178,24 @@ class SocketHub:
     # ---- the ASGI side ------------------------------------------------------
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """An upgrade on a non-control path that api/ws_protocol.py did not
+        take: no socket path matched it when its headers were read (a socket
+        deployed since then included: the client connects again). Refused
+        before the handshake, which uvicorn answers as HTTP 403."""
         msg = await receive()
         if msg["type"] != "websocket.connect":
             return
-        path = scope["path"]
-        entry = self.host.table.match_socket(path)
-        if entry is None:
-            if self.metrics is not None:
-                self.metrics.unmatched["no_socket"] = self.metrics.unmatched.get("no_socket", 0) + 1
-            # Before accept, a close is answered as HTTP 403.
-            await send({"type": "websocket.close", "code": CLOSE_POLICY})
-            return
-        await send({"type": "websocket.accept"})
-        # Unbounded here: from_worker enforces the limit, knowing whether the client drains.
-        conn = Conn(next(self.ids), path, entry.version.name, send, asyncio.Queue(), writable=_writable_flag(send))
-        conn.open_data = _open_data(path, scope.get("query_string", b""))
-        self.conns[conn.conn_id] = conn
-        conn.sender = asyncio.create_task(self._sender(conn))
-        try:
-            await self._event(conn, protocol.F_WS_OPEN, conn.open_data)
-            # Read until the client is gone. Once the api has closed the
-            # connection (module removed, slow client, ws->close) messages
-            # are dropped while uvicorn completes the closing handshake.
-            while True:
-                msg = await receive()
-                kind = msg["type"]
-                if kind == "websocket.receive":
-                    self.messages_in[conn.module] = self.messages_in.get(conn.module, 0) + 1
-                    if conn.closed:
-                        continue
-                    text = msg.get("text")
-                    if text is not None:
-                        await self._event(conn, protocol.F_WS_MSG, text.encode())
-                    else:
-                        await self._event(conn, protocol.F_WS_MSG, msg.get("bytes") or b"", binary=True)
-                elif kind == "websocket.disconnect":
-                    break
-        finally:
-            await self._finish(conn)
+        if self.metrics is not None:
+            self.metrics.unmatched["no_socket"] = self.metrics.unmatched.get("no_socket", 0) + 1
+        await send({"type": "websocket.close", "code": CLOSE_POLICY})
 
     async def _sender(self, conn: Conn) -> None:
         """Drains the connection's queue into the socket, in order.
 
-        uvicorn's send returns without suspending while the client's socket
-        is writable, so `blocked` is only seen True when the client lags."""
+        The socket's send returns without suspending while the client's
+        socket is writable, so `blocked` is only seen True when the client lags."""
         while True:
             item = await conn.queue.get()
-            if conn.resume is not None:
-                await asyncio.wait({conn.resume})
             if item is None:
                 return
             kind, payload = item
@@ -282,8 +241,8 @@ class SocketHub:
         sender = conn.sender
         if sender is not None and not sender.done():
             conn.queue.put_nowait(None)
-            # A close frame still queued must go out before the ASGI app returns,
-            # or uvicorn drops the transport without it.
+            # A close frame still queued goes out before the connection is
+            # done with (for at most CLOSE_FLUSH_S).
             done, _ = await asyncio.wait({sender}, timeout=CLOSE_FLUSH_S)
             if not done:
                 sender.cancel()
@@ -340,7 +299,7 @@ class SocketHub:
                 break
             if conn.closed:
                 turn.held = False
-                continue  # the api closed it: dropped, as on the ASGI path
+                continue  # the api closed it: dropped
             data, binary = item
             if not self._send_fast(conn, data, binary):
                 self._spawn(self._held(conn, protocol.F_WS_MSG, data, binary, ATTEMPTS))
@@ -468,15 +427,10 @@ class SocketHub:
                 return
             await asyncio.sleep(0.02)
 
-    async def _event(self, conn: Conn, kind: int, data: bytes, binary: bool = False) -> bool:
-        """Deliver one event in order; re-open on a new worker first.
-
-        False: the connection is closed (the close frame is queued)."""
-        async with conn.turn:
-            return await self._event_held(conn, kind, data, binary, ATTEMPTS)
-
     async def _event_held(self, conn: Conn, kind: int, data: bytes, binary: bool, attempts: int) -> bool:
-        """_event, the turn already held by the caller."""
+        """Deliver one event in order, re-opening conn on a new worker first;
+        the caller holds conn's turn. False: the connection is closed (the
+        close frame is queued)."""
         for _ in range(attempts):
             if conn.closed:
                 return False
@@ -559,54 +513,13 @@ class SocketHub:
             log.warning("socket %d on %s is not reading; closing it", conn_id, conn.path)
             self._close(conn, CLOSE_TRY_LATER)
             return
-        if pending == 0 and not conn.blocked and conn.resume is None:
-            # Nothing queued or being sent and the socket takes data: send now,
-            # without waking the sender task (a broadcast reaches 1,000
-            # clients in one pass over the events channel's frames).
-            push = conn.push
-            if push is not None:
-                if push(data, binary):
-                    self.messages_out[conn.module] = self.messages_out.get(conn.module, 0) + 1
-                    return
-            elif conn.writable is not None and conn.writable.is_set():
-                if binary:
-                    self._send_now(conn, {"type": "websocket.send", "bytes": data})
-                else:
-                    self._send_now(conn, {"type": "websocket.send", "text": data.decode("utf-8", "replace")})
-                return
+        if pending == 0 and not conn.blocked and conn.push is not None and conn.push(data, binary):
+            # Nothing queued or being sent and the socket took it: sent without
+            # waking the sender task (a broadcast reaches 1,000 clients in one
+            # pass over the events channel's frames).
+            self.messages_out[conn.module] = self.messages_out.get(conn.module, 0) + 1
+            return
         if binary:
             conn.queue.put_nowait(("bytes", data))
         else:
             conn.queue.put_nowait(("text", data.decode("utf-8", "replace")))
-
-    def _send_now(self, conn: Conn, message: dict) -> None:
-        coro = conn.send(message)
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            self.messages_out[conn.module] = self.messages_out.get(conn.module, 0) + 1
-            return
-        except Exception:  # noqa: BLE001 - the client went away; its receive loop sees it
-            return
-        # It suspended after all: finish it in a task. Until it is done the
-        # connection counts as lagging and later frames queue behind it.
-        conn.blocked = True
-        conn.resume = asyncio.ensure_future(self._resume(coro, waiting_on))
-
-        def done(_: asyncio.Future) -> None:
-            conn.resume = None
-            conn.blocked = False
-
-        conn.resume.add_done_callback(done)
-
-    @staticmethod
-    async def _resume(coro: Any, waiting_on: Any) -> None:
-        try:
-            while True:
-                if waiting_on is not None:
-                    await asyncio.wait({waiting_on})
-                waiting_on = coro.send(None)
-        except StopIteration:
-            pass
-        except Exception:  # noqa: BLE001 - the client went away mid-send
-            pass

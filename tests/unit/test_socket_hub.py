@@ -1,5 +1,5 @@
 """SocketHub's outbound side without a server: frames from a worker reach the
-client in order, whether sent at once, queued behind a lagging socket, or
+client in order, whether written at once, queued behind a lagging socket, or
 behind a send that suspends; a lagging client is closed with 1013; a
 module's close goes out after what it sent before it."""
 
@@ -16,14 +16,22 @@ WORKER = 7
 
 
 class FakeSocket:
-    """Stands in for uvicorn's protocol: `writable` flow control and a send
-    that can be made to suspend, recording what the client would get."""
+    """Stands in for api/ws_protocol.py ModuleSocket: push() writes at once
+    unless writing is paused (flow control), send() (the sender task's)
+    waits for the socket to drain and can be made to suspend; both record
+    what the client would get."""
 
     def __init__(self) -> None:
         self.writable = asyncio.Event()
         self.writable.set()
         self.got: list[Any] = []
         self.gate: asyncio.Future | None = None
+
+    def push(self, data: bytes, binary: bool) -> bool:
+        if not self.writable.is_set():
+            return False
+        self.got.append(data if binary else data.decode())
+        return True
 
     async def send(self, message: dict) -> None:
         await self.writable.wait()
@@ -46,7 +54,7 @@ def close_req(conn_id: int) -> bytes:
 def hub_with_conn(queue_limit: int = 4) -> tuple[SocketHub, Conn, FakeSocket]:
     hub = SocketHub(host=None, queue_limit=queue_limit)  # type: ignore[arg-type]
     sock = FakeSocket()
-    conn = Conn(1, "/t/ws", "t", sock.send, asyncio.Queue(), worker_id=WORKER, writable=sock.writable)
+    conn = Conn(1, "/t/ws", "t", sock.send, asyncio.Queue(), worker_id=WORKER, push=sock.push)
     hub.conns[1] = conn
     conn.sender = asyncio.ensure_future(hub._sender(conn))
     return hub, conn, sock
@@ -71,15 +79,18 @@ def test_frames_to_a_writable_socket_go_out_at_once_in_order() -> None:
 
 
 def test_frames_queue_behind_a_send_that_suspends() -> None:
-    """If a direct send suspends anyway, later frames wait for it: order holds."""
+    """Once a frame waits for the sender task, later ones queue behind it even
+    when the socket takes data again before the sender is done: order holds."""
 
     async def go() -> list:
         hub, conn, sock = hub_with_conn()
+        sock.writable.clear()
+        hub.from_worker(WORKER, ws_send(1, b"first"))  # queued: the socket is full
         sock.gate = asyncio.get_running_loop().create_future()
-        hub.from_worker(WORKER, ws_send(1, b"first"))
+        sock.writable.set()
+        await settle()  # the sender is inside send(), held at the gate
         hub.from_worker(WORKER, ws_send(1, b"second"))
         hub.from_worker(WORKER, ws_send(1, b"third"))
-        await settle()
         assert [] == sock.got
         sock.gate.set_result(None)
         sock.gate = None
