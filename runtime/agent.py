@@ -460,8 +460,6 @@ class Agent:
         ours, theirs = [], []
         for _ in range(count):
             a, b = socket.socketpair()
-            for end in (a, b):
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.DATA_SNDBUF_BYTES)
             ours.append(a.detach())
             theirs.append(b.detach())
         # The channel owns and closes the worker's ends once sent.

@@ -63,13 +63,6 @@ WORKER_MEMORY_BYTES = 2 << 30
 WORKER_CPU_SECONDS = 6 * 3600
 # Open files of one worker (connections from the api, sqlite, module files).
 WORKER_OPEN_FILES = 4096
-# Kernel send buffer of each end of a data connection (SO_SNDBUF, bytes; the
-# kernel doubles it and caps it at net.core.wmem_max). The default (~208 KiB
-# on Linux) makes a 1 MiB answer or request body cross in five writes, each
-# a sleep of the writer and a wake-up of the reader; with room for it, the
-# writer's one writev completes at once. Kernel memory is only taken while
-# bytes are in flight.
-DATA_SNDBUF_BYTES = 2 << 20
 # Largest file a worker may write (bytes).
 WORKER_FILE_BYTES = 1 << 30
 # Processes + threads of the worker's uid (RLIMIT_NPROC); ignored by Linux for root.
