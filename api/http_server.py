@@ -47,6 +47,11 @@ LINGER_S = 10.0
 LINGER_BYTES = 256 << 20
 # Responses larger than this go out as head + body (no copy into one buffer).
 _JOIN_LIMIT = 64 << 10
+# A module request whose Content-Length is at least this has the part of its
+# body that httptools has not seen by the end of the headers' read taken
+# straight from the reads, as views: httptools hands every body piece over
+# as a new bytes object, a copy of the whole body.
+RAW_BODY_FROM = 64 << 10
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Module answers carry c-web-modules' reason phrases (its http_errors[]) where
 # Python's differ ("Request Entity Too Large", "Request-URI Too Long").
@@ -182,7 +187,7 @@ class ModuleRequest:
 
     def go(self) -> None:
         """The whole request is in and it is its turn."""
-        if len(self.body) == 1:
+        if len(self.body) == 1 and type(self.body[0]) is bytes:
             self.body = self.body[0]  # type: ignore[assignment]
         if not self.proto.dispatcher.start(self):
             self.run()
@@ -243,6 +248,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-t
     _in_request = False
     _lingering = False
     _linger_left = 0
+    # Body bytes of the current module request still to be taken past the parser.
+    _raw_left = 0
 
     def close_or_linger(self) -> None:
         """Close after an answer: at once if the request was read whole,
@@ -267,7 +274,35 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-t
             if self._linger_left < 0:
                 self.transport.close()
             return
+        if self._raw_left:
+            self._raw_body(data)
+            return
         super().data_received(data)
+
+    def _raw_body(self, data: bytes) -> None:
+        """The next piece of a large module request body, taken as is (a
+        view of the read) instead of through httptools. Its parser was left
+        expecting the body it never saw: the next request gets a new one."""
+        n = self._raw_left
+        cycle = self.cycle
+        if len(data) <= n:
+            self._raw_left = n - len(data)
+            cycle.add(data)
+            if self._raw_left:
+                return
+            rest = b""
+        else:
+            self._raw_left = 0
+            cycle.add(memoryview(data)[:n])
+            rest = data[n:]
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
+        except AttributeError:  # pragma: no cover - httptools < 0.6.3
+            pass
+        self.on_message_complete()
+        if rest and not self._lingering and not self.transport.is_closing():
+            self.data_received(rest)
 
     def eof_received(self) -> bool | None:
         if self._lingering:
@@ -375,11 +410,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-t
     def _module_request(self, method: str, path: str, query: bytes) -> None:
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         req = ModuleRequest(self, method, path, query, keep_alive)
+        length = None
+        chunked = False
         for name, value in self.headers:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.dispatcher.max_body:
-                    req.too_large = True
-                break
+            if name == b"content-length" and length is None:
+                length = int(value) if value.isdigit() else -1
+            elif name == b"transfer-encoding":
+                chunked = True
+        if length is not None and length > self.dispatcher.max_body:
+            req.too_large = True
+        elif length is not None and length >= RAW_BODY_FROM and not chunked:
+            # on_body takes off what httptools parses of it from this read.
+            self._raw_left = length
         previous, self.cycle = self.cycle, req
         if previous is None or previous.response_complete:
             req.start()
@@ -396,12 +438,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-t
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if type(cycle) is ModuleRequest:
+            if self._raw_left:
+                self._raw_left -= len(body)
             cycle.add(body)
         else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_request = False
+        self._raw_left = 0
         self._disarm()
         cycle = self.cycle
         if type(cycle) is ModuleRequest:

@@ -147,6 +147,42 @@ def test_large_bodies_arrive_whole(server: Server) -> None:
     assert (200, f"{len(body)} {hashlib.sha256(body).hexdigest()}") == (r.status_code, r.text)
 
 
+def test_large_bodies_read_past_the_parser_keep_the_requests_around_them(server: Server) -> None:
+    """Bodies from RAW_BODY_FROM bytes are taken from the reads as they come,
+    past httptools: cut into awkward writes (the headers alone, a few bytes,
+    the rest with the next requests behind it in the same write), each body
+    reaches the module whole and every pipelined request after it is parsed
+    and answered in order, a small body and a form included."""
+    name = unique("raw")
+    deployed(server, module(name, [(f"/{name}", "POST", "digest"), (f"/{name}/fast", "GET", "fast")],
+                            DIGEST + SLEEPER.format(fn="fast", ms=0)))
+    big = hashlib.sha256(b"raw").digest() * (200_000 // 32)
+    other = bytes(range(256)) * 400  # 102,400 bytes
+    small = b"hello"
+
+    def post(body: bytes, extra: str = "") -> bytes:
+        return f"POST /{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+    def digest(body: bytes) -> bytes:
+        return f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
+
+    first = post(big)
+    head_end = first.index(b"\r\n\r\n") + 4
+    stream = first[head_end:] + post(small) + f"GET /{name}/fast HTTP/1.1\r\nHost: x\r\n\r\n".encode() + post(other)
+    stream += post(b"a=1&b=2", "Content-Type: application/x-www-form-urlencoded\r\n")
+    with connect(server) as sock:
+        sock.sendall(first[:head_end])
+        time.sleep(0.2)  # the headers in a read of their own
+        sock.sendall(stream[:7])
+        time.sleep(0.2)
+        for i in range(7, len(stream), 70_001):
+            sock.sendall(stream[i : i + 70_001])
+        reader = Reader(sock)
+        answers = [reader.response() for _ in range(5)]
+    assert [(200, digest(big)), (200, digest(small)), (200, b"fast"), (200, digest(other)), (200, digest(b"a=1&b=2"))] == [
+        (s, b) for s, _, b in answers]
+
+
 def test_idle_keep_alive_connection_is_closed(server: Server) -> None:
     """After an answer, a connection that sends nothing more is closed after
     the keep-alive timeout (5 s), not kept forever."""
