@@ -245,9 +245,9 @@ def create_app(settings: BuilderSettings) -> Starlette:
     async def manifest(request: Request) -> Response:
         try:
             module_hash = await _artifact_hash(request)
+            body = await asyncio.to_thread(box["builder"].store.manifest, module_hash) if module_hash else None
         except BuildError as exc:
             return _build_error(exc)
-        body = box["builder"].store.manifest(module_hash) if module_hash else None
         if body is None:
             return _error(404, "artifact_not_found", "no artifact with that hash in the store")
         return _json(body)

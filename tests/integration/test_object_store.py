@@ -142,6 +142,16 @@ def test_remote_builder_writes_to_s3_and_the_api_reads_through_it(tmp_path: Path
         assert 200 == again.status_code, again.text
         assert again.json()["cache_hit"] is True
         assert (api_store / "actions").iterdir().__next__().name.endswith(".json")
+        # A builder serves an artifact its own disk lost (or never had) from S3, verified.
+        built = tmp_path / "builder" / "store" / "artifacts"
+        expected = (built / f"{module_hash}.so").read_bytes()
+        (built / f"{module_hash}.so").unlink()
+        (built / f"{module_hash}.json").unlink()
+        got = httpx.get(f"{service.url}/artifacts/{module_hash}", timeout=30)
+        assert (200, expected) == (got.status_code, got.content)
+        assert module_hash == httpx.get(f"{service.url}/artifacts/{module_hash}/manifest", timeout=30).json()["module_hash"]
+        missing = httpx.get(f"{service.url}/artifacts/{'0' * 64}", timeout=30)
+        assert (404, "artifact_not_found") == (missing.status_code, missing.json()["error"])
     finally:
         api.stop()
         service.stop()
