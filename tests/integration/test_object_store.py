@@ -10,10 +10,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import Server, route_module, unique
 from tests.integration.test_builders import BuilderService
 from tests.objects import IMAGE, S3Target
+
+# Two or three api processes start per test: each takes 20-40 s on this
+# machine under load, beyond the suite's default 120 s per test.
+pytestmark = pytest.mark.timeout(600)
 
 
 def node(tmp_path: Path, label: str, s3: S3Target, **env: str) -> Server:
@@ -180,3 +185,43 @@ def test_the_image_refuses_anonymous_access_and_starting_without_credentials(s3_
         assert "set CWEB_S3_ACCESS_KEY and CWEB_S3_SECRET_KEY" in logs
     finally:
         client.close()
+
+
+def test_cluster_of_nodes_with_postgres_and_s3_and_no_shared_disk(tmp_path: Path, postgres_url: str, s3_endpoint: S3Target) -> None:
+    """The cluster's shape: nodes share PostgreSQL and the bucket, no directory.
+    A deploy on node 1 loads on node 2 from S3 (fetched before its agent
+    loads it); a node that starts later, with an empty store, catches up
+    from the registry and S3 before it reports healthy."""
+    key = "s3-cluster-key"
+    auth = {"authorization": f"Bearer {key}"}
+
+    def cluster_node(i: int) -> Server:
+        return node(tmp_path, f"node{i}", s3_endpoint, CWEB_DATABASE_URL=postgres_url, CWEB_API_KEY=key,
+                    CWEB_NODE_ID=f"node-{i}", CWEB_NODE_HEARTBEAT_S="0.5", CWEB_NODE_TTL_S="5")
+
+    started: list[Server] = []
+    try:
+        a = cluster_node(1).start()
+        started.append(a)
+        b = cluster_node(2).start()
+        started.append(b)
+        name = unique("s3c")
+        with a.client(headers=auth) as c:
+            r = c.post("/mgnt", files={"code": ("c.c", route_module(name, f"/{name}", "everywhere").encode(), "text/x-c")})
+        assert 200 == r.status_code, r.text
+        module_hash = r.json()["module_hash"]
+        assert {"node-1": "swapped", "node-2": "swapped"} == {n["node"]: n["outcome"] for n in r.json()["nodes"]}
+        for s in (a, b):
+            with s.client() as c:
+                assert "everywhere" == c.get(f"/{name}").text
+        assert (tmp_path / "node2" / "store" / "artifacts" / f"{module_hash}.so").exists()
+        assert "fetched artifact" in b.logs()
+        late = cluster_node(3).start()
+        started.append(late)
+        assert (tmp_path / "node3" / "store" / "artifacts" / f"{module_hash}.so").exists()
+        with late.client() as c:
+            answer = c.get(f"/{name}")
+        assert ("everywhere", "node-3") == (answer.text, answer.headers["x-cweb-node"])
+    finally:
+        for s in started:
+            s.stop()
