@@ -179,9 +179,10 @@ class SocketHub:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         """An upgrade on a non-control path that api/ws_protocol.py did not
-        take: no socket path matched it when its headers were read (a socket
-        deployed since then included: the client connects again). Refused
-        before the handshake, which uvicorn answers as HTTP 403."""
+        take and Dispatcher.__call__ did not forward to another node: no
+        socket path matched it when its headers were read (a socket deployed
+        or taken over since then included: the client connects again).
+        Refused before the handshake, which uvicorn answers as HTTP 403."""
         msg = await receive()
         if msg["type"] != "websocket.connect":
             return
