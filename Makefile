@@ -10,7 +10,7 @@ TEST_APT_PACKAGES := chromium wrk nginx-light
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test run test lint bench images clean
+.PHONY: install install-test run test lint bench images cluster-up cluster-down clean
 
 install: $(STAMP)
 
@@ -50,6 +50,18 @@ images:
 	@# A Docker engine and docker-compose (to run the images with docker-compose.yml).
 	scripts/ensure-docker.sh
 	scripts/images.sh
+
+# cweb on a single-machine Docker Swarm (cluster/stack.yml): 2 nodes, 2
+# builders, PostgreSQL, the object store, one proxy on CWEB_PORT (8080).
+# scripts/cluster.sh says what each step does; docs/CLUSTER.md#docker-swarm.
+cluster-up:
+	scripts/ensure-docker.sh
+	scripts/cluster.sh up
+
+# Removes the stack (its volumes too with CWEB_CLUSTER_PURGE=1) and leaves
+# the swarm when cluster-up created it.
+cluster-down:
+	scripts/cluster.sh down
 
 clean:
 	rm -rf $(VENV) data

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the cweb images from this checkout: cweb-api:dev, cweb-builder:dev,
-# cweb-postgres:dev (the cluster's database) and cweb-s3:dev (its object store).
+# cweb-postgres:dev (the cluster's database), cweb-s3:dev (its object store)
+# and cweb-proxy:dev (its entrypoint).
 #
 # Offline path: when debian:bookworm-slim is not in the local engine (no
 # registry can be reached here), make it with debootstrap (bookworm,
@@ -82,13 +83,13 @@ build() {
     fi
     rm -f "$out"
 }
-# Arguments name the images to build (builder api postgres s3); none: all of them.
-for name in ${*:-builder api postgres s3}; do
+# Arguments name the images to build (builder api postgres s3 proxy); none: all of them.
+for name in ${*:-builder api postgres s3 proxy}; do
     case "$name" in
-        builder | api | postgres | s3) build "Dockerfile.$name" "cweb-$name:$TAG" ;;
-        *) log "unknown image $name (builder, api, postgres or s3)"; exit 2 ;;
+        builder | api | postgres | s3 | proxy) build "Dockerfile.$name" "cweb-$name:$TAG" ;;
+        *) log "unknown image $name (builder, api, postgres, s3 or proxy)"; exit 2 ;;
     esac
 done
 # Earlier builds of these images, now untagged.
 docker image prune -f --filter label=org.cweb.image >/dev/null
-log "built: ${*:-builder api postgres s3} ($TAG)"
+log "built: ${*:-builder api postgres s3 proxy} ($TAG)"

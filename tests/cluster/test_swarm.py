@@ -1,0 +1,179 @@
+"""cluster/stack.yml on a real single-node swarm, driven through the proxy's
+published port: the stack comes up healthy, only the proxy publishes a port,
+every service runs hardened and isolated as promised (docs/CLUSTER.md), and
+a node killed under load costs at most 1 % of the requests, none after."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.cluster.conftest import BUILDERS, NODES, Cluster
+
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
+
+SERVICES = ("proxy", "node", "builder", "postgres", "s3")
+# What each service's containers run as (Dockerfile.*: USER).
+USERS = {"node": "10001", "builder": "10002", "postgres": "100", "s3": "10002", "proxy": "haproxy"}
+
+
+def inspect_service(cluster: Cluster, name: str) -> dict:
+    return cluster.engine.api.inspect_service(cluster.service(name))  # type: ignore[attr-defined]
+
+
+def exec_python(container, code: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    code_, out = container.exec_run(["python3", "-c", code])
+    return code_, out.decode("utf-8", "replace")
+
+
+def test_stack_is_healthy_through_the_proxy(cluster: Cluster) -> None:
+    with cluster.client(auth=False) as c:
+        r = c.get("/healthz")
+    assert 200 == r.status_code, r.text
+    assert "ok" == r.json()["status"]
+    assert NODES == len(cluster.containers("node"))
+    assert BUILDERS == len(cluster.containers("builder"))
+    for name in ("proxy", "postgres", "s3"):
+        assert 1 == len(cluster.containers(name)), name
+
+
+def test_only_the_proxy_publishes_a_port_in_host_mode(cluster: Cluster) -> None:
+    published = {}
+    for name in SERVICES:
+        endpoint = inspect_service(cluster, name)["Spec"].get("EndpointSpec", {})
+        if endpoint.get("Ports"):
+            published[name] = [(p["TargetPort"], p["PublishMode"]) for p in endpoint["Ports"]]
+    assert {"proxy": [(8080, "host")]} == published
+    # Nodes and builders are found by DNS round-robin (no ingress virtual IP).
+    for name in ("node", "builder"):
+        assert "dnsrr" == inspect_service(cluster, name)["Spec"]["EndpointSpec"]["Mode"], name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_runs_hardened_and_limited(cluster: Cluster, name: str) -> None:
+    for container in cluster.containers(name):
+        container.reload()
+        host = container.attrs["HostConfig"]
+        assert host["ReadonlyRootfs"] is True, name
+        assert ["ALL"] == host["CapDrop"], name
+        assert host["Memory"] > 0 and host["NanoCpus"] > 0, name
+        assert (host.get("PidsLimit") or 0) > 0, name
+        code, out = container.exec_run(["id", "-u", "-n"] if name == "proxy" else ["id", "-u"])
+        assert (0, USERS[name]) == (code, out.decode().strip()), name
+
+
+def test_secrets_are_files_readable_by_the_service_user_only(cluster: Cluster) -> None:
+    node = cluster.containers("node")[0]
+    code, out = node.exec_run(["stat", "-c", "%a %u", "/run/secrets/api_key", "/run/secrets/database_url"])
+    assert (0, ["400 10001", "400 10001"]) == (code, out.decode().split("\n")[:2])
+    # The key is in no environment.
+    node.reload()
+    assert not [e for e in node.attrs["Config"]["Env"] if e.startswith(("CWEB_API_KEY=", "CWEB_DATABASE_URL="))]
+    builder = cluster.containers("builder")[0]
+    code, out = builder.exec_run(["stat", "-c", "%a %u", "/run/secrets/builder_key"])
+    assert (0, "400 10002") == (code, out.decode().strip())
+
+
+RESOLVE = "import socket,sys\ntry:\n    socket.getaddrinfo(sys.argv[1], 0)\n    print('resolves')\nexcept OSError:\n    print('unknown')\n"
+CONNECT_OUT = (
+    "import socket\ns = socket.socket()\ns.settimeout(3)\n"
+    "try:\n    s.connect(('1.1.1.1', 80))\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)\n"
+)
+
+
+def resolves(container, host: str) -> bool:  # type: ignore[no-untyped-def]
+    code, out = container.exec_run(["python3", "-c", RESOLVE, host])
+    assert 0 == code, out
+    return out.decode().strip() == "resolves"
+
+
+def test_networks_isolate_builders_and_data_as_compose_does(cluster: Cluster) -> None:
+    builder = cluster.containers("builder")[0]
+    node = cluster.containers("node")[0]
+    # Builders reach the object store and are reached by nodes, nothing else.
+    assert resolves(builder, "s3")
+    assert not resolves(builder, "postgres")
+    assert not resolves(builder, "proxy")
+    assert resolves(node, "postgres") and resolves(node, "s3") and resolves(node, "tasks.builder")
+    # No route out of the host from a builder (every network it is on is internal).
+    code, out = builder.exec_run(["python3", "-c", CONNECT_OUT])
+    assert 0 == code and out.decode().startswith("refused"), out
+    for name, internal in (("edge", False), ("builds", True), ("data", True), ("objects", True)):
+        net = cluster.engine.networks.get(f"{cluster.stack}_{name}")  # type: ignore[attr-defined]
+        assert ("overlay", internal) == (net.attrs["Driver"], net.attrs["Internal"]), name
+
+
+class Load:
+    """GETs through the proxy from a few threads until stopped: every outcome counted."""
+
+    def __init__(self, url: str, path: str, threads: int = 4) -> None:
+        self.url, self.path = url, path
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.get(self.path)
+                    outcome = None if r.status_code == 200 else f"{r.status_code} {r.text[:100]}"
+                except httpx.HTTPError as exc:
+                    outcome = f"{type(exc).__name__} {exc}"
+                with self._lock:
+                    if outcome is None:
+                        self.ok += 1
+                    else:
+                        self.failed.append(outcome)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failed)
+
+
+def wait_nodes_healthy(cluster: Cluster, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = cluster.containers("node")
+        healthy = [c for c in running if c.attrs.get("State", {}).get("Health", {}).get("Status") == "healthy"]
+        if len(healthy) == count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{count} healthy nodes not reached in {timeout}s:\n{cluster.logs('node')}")
+
+
+def test_a_killed_node_costs_at_most_one_percent_of_requests(cluster: Cluster) -> None:
+    """docker kill of one node while requests run: ≤ 1 % of them fail while the
+    proxy notices, none once it has (and swarm has replaced the node)."""
+    wait_nodes_healthy(cluster, NODES)
+    victim = cluster.containers("node")[0]
+    with Load(cluster.url, "/healthz") as load:
+        time.sleep(3)
+        before = load.total
+        victim.kill()
+        time.sleep(8)
+    assert load.total - before > 100, f"too little load to measure: {load.total - before} requests after the kill"
+    assert len(load.failed) <= load.total // 100, f"{len(load.failed)} of {load.total} failed: {load.failed[:10]}"
+    with Load(cluster.url, "/healthz") as after:
+        time.sleep(5)
+    assert (after.total > 50, []) == (True, after.failed)
+    # Swarm replaces the killed task; the proxy takes the new node once it is healthy.
+    wait_nodes_healthy(cluster, NODES)
+    with Load(cluster.url, "/healthz") as recovered:
+        time.sleep(3)
+    assert [] == recovered.failed
