@@ -27,7 +27,7 @@ import uvicorn
 from api import auth
 from api.http_server import http_protocol
 from api.logs import configure_logging
-from api.settings import Settings
+from api.settings import Settings, node_problem
 from runtime.limits import make_undumpable
 
 log = logging.getLogger("cweb.api")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     settings.insecure_no_auth = args.insecure_no_auth
     configure_logging(settings.log_json)
 
-    problem = auth.startup_problem(settings) or port_problem(settings.host, settings.port)
+    problem = auth.startup_problem(settings) or node_problem(settings) or port_problem(settings.host, settings.port)
     if problem:
         print(f"cweb: {problem}", file=sys.stderr)
         sys.exit(2)

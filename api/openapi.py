@@ -209,12 +209,16 @@ CONTROL_PLANE: dict[tuple[str, str], dict] = {
                                "responses": {"200": {"description": "Newest first", **_json(s.BuildList)}}},
     ("get", "/_cweb/workers"): {"tags": ["observability"], "summary": "Worker processes",
                                 "responses": {"200": {"description": "As the runtime agent sees them", **_json(s.WorkerList)}}},
+    ("get", "/_cweb/nodes"): {"tags": ["observability"], "summary": "Nodes of the cluster",
+                              "responses": {"200": {"description": "Every node (this server alone without a cluster)",
+                                                    **_json(s.NodeList)}}},
 }
 
 _MODELS: tuple[type[BaseModel], ...] = (
     s.Error, s.Diagnostic, s.DeployUpload, s.DeployResult, s.CheckResult, s.RollbackRequest, s.RollbackResult,
     s.ModuleInfo, s.ModuleList, s.Removed, s.VersionList, s.Artifact, s.LogLine, s.LogTail, s.Health,
     s.JobSubmit, s.JobCreated, s.JobList, s.Job, s.JobCancel, s.JobEvent, s.JobEventList, s.BuildList, s.WorkerList,
+    s.NodeOutcome, s.Node, s.NodeList,
 )
 
 

@@ -85,8 +85,23 @@ class ModuleInfo(Model):
     websockets: list[SocketPath]
     jobs: list[JobName]
     deployed_at: float = Field(description="Unix time of activation")
-    state: str = Field(description="active, restarting or quarantined", examples=["active"])
+    state: str = Field(description="active, restarting or quarantined; forwarded: another node serves it (placement one)",
+                       examples=["active"])
     connections: int | None = Field(None, description="Open WebSocket connections (listings only)")
+    node: str | None = Field(None, description="forwarded: the node that serves it (docs/CLUSTER.md)")
+
+
+class NodeOutcome(Model):
+    """What one node of a cluster did for a deploy, rollback or removal (docs/CLUSTER.md)."""
+
+    node: str = Field(examples=["node-2"])
+    outcome: str = Field(description="swapped, unchanged, removed, forwarded (placement one), failed (keeps its previous "
+                                     "version) or unreachable", examples=["swapped"])
+    ms: float = Field(description="Milliseconds that node took, as seen by the node that drove the deploy")
+    module_hash: str | None = None
+    forwarded_to: str | None = Field(None, description="forwarded: the node that serves the module")
+    error: str | None = Field(None, description="Why that node failed")
+    code: str | None = Field(None, description="The failure's error code")
 
 
 class BuildInfo(Model):
@@ -111,6 +126,9 @@ class DeployResult(ModuleInfo):
     phases: dict[str, float] = Field(description="Milliseconds per deploy phase: load_ms (dlopen in a fresh worker), start_ms (onload), "
                                      "swap_ms (route table swap); empty for a no-op", examples=[{"load_ms": 41.2, "start_ms": 3.1, "swap_ms": 0.4}])
     deploy_ms: float
+    nodes: list[NodeOutcome] | None = Field(None, description="Several nodes: what each did (absent on a single server)")
+    placement: Literal["all", "one"] | None = Field(None, description="Several nodes: on every node, or on one that the others "
+                                                                   "forward to")
 
 
 class CheckResult(Model):
@@ -144,6 +162,8 @@ class RollbackResult(ModuleInfo):
     phases: dict[str, float] = Field(description="Milliseconds per phase, as for a deploy (load_ms, start_ms, swap_ms); empty for a no-op",
                                      examples=[{"load_ms": 41.2, "start_ms": 3.1, "swap_ms": 0.4}])
     deploy_ms: float
+    nodes: list[NodeOutcome] | None = Field(None, description="Several nodes: what each did")
+    placement: Literal["all", "one"] | None = None
 
 
 class ModuleList(Model):
@@ -153,6 +173,7 @@ class ModuleList(Model):
 class Removed(Model):
     name: str = Field(examples=["hello"])
     removed: Literal[True]
+    nodes: list[NodeOutcome] | None = Field(None, description="Several nodes: what each did")
 
 
 class Version(Model):
@@ -326,3 +347,23 @@ class Worker(Model):
 class WorkerList(Model):
     workers: list[Worker]
     sandbox: str = Field(description="How workers are confined: bubblewrap, landlock or none", examples=["bubblewrap"])
+
+
+class Node(Model):
+    """One node of a cluster (GET /_cweb/nodes)."""
+
+    node: str = Field(examples=["node-1"])
+    url: str = Field(description="How the other nodes reach it (CWEB_NODE_URL)", examples=["http://10.0.1.5:8080"])
+    started: float = Field(description="Unix time it (last) started")
+    last_seen: float = Field(description="Unix time of its last heartbeat (the database's clock)")
+    heartbeat_age_s: float
+    live: bool = Field(description="Its heartbeat is younger than CWEB_NODE_TTL_S")
+    self: bool = Field(description="The node that answered")
+    modules: dict[str, str] = Field(description="module -> the hash it serves", examples=[{"hello": HASH}])
+    forwards: dict[str, str] = Field(description="placement-one module -> the node it forwards to", examples=[{"chat": "node-2"}])
+
+
+class NodeList(Model):
+    node: str = Field(description="The node that answered", examples=["node-1"])
+    ttl_s: float | None = Field(description="Seconds without a heartbeat before a node counts as gone; null without a cluster")
+    nodes: list[Node]

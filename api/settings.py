@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -187,6 +188,21 @@ class Settings:
     @property
     def store_dir(self) -> str:
         return self.store_override or os.path.join(self.data_dir, "store")
+
+
+# A node id goes into a response header and a URL-free table key: a host
+# name's characters (and ':' for the port), nothing that could split a header.
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def node_problem(settings: Settings) -> str | None:
+    """Why CWEB_NODE_ID / CWEB_NODE_URL cannot be used, None if they can (or are defaults)."""
+    if settings.node_id and not NODE_ID_PATTERN.fullmatch(settings.node_id):
+        return (f"CWEB_NODE_ID {settings.node_id[:140]!r} is not a node id: 1-128 letters, digits and . _ : @ -, "
+                "starting with a letter or digit")
+    if settings.node_url and not re.fullmatch(r"https?://[^\s/]+", settings.node_url):
+        return f"CWEB_NODE_URL {settings.node_url[:200]!r} must be http(s)://host:port, with no path"
+    return None
 
 
 def in_container() -> bool:

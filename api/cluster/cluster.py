@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -61,16 +62,19 @@ class Cluster:
         self.host = host
         self.node_id = settings.node_id
         self.nodes = NodeTable(db, settings.node_id, settings.node_url, settings.node_ttl_s)
+        # Nodes serving TLS trust each other's certificate (they share it);
+        # their URLs must then name a host the certificate covers.
+        tls = ssl.create_default_context(cafile=settings.tls_cert) if settings.tls_cert else None
         # Followed to the current map: each refresh replaces it.
         self.forwarder = Forwarder(settings.node_id, lambda node: self.nodes.urls.get(node), timeout=settings.request_timeout,
                                    max_response=settings.max_response_bytes, ws_max_message=settings.ws_max_message,
-                                   header=settings.node_header)
+                                   header=settings.node_header, tls=tls)
         # Each node-to-node call and forwarded request would be an INFO line.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         key = settings.api_keys[0] if settings.api_keys else ""
         self.peers = httpx.AsyncClient(timeout=httpx.Timeout(NODE_CALL_TIMEOUT_S, connect=5),
                                        headers={"authorization": f"Bearer {key}"} if key else {},
-                                       verify=settings.tls_cert or True)
+                                       verify=tls if tls is not None else True, trust_env=False)
         # One sync at a time on this node: each reads the registry and acts on what it read.
         self.sync_lock = asyncio.Lock()
         # module_hash -> monotonic time before which the reconcile does not load it again.
@@ -79,6 +83,8 @@ class Cluster:
         # a deploy's own call that finds the work done by the notification reports that.
         self.changed: dict[str, tuple[str, str | None, float]] = {}
         self.tasks: list[asyncio.Task] = []
+        # True until the catch-up of start() is done.
+        self.starting = True
 
     # ---- life ------------------------------------------------------------------
 
@@ -90,6 +96,7 @@ class Cluster:
         self.db.listen(CHANNEL, self._notified)
         self.db.on_relisten.append(self.reconcile)
         await self.reconcile()
+        self.starting = False
         await self.nodes.join(*self.serving())
         self.tasks.append(asyncio.create_task(self._heartbeat()))
 
@@ -174,9 +181,13 @@ class Cluster:
                 report["outcome"] = done[0]
         report = {"node": self.node_id, **report, "ms": _ms(t0)}
         if report["outcome"] not in ("unchanged", "absent", "pending"):
-            with contextlib.suppress(ApiError):
-                await self.nodes.beat(*self.serving())
+            await self._beat_now()
         return report
+
+    async def _beat_now(self) -> None:
+        """What this node serves changed: into its row now, not at the next heartbeat."""
+        with contextlib.suppress(ApiError):
+            await self.nodes.beat(*self.serving())
 
     async def _sync(self, name: str, row: dict | None, driven: bool) -> dict:
         host = self.host
@@ -212,8 +223,11 @@ class Cluster:
                                 build_key=art.get("build_key", ""), deployed_at=row["deployed_at"])
         except ApiError as exc:
             self.failed[module_hash] = time.monotonic() + RETRY_FAILED_S
-            log.error("module %s: cannot serve %s on this node (the previous version keeps serving): %s",
-                      name, module_hash[:12], exc.message)
+            if v is None and self.starting:  # the words of ModuleHost.restore, which this replaces
+                log.error("could not restore module %s (%s): %s", name, module_hash[:12], exc.message)
+            else:
+                log.error("module %s: cannot serve %s on this node (the previous version keeps serving): %s",
+                          name, module_hash[:12], exc.message)
             return {"outcome": "failed", "module_hash": module_hash, "error": exc.message, "code": exc.code}
         self.failed.pop(module_hash, None)
         return {"outcome": "swapped", "module_hash": module_hash}
@@ -309,6 +323,7 @@ class Cluster:
                     log.error("deploy of %s %s: node %s %s: %s", name, module_hash[:12], r["node"], r["outcome"],
                               r.get("error", ""))
             previous = row["module_hash"] if row is not None and row["module_hash"] != module_hash else None
+            await self._beat_now()
             return version, previous, noop, sorted(reports, key=lambda r: r["node"])
 
     async def remove(self, name: str) -> list[dict]:

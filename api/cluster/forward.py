@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,7 @@ class Forwarder:
     """The client side of forwarding, shared by every forwarded module of this node."""
 
     def __init__(self, node_id: str, url_of: Callable[[str], str | None], *, timeout: float,
-                 max_response: int, ws_max_message: int, header: bool) -> None:
+                 max_response: int, ws_max_message: int, header: bool, tls: ssl.SSLContext | None = None) -> None:
         self.node_id = node_id
         self.node_id_b = node_id.encode()
         # The URL of a live node by its id (api/cluster/nodes.py), None if unknown or gone.
@@ -57,7 +58,11 @@ class Forwarder:
         self.max_response = max_response
         self.ws_max_message = ws_max_message
         self.header = header
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout + 5, connect=5), follow_redirects=False,
+        # Trust for https/wss node URLs (the nodes' own certificate), else the system's.
+        self.tls = tls
+        # trust_env=False: node-to-node traffic never goes through a proxy named in the environment.
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout + 5, connect=5), follow_redirects=False, trust_env=False,
+                                      verify=tls if tls is not None else True,
                                       limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
     async def aclose(self) -> None:
@@ -128,7 +133,8 @@ class Forwarder:
         extra.append((FORWARDED_FROM.decode(), self.node_id))
         try:
             upstream = await ws_connect(url, additional_headers=extra, max_size=self.ws_max_message,
-                                        open_timeout=10, ping_interval=None, compression=None)
+                                        open_timeout=10, ping_interval=None, compression=None, proxy=None,
+                                        ssl=self.tls if url.startswith("wss:") and self.tls is not None else None)
         except InvalidStatus as exc:
             await _refuse(scope, send, Unavailable(f"the node serving this module ({owner}) refused the socket "
                                                    f"({exc.response.status_code})", code="owner_refused", node=owner))

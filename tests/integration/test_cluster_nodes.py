@@ -5,13 +5,18 @@ builds, workers and sockets on every node."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from tests.conftest import EXAMPLES, Server, route_module, unique, wait_for
+from api import schemas
+from tests.conftest import EXAMPLES, ROOT, Server, free_port, route_module, unique, wait_for
 
 KEY = "cluster-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -40,11 +45,24 @@ def deploy(server: Server, source: str, **params: str) -> dict:
     return r.json()
 
 
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
+    return subprocess.run([sys.executable, str(ROOT / "cweb"), "--server", server.url, "--api-key", KEY, *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def documented(model: type, data: dict) -> dict:
+    """data validates against the model the OpenAPI document shows, which names every key."""
+    model.model_validate(data)
+    assert not set(data) - set(model.model_fields), sorted(set(data) - set(model.model_fields))
+    return data
+
+
 def nodes_view(server: Server) -> dict[str, dict]:
     with server.client(headers=AUTH) as c:
         r = c.get("/_cweb/nodes")
     assert r.status_code == 200, r.text
-    return {n["node"]: n for n in r.json()["nodes"]}
+    return {n["node"]: n for n in documented(schemas.NodeList, r.json())["nodes"]}
 
 
 def get(server: Server, path: str) -> httpx.Response:
@@ -72,7 +90,7 @@ def test_nodes_are_listed_with_heartbeats_and_every_answer_names_its_node(cluste
 def test_registry_in_postgres_deploy_on_one_node_serves_on_both(cluster) -> None:
     a, b = cluster(1), cluster(2)
     name = unique("hello")
-    first = deploy(a, route_module(name, f"/{name}", "v1"))
+    first = documented(schemas.DeployResult, deploy(a, route_module(name, f"/{name}", "v1")))
     assert {n["node"]: n["outcome"] for n in first["nodes"]} == {"node-1": "swapped", "node-2": "swapped"}
     assert all(n["ms"] > 0 for n in first["nodes"])
     second = deploy(a, route_module(name, f"/{name}", "v2"))
@@ -110,6 +128,13 @@ def test_a_node_that_cannot_load_is_reported_and_keeps_the_previous_version(clus
     view = nodes_view(a)
     assert view["node-1"]["modules"][name] == second["module_hash"]
     assert wait_for(lambda: nodes_view(a)["node-2"]["modules"].get(name) == first["module_hash"], 10)
+    # The CLI says so too (a redeploy: unchanged here, node-2 tries and fails again).
+    source = a.data_dir.parent / "big.c"
+    source.write_text(big)
+    run = cli(a, "deploy", str(source))
+    assert run.returncode == 0, run.stderr
+    assert "node-1 unchanged" in run.stdout and "node-2 failed" in run.stdout, run.stdout
+    assert "node-2: failed:" in run.stderr and "keeps its previous version" in run.stderr, run.stderr
 
 
 def test_a_node_that_starts_later_serves_every_module_before_it_is_healthy(cluster) -> None:
@@ -132,11 +157,13 @@ def test_rollback_and_removal_reach_every_node(cluster) -> None:
     with b.client(headers=AUTH) as c:
         r = c.post(f"/modules/{name}/rollback", json={"module_hash": v1["module_hash"]})
     assert r.status_code == 200, r.text
+    documented(schemas.RollbackResult, r.json())
     assert {n["node"]: n["outcome"] for n in r.json()["nodes"]} == {"node-1": "swapped", "node-2": "swapped"}
     assert get(a, f"/{name}").text == "one" and get(b, f"/{name}").text == "one"
     with b.client(headers=AUTH) as c:
         r = c.delete(f"/modules/{name}")
     assert r.status_code == 200, r.text
+    documented(schemas.Removed, r.json())
     assert {n["node"]: n["outcome"] for n in r.json()["nodes"]} == {"node-1": "removed", "node-2": "removed"}
     assert get(a, f"/{name}").status_code == 404 and get(b, f"/{name}").status_code == 404
     with a.client(headers=AUTH) as c:
@@ -164,14 +191,20 @@ async def _chat(a: Server, b: Server) -> None:
 def test_placement_one_forwards_routes_and_sockets_to_the_owner_and_moves_when_it_dies(cluster) -> None:
     a, b = cluster(1), cluster(2)
     chat = (EXAMPLES / "chat.c").read_text()
-    answer = deploy(a, chat, placement="one")
+    run = cli(a, "--json", "deploy", "--placement", "one", str(EXAMPLES / "chat.c"))
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
     assert answer["placement"] == "one"
     assert {n["node"]: n["outcome"] for n in answer["nodes"]} == {"node-1": "swapped", "node-2": "forwarded"}
     page = get(b, "/chat")
     assert page.status_code == 200 and "WebSocket" in page.text
     assert page.headers["x-cweb-node"] == "node-2" and page.headers["x-cweb-forwarded-to"] == "node-1"
+    # Rows are written on every change (and heartbeat): node-1's is current by now.
     view = nodes_view(b)
     assert "chat" in view["node-1"]["modules"] and view["node-2"]["forwards"] == {"chat": "node-1"}
+    with b.client(headers=AUTH) as c:
+        listed = documented(schemas.ModuleInfo, c.get("/modules/chat").json())
+    assert (listed["state"], listed["node"], listed["module_hash"]) == ("forwarded", "node-1", answer["module_hash"])
     asyncio.run(_chat(a, b))
     # A redeploy without the parameter keeps the placement.
     again = deploy(a, chat)
@@ -188,3 +221,17 @@ def test_placement_one_forwards_routes_and_sockets_to_the_owner_and_moves_when_i
             assert "x-cweb-forwarded-to" not in ws.response.headers
 
     asyncio.run(alone())
+
+
+def test_a_node_the_deploy_cannot_call_follows_the_notification(cluster) -> None:
+    # node-2 announces a URL nobody listens on: the deploy's calls to it fail,
+    # and it still swaps, from the registry's notification on cweb_modules.
+    closed = free_port()
+    a, b = cluster(1), cluster(2, CWEB_NODE_URL=f"http://127.0.0.1:{closed}")
+    name = unique("notified")
+    answer = deploy(a, route_module(name, f"/{name}", "told"))
+    by_node = {n["node"]: n for n in answer["nodes"]}
+    assert by_node["node-1"]["outcome"] == "swapped"
+    assert by_node["node-2"]["outcome"] == "unreachable" and by_node["node-2"]["error"]
+    assert wait_for(lambda: get(b, f"/{name}").text == "told", 15, 0.2)
+    assert wait_for(lambda: nodes_view(a)["node-2"]["modules"].get(name) == answer["module_hash"], 10)

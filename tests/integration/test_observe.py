@@ -356,6 +356,9 @@ def test_control_plane_answers_match_their_documented_schemas(server: Server) ->
         assert_shape(schemas.Health, c.get("/healthz").json())
         assert_shape(schemas.BuildList, c.get("/_cweb/builds").json())
         assert_shape(schemas.WorkerList, c.get("/_cweb/workers").json())
+        alone = c.get("/_cweb/nodes").json()
+        assert_shape(schemas.NodeList, alone)
+        assert [info["module_hash"]] == [n["modules"][name] for n in alone["nodes"]]
         assert_shape(schemas.Artifact, c.get(f"/artifacts/{info['module_hash']}").json())
         logs = wait_for(lambda: (c.get(f"/modules/{name}/logs").json() if c.get(f"/modules/{name}/logs").json()["lines"] else None),
                         what="a log line")
