@@ -225,3 +225,27 @@ def test_cluster_of_nodes_with_postgres_and_s3_and_no_shared_disk(tmp_path: Path
     finally:
         for s in started:
             s.stop()
+
+
+def test_an_unreachable_object_store_is_a_503_json_answer(tmp_path: Path) -> None:
+    """S3 down: a deploy answers 503 object_store_unavailable at once, nothing
+    is recorded in the action cache, and the server keeps serving."""
+    from tests.conftest import free_port
+
+    down = S3Target(f"http://127.0.0.1:{free_port()}", "cweb")
+    s = node(tmp_path, "down", down).start()
+    try:
+        name = unique("s3d")
+        started = time.perf_counter()
+        r = s.deploy(route_module(name, f"/{name}", "never"), "down.c")
+        assert 503 == r.status_code, r.text
+        body = r.json()
+        assert "object_store_unavailable" == body["error"]
+        assert down.endpoint in body["message"]
+        assert time.perf_counter() - started < 60
+        assert [] == list((tmp_path / "down" / "store" / "actions").iterdir())
+        with s.client() as c:
+            assert 200 == c.get("/healthz").status_code
+            assert 404 == c.get(f"/{name}").status_code
+    finally:
+        s.stop()
