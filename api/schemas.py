@@ -97,7 +97,9 @@ class NodeOutcome(Model):
     node: str = Field(examples=["node-2"])
     outcome: str = Field(description="swapped, unchanged, removed, forwarded (placement one), failed (keeps its previous "
                                      "version) or unreachable", examples=["swapped"])
-    ms: float = Field(description="Milliseconds that node took, as seen by the node that drove the deploy")
+    ms: float = Field(description="Milliseconds that node took (prepare_ms + swap_ms), as seen by the node that drove the deploy")
+    prepare_ms: float | None = Field(None, description="Loading the artifact in a new worker (with an object store: fetching it first)")
+    swap_ms: float | None = Field(None, description="Making it the active version")
     module_hash: str | None = None
     forwarded_to: str | None = Field(None, description="forwarded: the node that serves the module")
     error: str | None = Field(None, description="Why that node failed")

@@ -95,6 +95,7 @@ def run(database_url: str, nodes: int, deploys: int, requests: int) -> dict:
     procs, urls = [], []
     try:
         for i in range(1, nodes + 1):
+            (work / f"n{i}").mkdir()
             proc, url = start_cweb(work / f"n{i}" / "data", timeout=180, env={
                 "CWEB_DATABASE_URL": database_url, "CWEB_STORE_DIR": str(store), "CWEB_API_KEY": KEY,
                 "CWEB_NODE_ID": f"node-{i}"})
@@ -102,22 +103,24 @@ def run(database_url: str, nodes: int, deploys: int, requests: int) -> dict:
             urls.append(url)
         c = httpx.Client(base_url=urls[0], timeout=300, headers={"authorization": f"Bearer {KEY}"}, trust_env=False)
         name = f"b_{uuid.uuid4().hex[:8]}"
-        cold, cold_nodes, cold_all = [], [], []
+        cold, cold_nodes, cold_swaps, cold_all = [], [], [], []
         for i in range(deploys):
             tag = f"cold-{i}"
             t0 = time.perf_counter()
             answer, ms = deploy(c, source(name, tag))
             cold_all.append(all_serve(urls, f"/{name}", tag, t0))
             cold.append(answer["deploy_ms"])
-            cold_nodes += [n["ms"] for n in answer["nodes"]]
-        warm, warm_client, warm_nodes = [], [], []
+            cold_nodes += [n["prepare_ms"] for n in answer["nodes"]]
+            cold_swaps += [n["swap_ms"] for n in answer["nodes"]]
+        warm, warm_client, warm_nodes, warm_swaps = [], [], [], []
         for i in range(deploys):
             tag = f"cold-{i % 2}"
             answer, ms = deploy(c, source(name, tag))
             assert answer["cache_hit"], answer
             warm.append(answer["deploy_ms"])
             warm_client.append(ms)
-            warm_nodes += [n["ms"] for n in answer["nodes"]]
+            warm_nodes += [n["prepare_ms"] for n in answer["nodes"]]
+            warm_swaps += [n["swap_ms"] for n in answer["nodes"]]
         one = f"o_{uuid.uuid4().hex[:8]}"
         deploy(c, source(one, "one"), placement="one")
         direct = latency(f"{urls[0]}/{one}", requests)
@@ -125,10 +128,11 @@ def run(database_url: str, nodes: int, deploys: int, requests: int) -> dict:
         c.close()
         return {
             "nodes": nodes,
-            "cold_deploy_ms": summary(cold), "cold_per_node_ms": summary(cold_nodes),
+            "cold_deploy_ms": summary(cold), "cold_per_node_prepare_ms": summary(cold_nodes),
+            "cold_per_node_swap_ms": summary(cold_swaps),
             "cold_until_every_node_serves_ms": summary(cold_all),
             "warm_deploy_ms": summary(warm), "warm_client_ms": summary(warm_client),
-            "warm_per_node_ms": summary(warm_nodes),
+            "warm_per_node_prepare_ms": summary(warm_nodes), "warm_per_node_swap_ms": summary(warm_swaps),
             "placement_one_direct": direct, "placement_one_forwarded": forwarded,
         }
     finally:

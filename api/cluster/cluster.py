@@ -85,6 +85,8 @@ class Cluster:
         self.tasks: list[asyncio.Task] = []
         # True until the catch-up of start() is done.
         self.starting = True
+        self._beat: asyncio.Task | None = None
+        self._beat_again = False
 
     # ---- life ------------------------------------------------------------------
 
@@ -181,13 +183,21 @@ class Cluster:
                 report["outcome"] = done[0]
         report = {"node": self.node_id, **report, "ms": _ms(t0)}
         if report["outcome"] not in ("unchanged", "absent", "pending"):
-            await self._beat_now()
+            self._beat_soon()
         return report
 
-    async def _beat_now(self) -> None:
-        """What this node serves changed: into its row now, not at the next heartbeat."""
-        with contextlib.suppress(ApiError):
-            await self.nodes.beat(*self.serving())
+    def _beat_soon(self) -> None:
+        """What this node serves changed: into its row now, not at the next
+        heartbeat, and after the answer (the deploy waits for the swap, not the row)."""
+        self._beat_again = True
+        if self._beat is None or self._beat.done():
+            self._beat = asyncio.create_task(self._beat_while_changed())
+
+    async def _beat_while_changed(self) -> None:
+        while self._beat_again:
+            self._beat_again = False
+            with contextlib.suppress(ApiError):
+                await self.nodes.beat(*self.serving())
 
     async def _sync(self, name: str, row: dict | None, driven: bool) -> dict:
         host = self.host
@@ -291,9 +301,9 @@ class Cluster:
             peers = self._peers()
             t0 = time.perf_counter()
             # Validated here first: a refusal reaches the client as a single node's would.
-            outcome, decl = await self.host.prepare(module_hash, NODE_PREPARED_TTL_S)
+            _outcome, decl = await self.host.prepare(module_hash, NODE_PREPARED_TTL_S)
             name = decl["name"]
-            here = {"node": self.node_id, "outcome": outcome, "ms": _ms(t0)}
+            prepare_ms = _ms(t0)
             row = await self.registry.placement(name)
             place = placement or (row["placement"] if row else "all")
             prepared = await asyncio.gather(*(self._call(n, u, "prepare", {"module_hash": module_hash})
@@ -306,6 +316,7 @@ class Cluster:
                 await self.host.unprepare(module_hash)
                 raise
             failed = {p["node"] for p in prepared if p["outcome"] not in ("prepared", "serving")}
+            t1 = time.perf_counter()
             swaps = [self.host.activate(module_hash, source_sha256=source_sha256, build_key=build_key,
                                         action=action, deployed_at=deployed_at)]
             swaps += [self._call(n, u, "sync", {"name": name}) for n, u in peers.items() if n not in failed]
@@ -314,16 +325,23 @@ class Cluster:
             if isinstance(local, BaseException):
                 raise local
             version, _prev, noop = local
-            reports = [{**here, "outcome": "unchanged" if noop else "swapped", "ms": _ms(t0),
-                        "module_hash": module_hash}]
+            swap_ms = _ms(t1)
+            # Per node: its load (prepare) and its swap, as this node saw them, and their sum.
+            reports = [{"node": self.node_id, "outcome": "unchanged" if noop else "swapped", "module_hash": module_hash,
+                        "ms": round(prepare_ms + swap_ms, 2), "prepare_ms": prepare_ms, "swap_ms": swap_ms}]
             reports += [p for p in prepared if p["node"] in failed]
-            reports += list(results[1:])
+            prepare_of = {p["node"]: p["ms"] for p in prepared}
+            for r in results[1:]:
+                if isinstance(r, BaseException):  # _call answers errors as reports; this is a bug of ours
+                    raise r
+                before = prepare_of.get(r["node"], 0.0)
+                reports.append({**r, "ms": round(before + r["ms"], 2), "prepare_ms": before, "swap_ms": r["ms"]})
             for r in reports:
                 if r["outcome"] in ("failed", "unreachable"):
                     log.error("deploy of %s %s: node %s %s: %s", name, module_hash[:12], r["node"], r["outcome"],
                               r.get("error", ""))
             previous = row["module_hash"] if row is not None and row["module_hash"] != module_hash else None
-            await self._beat_now()
+            self._beat_soon()
             return version, previous, noop, sorted(reports, key=lambda r: r["node"])
 
     async def remove(self, name: str) -> list[dict]:
