@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,8 @@ IMAGES_TIMEOUT_S = 1800
 UP_TIMEOUT_S = 300
 NODES = 2
 BUILDERS = 2
+# Seconds: a killed node's jobs run again elsewhere about one lease later.
+JOB_LEASE_S = 10
 
 
 def _pid_alive(pid: int) -> bool:
@@ -112,7 +116,20 @@ def _env(cluster_dir: Path, port: int) -> dict[str, str]:
     env.setdefault("HOME", "/tmp")
     return {**env, "CWEB_STACK": STACK, "CWEB_PORT": str(port), "CWEB_IMAGE_TAG": IMAGE_TAG,
             "CWEB_CLUSTER_DIR": str(cluster_dir), "CWEB_NODES": str(NODES), "CWEB_BUILDERS": str(BUILDERS),
-            "CWEB_CLUSTER_TIMEOUT": str(UP_TIMEOUT_S)}
+            "CWEB_CLUSTER_TIMEOUT": str(UP_TIMEOUT_S), "CWEB_JOB_LEASE_S": str(JOB_LEASE_S)}
+
+
+def _attached(engine) -> Cluster | None:  # type: ignore[no-untyped-def]
+    """CWEB_TEST_CLUSTER=DIR:STACK:PORT: a stack `scripts/cluster.sh up` already
+    runs (CWEB_CLUSTER_DIR=DIR, CWEB_STACK=STACK, CWEB_PORT=PORT), used as it
+    is and left running: quicker rounds while working on the suite."""
+    spec = os.environ.get("CWEB_TEST_CLUSTER", "")
+    if not spec:
+        return None
+    directory, stack, port = spec.rsplit(":", 2)
+    env = {**_env(Path(directory), int(port)), "CWEB_STACK": stack}
+    key = (Path(directory) / "secrets" / stack / "api_key").read_text().strip()
+    return Cluster(url=f"http://127.0.0.1:{port}", stack=stack, api_key=key, env=env, engine=engine)
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +137,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     engine = docker_client()
     if engine is None:
         pytest.skip("no Docker engine reachable (docker info fails): run scripts/ensure-docker.sh as root, as .ci/run does")
+    attached = _attached(engine)
+    if attached is not None:
+        yield attached
+        return
     port = free_port()
     env = _env(tmp_path_factory.mktemp("cluster"), port)
     _sweep_dead_stacks(env)
@@ -149,3 +170,58 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     if request.session.testsfailed:
         for service in ("proxy", "node", "builder"):
             print(f"--- {service}\n{c.logs(service)}")
+
+
+class Load:
+    """GETs through the proxy from a few threads until stopped: every outcome counted."""
+
+    def __init__(self, url: str, path: str, threads: int = 4, body: str | None = None) -> None:
+        self.url, self.path, self.body = url, path, body
+        self.ok = 0
+        self.failed: list[str] = []
+        # Answers per node (X-Cweb-Node).
+        self.nodes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.get(self.path)
+                    good = r.status_code == 200 and (self.body is None or r.text == self.body)
+                    outcome = None if good else f"{r.status_code} {r.headers.get('x-cweb-node')} {r.text[:100]}"
+                except httpx.HTTPError as exc:
+                    outcome = f"{type(exc).__name__} {exc}"
+                with self._lock:
+                    if outcome is None:
+                        self.ok += 1
+                        self.nodes[r.headers.get("x-cweb-node", "")] += 1
+                    else:
+                        self.failed.append(outcome)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failed)
+
+
+def wait_nodes_healthy(cluster: Cluster, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = cluster.containers("node")
+        healthy = [c for c in running if c.attrs.get("State", {}).get("Health", {}).get("Status") == "healthy"]
+        if len(healthy) == count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{count} healthy nodes not reached in {timeout}s:\n{cluster.logs('node')}")
