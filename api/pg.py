@@ -50,6 +50,9 @@ class Database:
         # sent while it was away are lost, so their receivers resynchronize.
         self.on_relisten: list[Callable[[], Awaitable[None]]] = []
         self._listen_conn: asyncpg.Connection | None = None
+        # One LISTEN at a time on that connection: asyncpg refuses a second
+        # operation while one is in progress.
+        self._listen_lock = asyncio.Lock()
         self._watch: asyncio.Task | None = None
         self._closing = False
 
@@ -95,7 +98,16 @@ class Database:
         first = channel not in self.listeners
         self.listeners.setdefault(channel, []).append(callback)
         if first and self._listen_conn is not None and not self._listen_conn.is_closed():
-            asyncio.get_running_loop().create_task(self._listen_conn.add_listener(channel, self._deliver))
+            asyncio.get_running_loop().create_task(self._add_listener(self._listen_conn, channel))
+
+    async def _add_listener(self, conn: asyncpg.Connection, channel: str) -> None:
+        async with self._listen_lock:
+            if conn.is_closed():
+                return  # _keep_listening listens on the next connection
+            try:
+                await conn.add_listener(channel, self._deliver)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("cannot listen on %s: %s; resynchronizing when the connection is back", channel, exc)
 
     def _deliver(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
         for callback in self.listeners.get(channel, ()):
@@ -111,9 +123,10 @@ class Database:
                 conn = await asyncpg.connect(self.url, timeout=COMMAND_TIMEOUT_S)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                for channel in self.listeners:
-                    await conn.add_listener(channel, self._deliver)
-                self._listen_conn = conn
+                async with self._listen_lock:
+                    for channel in list(self.listeners):
+                        await conn.add_listener(channel, self._deliver)
+                    self._listen_conn = conn
                 if not first:
                     log.warning("database notifications are back; resynchronizing")
                     for resync in self.on_relisten:
