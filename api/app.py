@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +32,7 @@ from api.dispatch import Dispatcher
 from api.errors import ApiError, BadRequest, PayloadTooLarge, error_body
 from api.jobs import routes as job_routes
 from api.jobs.backend import JobStore
+from api.jobs.pg_store import PgJobStore
 from api.jobs.service import JobLimits, JobService
 from api.jobs.store import Store as SQLiteJobStore
 from api.metrics import Metrics
@@ -208,7 +210,11 @@ def create_app(settings: Settings) -> Dispatcher:
     # PostgreSQL shared by every node when configured (docs/CLUSTER.md), else SQLite files.
     state.db = Database(settings.database_url) if is_postgres(settings.database_url) else None
     state.registry = PgRegistry(state.db) if state.db is not None else Registry(os.path.join(settings.data_dir, "registry.db"))
-    state.job_store = SQLiteJobStore(os.path.join(settings.data_dir, "jobs.db"))
+    if state.db is not None:
+        state.job_store = PgJobStore(state.db, data_dir=settings.data_dir, instance=uuid.uuid4().hex[:12],
+                                     node_id=settings.node_id, lease_s=settings.job_lease_s)
+    else:
+        state.job_store = SQLiteJobStore(os.path.join(settings.data_dir, "jobs.db"))
     state.jobs = JobService(state.job_store, limits=JobLimits.from_settings(settings))
 
     async def on_agent_event(event: dict) -> None:

@@ -80,6 +80,9 @@ class Settings:
     job_max_result_bytes: int = 1 << 20
     # Seconds after a job finished before its events are deleted (0 = kept forever).
     job_event_retention_s: float = 30 * 86400.0
+    # Seconds a running job's lease outlives its last renewal with a shared
+    # database: how long a dead node's jobs wait before another node re-runs them.
+    job_lease_s: float = 30.0
     # Several nodes (docs/CLUSTER.md): shared state in PostgreSQL when set
     # (else SQLite files in data_dir), artifacts in an S3-compatible store
     # when s3_endpoint is set (else the local store only).
@@ -139,6 +142,7 @@ class Settings:
             job_max_events_total_bytes=env_int(env, "CWEB_JOB_MAX_EVENTS_BYTES", 16 << 20),
             job_max_result_bytes=env_int(env, "CWEB_JOB_MAX_RESULT_BYTES", 1 << 20),
             job_event_retention_s=env_float(env, "CWEB_JOB_EVENT_RETENTION_S", 30 * 86400.0),
+            job_lease_s=max(1.0, env_float(env, "CWEB_JOB_LEASE_S", 30.0)),
             database_url=env_secret(env, "CWEB_DATABASE_URL"),
             s3_endpoint=env.get("CWEB_S3_ENDPOINT", ""),
             s3_bucket=env.get("CWEB_S3_BUCKET", "cweb"),

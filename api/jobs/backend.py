@@ -1,8 +1,9 @@
 """What the job service (api/jobs/service.py) needs of a jobs database.
 
-`api/jobs/store.py Store` implements it on SQLite (one file, group commit).
-Another database (PostgreSQL for several api processes, issue 14)
-implements these methods; the service holds no SQL and stays as it is.
+`api/jobs/store.py Store` implements it on SQLite (one file, group commit,
+one process); `api/jobs/pg_store.py PgJobStore` on PostgreSQL, shared by
+several nodes (`shared`: leases are renewed and taken back, other nodes'
+jobs and events arrive through `watch`). The service holds no SQL.
 
 Every write is one transaction and is durable when its await returns (or,
 for the two methods that return a future, when the future resolves); writes
@@ -12,9 +13,19 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 
 
 class JobStore(ABC):
+    # Several processes share the database: an attempt starts only once its
+    # start is committed (another node may take the job first), leases are
+    # renewed and taken back, and other nodes' jobs and events are watched.
+    shared = False
+    # Who this process is in lease_owner (a shared store names it at open()).
+    owner = ""
+    # Seconds a lease lasts past its renewal (shared stores).
+    lease_s = 0.0
+
     @abstractmethod
     async def open(self) -> None: ...
 
@@ -90,3 +101,26 @@ class JobStore(ABC):
     @abstractmethod
     async def expire_events(self, finished_before: float, max_jobs: int, max_events: int) -> tuple[int, bool]:
         """Delete up to max_events events of jobs finished before finished_before: (deleted, more may be left)."""
+
+    # ---- several processes on one database (shared stores only) ---------------
+
+    def watch(self, on_job: Callable[[dict], None], on_events: Callable[[str, int], None],
+              on_resync: Callable[[], Awaitable[None]]) -> None:
+        """Call on_job(message) when another process made a job pending
+        ({"k": "pending", "j", "h", "p", "r", "s"}) or asks for a cancel
+        ({"k": "cancel", "j"}), on_events(job_uuid, first_event_id) when it
+        stored events, on_resync() when notifications may have been missed."""
+        return None
+
+    async def renew(self, job_uuids: list[str], now: float) -> int:
+        """Extend this process's leases of these running jobs; how many."""
+        return 0
+
+    async def reclaim(self, now: float, keep: list[str], retry_reason: str, failed_error: str) -> list[dict]:
+        """Running jobs whose lease ran out (but those in keep): pending again
+        with attempts left, else failed; their events."""
+        return []
+
+    async def notify_cancel(self, job_uuid: str) -> None:
+        """Ask the process running job_uuid to cancel it."""
+        return None

@@ -101,6 +101,14 @@ TERMINAL = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELED.value}
 RESERVED_EVENTS = {"created", "started", "retry", "truncated"}
 
 
+# Shared database (several nodes): a job made pending on another node is
+# tried here this many seconds after its time, so the node that took the
+# submission starts it when it has a free slot, and others take it when not.
+REMOTE_CLAIM_DELAY_S = 0.05
+# Seconds between looks at the database for pending jobs and subscribed
+# jobs' events whose notification was missed (shared database).
+RESYNC_S = 5.0
+
 # Payloads up to this size stay in memory while their job waits, so an attempt
 # can start without reading the job back from the database first.
 INLINE_PAYLOAD_BYTES = 16 * 1024
@@ -201,21 +209,34 @@ class JobService:
         self.retention: asyncio.Task | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.finished = 0
+        # Shared database: tasks that keep leases, look for missed work, and
+        # bring other nodes' events of subscribed jobs (job_uuid -> last event id published).
+        self.renewer: asyncio.Task | None = None
+        self.resyncer: asyncio.Task | None = None
+        self.remote_seen: dict[str, int] = {}
+        self.remote_follow: dict[str, asyncio.Task] = {}
+        self.remote_again: set[str] = set()
 
     # ---- startup -----------------------------------------------------------
 
     async def start(self, host: ModuleHost) -> None:
         self.host = host
+        if self.store.shared:
+            self.instance = self.store.owner
+            self.store.watch(self._on_remote_job, self._on_remote_events, self._resync)
         await self.recover()
         self.dispatcher = asyncio.create_task(self._dispatch_loop())
         self.sweeper = asyncio.create_task(self._sweep_leases())
+        if self.store.shared:
+            self.renewer = asyncio.create_task(self._renew_leases())
+            self.resyncer = asyncio.create_task(self._resync_loop())
         if self.limits.event_retention_s > 0:
             self.retention = asyncio.create_task(self._sweep_retention())
 
     async def stop(self) -> None:
         """Start nothing new; give running attempts STOP_GRACE_S to finish. Whatever is
         still running then is left `running` for recovery at the next start."""
-        for task in (self.dispatcher, self.sweeper, self.retention):
+        for task in (self.dispatcher, self.sweeper, self.retention, self.resyncer, *self.remote_follow.values()):
             if task is not None:
                 task.cancel()
         for task in list(self.loading.values()):
@@ -228,16 +249,25 @@ class JobService:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        if self.renewer is not None:
+            self.renewer.cancel()
 
     async def _sweep_leases(self) -> None:
         """Fail or re-queue running jobs whose lease expired with no attempt of this process behind them.
 
         Worker deaths and restarts are handled where they happen; this is the
         backstop that keeps a job from staying `running` through any other path."""
+        every = min(LEASE_SWEEP_S, self.store.lease_s / 2) if self.store.shared else LEASE_SWEEP_S
         while True:
-            await asyncio.sleep(LEASE_SWEEP_S)
+            await asyncio.sleep(every)
             try:
                 now = time.time()
+                if self.store.shared:
+                    # Another node's lease ran out: that node is gone or cut off; run its job here.
+                    events = await self.store.reclaim(now, list(self.running), "the node running it stopped renewing its lease",
+                                                      "interrupted: the node running it stopped during the last attempt")
+                    await self._taken_back(events)
+                    continue
                 for job in await self.store.expired_leases(now):
                     if job["job_uuid"] not in self.running:
                         log.warning("job %s outlived its lease with no attempt running; recovering it", job["job_uuid"])
@@ -274,11 +304,105 @@ class JobService:
         events = await self.store.recover_running(now, "server restarted", "interrupted: the server stopped during the last attempt")
         for ev in events:
             self._publish(ev)
+        await self._enqueue_pending()
+
+    async def _enqueue_pending(self, delay: float = 0.0) -> None:
+        """Queue every pending job of the database this process does not hold yet."""
         rows = await self.store.pending(INLINE_PAYLOAD_BYTES)
+        fresh = 0
         for job_uuid, module_hash, priority, run_after, seq, job, attempts, timeout_s, payload in rows:
-            self._enqueue(job_uuid, module_hash, priority, run_after, seq, Spec(job, attempts, timeout_s, payload))
-        if rows:
-            log.info("recovered %d pending jobs", len(rows))
+            if job_uuid in self.queued or job_uuid in self.running:
+                continue
+            fresh += 1
+            self._enqueue(job_uuid, module_hash, priority, run_after + delay, seq, Spec(job, attempts, timeout_s, payload))
+        if fresh and not self.store.shared:
+            log.info("recovered %d pending jobs", fresh)
+
+    async def _taken_back(self, events: list[dict]) -> None:
+        """Publish what recovery wrote, and queue the jobs it made pending again."""
+        for ev in events:
+            self._publish(ev)
+            if ev["type"] == "retry" and ev["job_uuid"] not in self.running:
+                job = await self.store.job(ev["job_uuid"])
+                if job is not None and job["state"] == "pending":
+                    self._enqueue(job["job_uuid"], job["module_hash"], job["priority"], job["run_after"], job["seq"], _spec(job))
+
+    # ---- several nodes on one database -------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of the attempts running here (a shared database)."""
+        while True:
+            await asyncio.sleep(self.store.lease_s / 3)
+            try:
+                if self.running:
+                    await self.store.renew(list(self.running), time.time())
+            except Exception:  # noqa: BLE001 - a database hiccup: the next round tries again
+                log.exception("renewing job leases failed")
+
+    def _on_remote_job(self, msg: dict) -> None:
+        job_uuid = msg.get("j")
+        if not isinstance(job_uuid, str):
+            return
+        if msg.get("k") == "cancel":
+            if job_uuid in self.running:
+                asyncio.get_running_loop().create_task(self._cancel_running(job_uuid))
+            return
+        if msg.get("k") != "pending" or job_uuid in self.running:
+            return
+        try:
+            module_hash, priority, run_after, seq = str(msg["h"]), int(msg["p"]), float(msg["r"]), int(msg["s"])
+        except (KeyError, TypeError, ValueError):
+            return
+        # No spec: the start reads the job back, and runs it only if it won the job.
+        self._enqueue(job_uuid, module_hash, priority, max(run_after, time.time()) + REMOTE_CLAIM_DELAY_S, seq, None)
+
+    def _on_remote_events(self, job_uuid: str, first_event_id: int) -> None:
+        if job_uuid not in self.subscribers:
+            return
+        self.remote_seen.setdefault(job_uuid, first_event_id - 1)
+        self._follow_remote(job_uuid)
+
+    def _follow_remote(self, job_uuid: str) -> None:
+        if job_uuid in self.remote_follow:
+            self.remote_again.add(job_uuid)
+            return
+        self.remote_follow[job_uuid] = asyncio.get_running_loop().create_task(self._fetch_remote(job_uuid))
+
+    async def _fetch_remote(self, job_uuid: str) -> None:
+        """Publish another node's stored events of a subscribed job, in order, once each."""
+        try:
+            while job_uuid in self.subscribers:
+                self.remote_again.discard(job_uuid)
+                since = self.remote_seen.get(job_uuid, 0)
+                page = await self.store.events_since(job_uuid, since, REPLAY_PAGE, PAGE_BYTES)
+                for ev in page:
+                    for q in self.subscribers.get(job_uuid, ()):
+                        q.put_nowait(ev)
+                if page:
+                    self.remote_seen[job_uuid] = page[-1]["event_id"]
+                if len(page) < REPLAY_PAGE and job_uuid not in self.remote_again:
+                    return
+        except Exception:  # noqa: BLE001 - the periodic resync tries again
+            log.exception("reading events of job %s failed", job_uuid)
+        finally:
+            self.remote_follow.pop(job_uuid, None)
+            self.remote_again.discard(job_uuid)
+
+    async def _resync(self) -> None:
+        """Catch up with what notifications may have missed: pending jobs, and
+        events of subscribed jobs that run elsewhere."""
+        await self._enqueue_pending(REMOTE_CLAIM_DELAY_S)
+        for job_uuid in list(self.subscribers):
+            if job_uuid != "*" and job_uuid not in self.running:
+                self._follow_remote(job_uuid)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            try:
+                await self._resync()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("jobs resync failed")
 
     # ---- submission -----------------------------------------------------------
 
@@ -507,7 +631,8 @@ class JobService:
         # outcome), so `started` is committed and published before them.
         starting = asyncio.ensure_future(started(self.store.start_attempt(job_uuid, expected, self.instance, now)))
         self.running_version[job_uuid] = version
-        if spec is not None and spec.payload is not None and job_uuid not in self.cancel_requested:
+        # With a shared database another node may win the job: run it only once the start is ours.
+        if spec is not None and spec.payload is not None and job_uuid not in self.cancel_requested and not self.store.shared:
             attempt, name, payload, timeout_s = spec.attempts + 1, spec.job, spec.payload, spec.timeout_s
         else:
             job = await starting
@@ -672,6 +797,20 @@ class JobService:
                 if await self._finish(job_uuid, None, "canceled", only_if_state="pending"):
                     return {"job_uuid": job_uuid, "state": "canceled"}
                 # No longer pending in the database: it ended meanwhile; look again.
+                continue
+            if job["state"] == "running" and self.store.shared:
+                # Running on another node: that node cancels it; wait as long as a local cancel would.
+                await self.store.notify_cancel(job_uuid)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 2 * CANCEL_GRACE_S + 1.0
+                while loop.time() < deadline:
+                    await asyncio.sleep(CANCEL_RESEND_S)
+                    job = await self.get(job_uuid)
+                    if job["state"] != "running":
+                        break
+                if job["state"] == "pending":
+                    continue  # between two attempts: cancel it as pending
+                break
         return {"job_uuid": job_uuid, "state": job["state"]}
 
     async def _cancel_running(self, job_uuid: str) -> None:
@@ -745,6 +884,7 @@ class JobService:
             subs.discard(q)
             if not subs:
                 del self.subscribers[job_uuid]
+                self.remote_seen.pop(job_uuid, None)
 
     def _publish(self, ev: dict) -> None:
         for q in self.subscribers.get(ev["job_uuid"], ()):
