@@ -33,9 +33,14 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 run: install
 	$(VPY) -m api
 
+# The suites that touch jobs and state, run a second time with every test
+# server on PostgreSQL instead of SQLite (tests/databases.py).
+POSTGRES_SUITES := tests/integration/test_jobs.py tests/security/test_job_data.py
+
 test: install-test
 	$(VPY) -m ruff check api builder runtime tests bench cweb_testing
 	$(VPY) -m pytest -q tests
+	CWEB_TEST_DATABASE=postgres $(VPY) -m pytest -q $(POSTGRES_SUITES)
 
 lint: install-test
 	$(VPY) -m ruff check api builder runtime tests bench cweb_testing

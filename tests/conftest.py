@@ -53,6 +53,8 @@ class Server:
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.scheme = "http"
         self.verify: object = True
+        # Its PostgreSQL database, when it runs on one (tests/databases.py).
+        self.database_url: str | None = self.env.get("CWEB_DATABASE_URL")
 
     @property
     def url(self) -> str:
@@ -63,6 +65,12 @@ class Server:
     def start(self, timeout: float = 90.0) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CWEB_")}
         env.update(self.env)
+        if self.database_url is None:
+            from tests.databases import server_database
+
+            self.database_url = server_database(self.data_dir)
+        if self.database_url:
+            env["CWEB_DATABASE_URL"] = self.database_url
         env["PYTHONPATH"] = str(ROOT)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -263,7 +271,15 @@ def fill_disk(path: Path) -> None:
 
 
 # A real PostgreSQL for the suites that run against it (tests/databases.py).
-from tests.databases import postgres_server, postgres_url  # noqa: E402, F401
+from tests.databases import TEST_DATABASE, postgres_server, postgres_url, use_for_servers  # noqa: E402, F401
 
 # A real S3-compatible object store for the suites that use one (tests/objects.py).
 from tests.objects import s3_endpoint, s3_server  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def servers_database(request: pytest.FixtureRequest) -> None:
+    """CWEB_TEST_DATABASE=postgres: every Server keeps its state in PostgreSQL
+    (a database per data dir on the session's server) instead of SQLite files."""
+    if TEST_DATABASE == "postgres":
+        use_for_servers(request.getfixturevalue("postgres_server"))

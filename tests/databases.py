@@ -9,11 +9,15 @@ is removed at the end of the session, even when a test fails.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +97,73 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     _sql(postgres_server, f'CREATE DATABASE "{name}"')
     yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
     _sql(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---- CWEB_TEST_DATABASE=postgres: every Server of the session on PostgreSQL ----
+
+TEST_DATABASE = os.environ.get("CWEB_TEST_DATABASE", "sqlite") or "sqlite"
+if TEST_DATABASE not in ("sqlite", "postgres"):
+    raise RuntimeError(f"CWEB_TEST_DATABASE must be sqlite or postgres, not {TEST_DATABASE!r}")
+_servers_url: str | None = None
+
+
+def use_for_servers(server_url: str) -> None:
+    global _servers_url
+    _servers_url = server_url
+
+
+def server_database(data_dir: Path) -> str | None:
+    """The database a tests/conftest.py Server on data_dir uses under
+    CWEB_TEST_DATABASE=postgres (None otherwise): one per data dir, so a
+    restart on the same dir finds its state, and a fresh dir starts empty."""
+    if _servers_url is None:
+        return None
+    name = "d_" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+
+    async def create() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(_servers_url, timeout=10)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return _servers_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def query(url: str, sql: str, *params: object) -> list[tuple]:
+    """Rows of one statement on a PostgreSQL database (`?` placeholders, as sqlite3's)."""
+    import asyncpg
+
+    parts = sql.split("?")
+    sql = parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], 1))
+
+    async def run() -> list[tuple]:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *params)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def jobs_rows(server: Any, sql: str, *params: object) -> list[tuple]:
+    """Rows of a query on a server's jobs database: its jobs.db, or its
+    PostgreSQL database when it runs on one (same tables and columns)."""
+    url = getattr(server, "database_url", None)
+    if url:
+        return query(url, sql, *params)
+    with sqlite3.connect(Path(server.data_dir) / "jobs.db") as db:
+        return db.execute(sql, params).fetchall()
+
+
+def jobs_db_bytes(server: Any) -> int:
+    """What the server's jobs database takes on disk."""
+    url = getattr(server, "database_url", None)
+    if url:
+        return int(query(url, "SELECT pg_total_relation_size('jobs') + pg_total_relation_size('job_events')")[0][0])
+    return sum(p.stat().st_size for p in Path(server.data_dir).glob("jobs.db*"))

@@ -1,9 +1,10 @@
-"""Durable jobs against a real server and real SQLite files.
+"""Durable jobs against a real server and a real database: SQLite files, or
+PostgreSQL under CWEB_TEST_DATABASE=postgres (tests/databases.py).
 
 Every test talks HTTP or WebSocket to a real `python -m api` subprocess (the
 session `server`, or its own from `make_server` where it needs a restart or
 other settings). Job code is real C compiled by the server and run in real
-worker processes; the state lives in the server's `jobs.db`. The session
+worker processes; the state lives in the server's `jobs.db` (or its database). The session
 server is shared, so module names and route paths are made unique.
 
 The "lab" module below defines one job per behaviour under test, plus routes
@@ -17,7 +18,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ROOT, SPIN_JOB, WORKER_TOKEN_C, Server, unique
+from tests.databases import jobs_rows
 
 TERMINAL = ("done", "failed", "canceled")
 JOB_FIELDS = {"job_uuid", "module", "job", "state", "module_hash", "created_at", "updated_at", "result", "error"}
@@ -835,8 +836,7 @@ def test_server_killed_mid_job_recovers_on_restart(make_server, tmp_path: Path) 
     delayed = submit(s, lab.name, "echo", {"later": True}, delay_s=3)
     wait_event(s, retried, "started")
     wait_event(s, last, "started")
-    with sqlite3.connect(data / "jobs.db") as db:
-        running = dict(db.execute("SELECT job_uuid, state FROM jobs WHERE job_uuid IN (?, ?)", (retried, last)).fetchall())
+    running = dict(jobs_rows(s, "SELECT job_uuid, state FROM jobs WHERE job_uuid IN (?, ?)", retried, last))
     assert {retried: "running", last: "running"} == running
     s.stop(signal.SIGKILL)
 
@@ -853,8 +853,7 @@ def test_server_killed_mid_job_recovers_on_restart(make_server, tmp_path: Path) 
         evs = events(s2, job_uuid)
         assert 1 == terminal_count(evs)
         assert evs[-1]["type"] in TERMINAL
-    with sqlite3.connect(data / "jobs.db") as db:
-        assert 0 == db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'running'").fetchone()[0]
+    assert [(0,)] == jobs_rows(s2, "SELECT COUNT(*) FROM jobs WHERE state = 'running'")
 
 
 def test_graceful_stop_lets_a_running_job_finish(make_server, tmp_path: Path) -> None:
@@ -865,8 +864,7 @@ def test_graceful_stop_lets_a_running_job_finish(make_server, tmp_path: Path) ->
     job_uuid = submit(s, lab.name, "nap", {"ms": 1500})
     wait_event(s, job_uuid, "started")
     s.stop(signal.SIGTERM)
-    with sqlite3.connect(data / "jobs.db") as db:
-        state, attempts, result = db.execute("SELECT state, attempts, result FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone()
+    [(state, attempts, result)] = jobs_rows(s, "SELECT state, attempts, result FROM jobs WHERE job_uuid = ?", job_uuid)
     assert ("done", 1, {"slept_ms": 1500}) == (state, attempts, json.loads(result))
 
 

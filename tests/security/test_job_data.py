@@ -25,6 +25,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import small_disk, unique, wait_for
+from tests.databases import jobs_db_bytes
 from tests.security.conftest import SecServer, auth, start_sec_server
 
 TERMINAL = ("done", "failed", "canceled")
@@ -214,7 +215,7 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SecServer
 
 
 def _db_bytes(s: SecServer) -> int:
-    return sum(p.stat().st_size for p in Path(s.data_dir).glob("jobs.db*"))
+    return jobs_db_bytes(s)
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -333,11 +334,13 @@ def test_finished_jobs_events_are_deleted_after_the_retention(tmp_path: Path) ->
 def test_a_full_disk_makes_job_submission_a_json_507_until_space_is_back(tmp_path: Path) -> None:
     """The data dir on a small tmpfs, filled up: POST /jobs answers 507
     insufficient_storage (JSON), nothing else breaks, and submissions work
-    again once the filler is gone."""
+    again once the filler is gone. The embedded database (jobs.db in the
+    data dir) even under CWEB_TEST_DATABASE=postgres: the full disk here is
+    the data dir's."""
     with small_disk(tmp_path / "small", 160) as mount:
         s = None
         try:
-            s = start_sec_server(mount / "data")
+            s = start_sec_server(mount / "data", env={"CWEB_DATABASE_URL": ""})
             module = deploy_hostile(s)
             assert wait_job(s, submit(s, module, "secret", {"a": 1}).json()["job_uuid"])["state"] == "done"
             filler = mount / "filler"
