@@ -53,6 +53,8 @@ class Database:
         # One LISTEN at a time on that connection: asyncpg refuses a second
         # operation while one is in progress.
         self._listen_lock = asyncio.Lock()
+        # The channels the current listening connection LISTENs on.
+        self._listening: set[str] = set()
         self._watch: asyncio.Task | None = None
         self._closing = False
 
@@ -97,15 +99,19 @@ class Database:
         on (including after the listening connection is re-established)."""
         first = channel not in self.listeners
         self.listeners.setdefault(channel, []).append(callback)
-        if first and self._listen_conn is not None and not self._listen_conn.is_closed():
-            asyncio.get_running_loop().create_task(self._add_listener(self._listen_conn, channel))
+        if first:
+            # Also while the listening connection is being set up: whichever of
+            # the two comes second under the lock does the LISTEN.
+            asyncio.get_running_loop().create_task(self._add_listener(channel))
 
-    async def _add_listener(self, conn: asyncpg.Connection, channel: str) -> None:
+    async def _add_listener(self, channel: str) -> None:
         async with self._listen_lock:
-            if conn.is_closed():
+            conn = self._listen_conn
+            if conn is None or conn.is_closed() or channel in self._listening:
                 return  # _keep_listening listens on the next connection
             try:
                 await conn.add_listener(channel, self._deliver)
+                self._listening.add(channel)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("cannot listen on %s: %s; resynchronizing when the connection is back", channel, exc)
 
@@ -124,8 +130,10 @@ class Database:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 async with self._listen_lock:
+                    self._listening = set()
                     for channel in list(self.listeners):
                         await conn.add_listener(channel, self._deliver)
+                        self._listening.add(channel)
                     self._listen_conn = conn
                 if not first:
                     log.warning("database notifications are back; resynchronizing")

@@ -310,14 +310,17 @@ def test_a_100_mb_event_is_ingested_in_linear_time(capped: tuple[SecServer, str]
 
 
 def test_finished_jobs_events_are_deleted_after_the_retention(tmp_path: Path) -> None:
-    s = start_sec_server(tmp_path / "data", env={"CWEB_JOB_EVENT_RETENTION_S": "2"})
+    # The submissions come first and the retention is 4 s: under load, the
+    # check that the finished job still has its events ran after 2 s had passed.
+    s = start_sec_server(tmp_path / "data", env={"CWEB_JOB_EVENT_RETENTION_S": "4"})
     try:
         module = deploy_hostile(s)
-        done = submit(s, module, "flood", {"n": 50, "size": 64}).json()["job_uuid"]
-        assert wait_job(s, done)["state"] == "done"
-        waiting = submit(s, module, "flood", {"n": 1}).json()["job_uuid"]
         with s.client(headers=auth()) as c:
             delayed = c.post("/jobs", json={"module": module, "job": "flood", "payload": {}, "delay_s": 3600}).json()["job_uuid"]
+        waiting = submit(s, module, "flood", {"n": 1}).json()["job_uuid"]
+        done = submit(s, module, "flood", {"n": 50, "size": 64}).json()["job_uuid"]
+        assert wait_job(s, done)["state"] == "done"
+        with s.client(headers=auth()) as c:
             assert len(c.get(f"/jobs/{done}/events").json()["events"]) == 53
             assert wait_for(lambda: c.get(f"/jobs/{done}/events").json()["events"] == [], timeout=20)
             # The job itself stays; an unfinished job keeps its events.
