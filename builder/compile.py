@@ -178,8 +178,9 @@ class Compiler:
         # One relocatable object from every glue source, linked into each module.
         return prefix + cmd + ["-r", "-nostdlib"] + sources
 
-    async def run(self, argv: list[str], cwd: str, on_output: Callable[[str], None] | None = None) -> Run:
-        """Run argv with a scrubbed environment, a wall-time limit and an output cap.
+    async def run(self, argv: list[str], cwd: str, on_output: Callable[[str], None] | None = None,
+                  wall_s: float = limits.COMPILE_WALL_SECONDS) -> Run:
+        """Run argv with a scrubbed environment, a wall-time limit (wall_s) and an output cap.
 
         on_output sees the output as it comes (a build's live log); past
         limits.OUTPUT_FLOOD_BYTES the compiler is killed and BuildOutputFlood raised."""
@@ -216,7 +217,7 @@ class Compiler:
             await proc.wait()
 
         try:
-            await asyncio.wait_for(pump(), limits.COMPILE_WALL_SECONDS)
+            await asyncio.wait_for(pump(), wall_s)
         except (TimeoutError, BuildOutputFlood, asyncio.CancelledError) as exc:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -230,7 +231,7 @@ class Compiler:
                         pass
             await proc.wait()
             if isinstance(exc, TimeoutError):
-                raise BuildTimeout(f"the compiler ran longer than {limits.COMPILE_WALL_SECONDS:g} s and was stopped") from exc
+                raise BuildTimeout(f"the compiler ran longer than {wall_s:g} s and was stopped") from exc
             raise
         output = b"".join(chunks).decode("utf-8", "replace")
         if truncated:

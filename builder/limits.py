@@ -8,6 +8,10 @@ import os
 MAX_SOURCE_BYTES = 1 << 20
 # Wall time of one gcc run (seconds).
 COMPILE_WALL_SECONDS = 20.0
+# Wall time of the SDK glue's compile: cweb's own sources, compiled once per
+# SDK digest when a builder starts. On a busy machine it took over 20 s, and
+# a builder without its glue refused every build with compile_timeout.
+GLUE_WALL_SECONDS = 120.0
 # CPU seconds of one gcc run.
 COMPILE_CPU_SECONDS = 20
 # Address space of the compiler (bytes).

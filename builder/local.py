@@ -173,7 +173,7 @@ class LocalBuilder(Builder):
                 sources = sorted(n for n in os.listdir(compile.SDK_DIR) if n.endswith(".c"))
                 # Off the loop: the process limit reads /proc (compile._uid_tasks).
                 argv = await asyncio.to_thread(self.compiler.argv, scratch, "", "glue.o", [f"{self._sdk_path()}/{n}" for n in sources], link=False)
-                run = await self.compiler.run(argv, scratch)
+                run = await self.compiler.run(argv, scratch, wall_s=limits.GLUE_WALL_SECONDS)
                 if run.returncode != 0:
                     raise CompileFailed("the SDK glue failed to compile", log=run.output, diagnostics=diagnostics.parse(run.output))
                 with open(os.path.join(scratch, "glue.o"), "rb") as f:

@@ -4,7 +4,8 @@ PostgreSQL, the object store, the proxy), only through the proxy's port:
 deploy once -> both nodes serve the new hash; requests spread over both;
 rollback reaches both; a `placement=one` chat keeps one room across nodes;
 `docker kill` of a node under load -> <= 1 % failed requests during the
-failover and none after; a new node (scale to 3) serves every active module
+failover and none after, its running jobs finish on the other node and no
+acknowledged job is lost; a new node (scale to 3) serves every active module
 before it takes traffic.
 
 The tests run in file order on one stack (the kill and the scale-up last).
@@ -22,10 +23,30 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.cluster.conftest import NODES, Cluster, Load, wait_nodes_healthy
+from tests.cluster.conftest import JOB_LEASE_S, NODES, Cluster, Load, wait_nodes_healthy
 from tests.conftest import ROOT, route_module
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
+
+# A job that works for about 4 s in 50 ms steps: long enough to be running when its node dies.
+SLOW_JOB = r"""
+#include <cweb.h>
+#include <unistd.h>
+static int run_slow(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
+    (void)ctx; (void)p;
+    for (int i = 0; i < 80; i++) {
+        if (job->is_canceled(job)) { job->set_error(job, "canceled"); return -1; }
+        usleep(50 * 1000);
+    }
+    job->set_result(job, "{\"slow\": true}");
+    return 0;
+}
+export module_t config = {
+    .name = "@NAME@", .author = "tests",
+    .jobs = { {"slow", run_slow, NULL} }, .job_size = 1,
+};
+"""
+
 
 def nodes_view(cluster: Cluster) -> list[dict]:
     with cluster.client() as c:
@@ -138,15 +159,52 @@ def test_placement_one_chat_keeps_one_room_across_nodes(cluster: Cluster, route:
                     break
 
 
-def test_killed_node_costs_at_most_one_percent_of_requests(cluster: Cluster, route: dict) -> None:
-    """docker kill of a node while requests flow: <= 1 % of them fail while
-    the proxy notices, none after, none once swarm has replaced the node."""
+def job_events(c: httpx.Client, job_uuid: str) -> list[dict]:
+    events: list[dict] = []
+    since = 0
+    while True:
+        r = c.get(f"/jobs/{job_uuid}/events", params={"since_event_id": since})
+        assert 200 == r.status_code, r.text
+        events.extend(r.json()["events"])
+        since = r.json().get("next_since_event_id")
+        if since is None:
+            return events
+
+
+def started_on(events: list[dict]) -> list[str]:
+    """The node of every attempt's `started` event, in order."""
+    return [e["data"].get("node", "") for e in events if e["type"] == "started" and isinstance(e["data"], dict)]
+
+
+def test_killed_node_costs_at_most_one_percent_and_loses_no_job(cluster: Cluster, route: dict) -> None:
+    """docker kill of a node running jobs while requests flow: <= 1 % of the
+    requests fail while the proxy notices, none after; every acknowledged
+    job ends done, those that ran on the dead node on another one."""
     wait_nodes_healthy(cluster, NODES)
-    victim = cluster.containers("node")[0]
+    name = f"slowjobs_{uuid.uuid4().hex[:8]}"
+    deploy_ok(cluster, SLOW_JOB.replace("@NAME@", name))
+    with cluster.client() as c:
+        acknowledged = []
+        for _ in range(8):
+            r = c.post("/jobs", json={"module": name, "job": "slow", "max_attempts": 3})
+            assert 200 == r.status_code, r.text
+            acknowledged.append(r.json()["job_uuid"])
+        # The victim is the node running the most jobs once some run.
+        deadline = time.monotonic() + 60
+        while True:
+            running = Counter(n for j in acknowledged for n in started_on(job_events(c, j)))
+            if sum(running.values()) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert running, "no job started within 60 s"
+    victim_id = running.most_common(1)[0][0]
+    victim = [v for v in cluster.containers("node") if v.attrs["Config"]["Hostname"] == victim_id]
+    assert 1 == len(victim), (victim_id, [v.attrs["Config"]["Hostname"] for v in cluster.containers("node")])
+
     with Load(cluster.url, route["path"], body=route["body"]) as load:
         time.sleep(3)
         before = load.total
-        victim.kill()
+        victim[0].kill()
         time.sleep(8)
     after_kill = load.total - before
     print(f"failover: {len(load.failed)} of {load.total} requests failed ({after_kill} after the kill); {dict(load.nodes)}")
@@ -155,6 +213,22 @@ def test_killed_node_costs_at_most_one_percent_of_requests(cluster: Cluster, rou
     with Load(cluster.url, route["path"], body=route["body"]) as settled:
         time.sleep(5)
     assert (True, []) == (settled.total > 50, settled.failed)
+
+    # The dead node's jobs are taken back after its lease and run again elsewhere.
+    deadline = time.monotonic() + JOB_LEASE_S * 3 + 60
+    with cluster.client() as c:
+        while True:
+            states = {j: c.get(f"/jobs/{j}").json()["state"] for j in acknowledged}
+            if set(states.values()) <= {"done", "failed", "canceled"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert {"done"} == set(states.values()), states
+        moved = [(j, nodes) for j in acknowledged if victim_id in (nodes := started_on(job_events(c, j)))]
+    assert moved, f"no job had started on {victim_id}"
+    for j, nodes in moved:
+        assert nodes[-1] != victim_id, f"{j} ended on the dead node: {nodes}"
+    print(f"jobs: {len(acknowledged)} acknowledged, all done; {len(moved)} finished elsewhere after their node died")
+
     # Swarm replaces the killed task; the proxy takes it once it is healthy.
     wait_nodes_healthy(cluster, NODES)
     with Load(cluster.url, route["path"], body=route["body"]) as recovered:
