@@ -148,7 +148,8 @@ class Cluster:
         rows = await self.registry.placements()
         for name in sorted(set(rows) | set(self.host.active) | set(self.host.remote)):
             try:
-                await self.sync(name, rows.get(name), fetched=True)
+                # Each reads its row again: a deploy during this loop must not be undone by an older read.
+                await self.sync(name)
             except Exception:  # noqa: BLE001 - one module must not stop the others
                 log.exception("could not reconcile module %s", name)
 
@@ -317,8 +318,15 @@ class Cluster:
                 raise
             failed = {p["node"] for p in prepared if p["outcome"] not in ("prepared", "serving")}
             t1 = time.perf_counter()
-            swaps = [self.host.activate(module_hash, source_sha256=source_sha256, build_key=build_key,
-                                        action=action, deployed_at=deployed_at)]
+
+            async def swap_here() -> tuple[Version, Version | None, bool]:
+                # Under the sync lock: a sync that read the registry before this deploy
+                # recorded it finishes first, and cannot undo this swap afterwards.
+                async with self.sync_lock:
+                    return await self.host.activate(module_hash, source_sha256=source_sha256, build_key=build_key,
+                                                    action=action, deployed_at=deployed_at)
+
+            swaps = [swap_here()]
             swaps += [self._call(n, u, "sync", {"name": name}) for n, u in peers.items() if n not in failed]
             results = await asyncio.gather(*swaps, return_exceptions=True)
             local = results[0]
