@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import auth, builds, cache_admin, observe, secrets, versions
 from api.artifacts import Artifacts, object_store
 from api.builder_discovery import FarmSetup, make_farm
+from api.builds_pg import PgBuilds
 from api.cluster import routes as cluster_routes
 from api.cluster.cluster import Cluster
 from api.cors import Cors
@@ -79,6 +80,7 @@ class State:
     jobs: JobService
     job_store: JobStore
     db: Database | None
+    build_rows: PgBuilds | None
     objects: ObjectStore | None
     artifacts: Artifacts
     started_at: float
@@ -146,6 +148,9 @@ def create_app(settings: Settings) -> Dispatcher:
                                       objects=state.objects)
         state.builder = state.farm = state.farms.farm
         state.farm.on_finish.append(state.metrics.observe_build)
+        if state.build_rows is not None:
+            await state.build_rows.open()
+            state.farm.on_change.append(state.build_rows.record)
         state.metrics.farm = state.farm
         if not state.builder.sandboxed:
             if settings.unsafe_builds:
@@ -194,6 +199,8 @@ def create_app(settings: Settings) -> Dispatcher:
         await state.agent.close()
         await state.registry.close()
         await state.farms.aclose()
+        if state.build_rows is not None:
+            await state.build_rows.close()
         if state.objects is not None:
             state.objects.close()
         if state.db is not None:
@@ -210,6 +217,8 @@ def create_app(settings: Settings) -> Dispatcher:
     # PostgreSQL shared by every node when configured (docs/CLUSTER.md), else SQLite files.
     state.db = Database(settings.database_url) if is_postgres(settings.database_url) else None
     state.registry = PgRegistry(state.db) if state.db is not None else Registry(os.path.join(settings.data_dir, "registry.db"))
+    # Builds of every node in one table (api/builds_pg.py); without a database only this node's, in memory.
+    state.build_rows = PgBuilds(state.db, settings.node_id) if state.db is not None else None
     if state.db is not None:
         state.job_store = PgJobStore(state.db, data_dir=settings.data_dir, instance=uuid.uuid4().hex[:12],
                                      node_id=settings.node_id, lease_s=settings.job_lease_s)

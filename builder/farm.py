@@ -232,6 +232,10 @@ class BuildFarm(Builder):
         self._sweeper: asyncio.Task | None = None
         # Called with every Build that finishes (metrics).
         self.on_finish: list[Callable[[Build], None]] = []
+        # Called with a Build whenever its state changes (queued, running,
+        # queued again, done, failed): the api records builds of a cluster.
+        # Observers must not block: they run on the dispatcher's path.
+        self.on_change: list[Callable[[Build], None]] = []
         self.set_executors(executors or [])
 
     # ---- the Builder interface, besides build() ----
@@ -511,6 +515,12 @@ class BuildFarm(Builder):
         self._emit(b, {"event": "log", "text": text})
 
     def _emit(self, b: Build, event: dict) -> None:
+        if event["event"] != "log":
+            for fn in self.on_change:
+                try:
+                    fn(b)
+                except Exception:  # noqa: BLE001 - an observer must not fail a build
+                    log.exception("build observer failed")
         for q in list(b.watchers):
             if q.qsize() < 1000:
                 q.put_nowait(event)
