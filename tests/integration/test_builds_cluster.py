@@ -133,3 +133,38 @@ def test_a_build_still_running_on_another_node_ends_its_log_naming_that_node(clu
     assert ("node-7", "running") == (events[-1][1]["node"], events[-1][1]["state"])
     assert "node-7" in events[-1][1]["message"]
     assert "elsewhere01" in listed(b, state="running")
+
+
+def test_a_database_that_goes_away_loses_rows_never_builds(tmp_path: Path, postgres_url: str, caplog) -> None:
+    """The farm as the api makes it, recording into a real database; once the
+    database is gone, builds still succeed and the lost rows are logged."""
+    from api.builder_discovery import make_farm
+    from api.builds_pg import PgBuilds
+    from api.pg import Database
+
+    source = route_module(unique("gone"), "/gone", "x").encode()
+
+    async def scenario() -> tuple[list[str], str]:
+        db = Database(postgres_url)
+        await db.open()
+        rows = PgBuilds(db, "node-1")
+        await rows.open()
+        setup = await make_farm("", str(tmp_path / "store"), unsafe_builds=True, max_source_bytes=1 << 20, slots=1)
+        setup.farm.on_change.append(rows.record)
+        try:
+            first = await setup.farm.build(source, "gone.c", use_cache=False)
+            await asyncio.wait_for(rows._pending.join(), 10)
+            states = [r["state"] for r in await db.pool.fetch("SELECT state FROM builds WHERE id = $1", first.build["id"])]
+            await db.close()
+            second = await setup.farm.build(source, "gone.c", use_cache=False)
+            await asyncio.wait_for(rows._pending.join(), 10)
+            assert second.module_hash == first.module_hash
+            return states, setup.farm.get(second.build["id"]).state
+        finally:
+            await rows.close()
+            await setup.aclose()
+
+    with caplog.at_level("WARNING", logger="cweb.builds"):
+        states, second_state = asyncio.run(scenario())
+    assert ["done"] == states and "done" == second_state
+    assert "cannot record build" in caplog.text
