@@ -198,10 +198,11 @@ def run(duration: float = 10.0, rounds: int = 5, build: bool = False) -> dict:
     with Stack(build) as stack:
         route = f"bench_{uuid.uuid4().hex[:6]}"
         stack.deploy(route_module(route, f"/{route}", "hello"))
-        job_module = f"benchjobs_{uuid.uuid4().hex[:6]}"
-        stack.deploy(JOB_MODULE.replace("@NAME@", job_module))
         for nodes in (1, 2):
             stack.scale(nodes)
+            # A module of its own per run: the count of done jobs is this run's.
+            job_module = f"benchjobs_{uuid.uuid4().hex[:6]}"
+            stack.deploy(JOB_MODULE.replace("@NAME@", job_module))
             result[f"{nodes}_node"] = {"trivial": trivial(stack, f"/{route}", duration), "jobs": jobs(stack, job_module)}
         result["deploy_2_nodes"] = deploys(stack, rounds)
     return result
