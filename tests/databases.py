@@ -32,14 +32,15 @@ START_TIMEOUT_S = 90
 IMAGE_TIMEOUT_S = 900
 
 
-def _ensure_image() -> None:
+def ensure_image(image: str, name: str) -> None:
+    """Build one of scripts/images.sh's images (`name`) when `image` is not in the engine."""
     import docker
 
     client = docker.from_env()
     try:
-        client.images.get(IMAGE)
+        client.images.get(image)
     except docker.errors.ImageNotFound:
-        subprocess.run([str(ROOT / "scripts" / "images.sh"), "postgres"], cwd=ROOT, check=True, timeout=IMAGE_TIMEOUT_S)
+        subprocess.run([str(ROOT / "scripts" / "images.sh"), name], cwd=ROOT, check=True, timeout=IMAGE_TIMEOUT_S)
     finally:
         client.close()
 
@@ -79,7 +80,7 @@ def postgres_server() -> Iterator[str]:
 
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
-    _ensure_image()
+    ensure_image(IMAGE, "postgres")
     container = DockerContainer(IMAGE).with_env("POSTGRES_PASSWORD", PASSWORD).with_exposed_ports(5432)
     container.start()
     try:

