@@ -46,25 +46,13 @@ ROOT = _HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import http as wrk  # noqa: E402
+from bench.jobs import MODULE as JOB_MODULE  # noqa: E402
 from tests.conftest import free_port, route_module  # noqa: E402
 
 CLIENTS = 32
 JOBS_SUBMIT_S = 4.0
 JOBS_MAX_S = 120.0
 SCALE_TIMEOUT_S = 240.0
-
-JOB_MODULE = r"""
-#include <cweb.h>
-static int run_noop(struct cweb_context *ctx, const job_payload_t *p, job_ctx_t *job) {
-    (void)ctx; (void)p;
-    job->set_result(job, "{\"ok\": true}");
-    return 0;
-}
-export module_t config = {
-    .name = "@NAME@", .author = "bench",
-    .jobs = { {"noop", run_noop, NULL} }, .job_size = 1,
-};
-"""
 
 
 class Stack:

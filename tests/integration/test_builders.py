@@ -538,7 +538,7 @@ def test_farm_survives_a_builder_killed_mid_compile(builder_services: list[Build
                 s.proc = None
 
 
-def _sse_events(text: str) -> list[tuple[str, dict]]:
+def sse_events(text: str) -> list[tuple[str, dict]]:
     out = []
     for block in text.split("\n\n"):
         lines = [x for x in block.splitlines() if not x.startswith(":")]
@@ -583,7 +583,7 @@ def test_api_deploys_through_the_farm_and_shows_builds(api_server: Server) -> No
         assert (404, "build_not_found") == (missing.status_code, missing.json()["error"])
         log = c.get(f"/builds/{first['id']}/log")
         assert log.headers["content-type"].startswith("text/event-stream")
-        events = _sse_events(log.text)
+        events = sse_events(log.text)
         assert "state" == events[0][0] and "end" == events[-1][0] and "done" == events[-1][1]["state"]
         assert "unused_api" in "".join(e["text"] for kind, e in events if kind == "log")
         metrics = c.get("/metrics").text

@@ -5,7 +5,6 @@ farm writes its builds to the `builds` table, any node answers for them."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import Server, route_module, unique, wait_for
+from tests.integration.test_builders import sse_events
 
 KEY = "builds-cluster-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -34,18 +34,6 @@ def cluster(tmp_path: Path, postgres_url: str, make_server):
             "CWEB_NODE_ID": f"node-{i}"})
 
     return node
-
-
-def sse_events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.split("\n\n"):
-        lines = [x for x in block.splitlines() if not x.startswith(":")]
-        if not lines:
-            continue
-        kind = next(x[len("event: "):] for x in lines if x.startswith("event: "))
-        data = next(x[len("data: "):] for x in lines if x.startswith("data: "))
-        out.append((kind, json.loads(data)))
-    return out
 
 
 def listed(server: Server, **params: str) -> dict[str, dict]:
