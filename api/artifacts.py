@@ -19,23 +19,17 @@ import logging
 import time
 
 from api.errors import BadGateway, NotFound, Unavailable
+from api.settings import Settings
 from builder.errors import ArtifactCorrupt, ArtifactMissing, ObjectStoreUnavailable
-from builder.objects import ObjectStore, S3Settings
+from builder.objects import ObjectStore
 from builder.store import Store
 
 log = logging.getLogger("cweb.api.artifacts")
 
 
-def object_store(settings: object) -> ObjectStore | None:
-    """The node's object store from api/settings.py's s3_* fields, None when unset."""
-    s3 = S3Settings(
-        endpoint=getattr(settings, "s3_endpoint", ""),
-        bucket=getattr(settings, "s3_bucket", "cweb"),
-        region=getattr(settings, "s3_region", "us-east-1"),
-        access_key=getattr(settings, "s3_access_key", ""),
-        secret_key=getattr(settings, "s3_secret_key", ""),
-    )
-    return ObjectStore(s3) if s3.enabled else None
+def object_store(settings: Settings) -> ObjectStore | None:
+    """The node's object store, None when CWEB_S3_ENDPOINT is unset."""
+    return ObjectStore(settings.s3) if settings.s3.enabled else None
 
 
 class Artifacts:

@@ -8,6 +8,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 
+from builder.objects import S3Settings
 from runtime.env import env_float, env_int, env_secret
 from runtime.settings import AgentSettings
 
@@ -85,13 +86,9 @@ class Settings:
     job_lease_s: float = 30.0
     # Several nodes (docs/CLUSTER.md): shared state in PostgreSQL when set
     # (else SQLite files in data_dir), artifacts in an S3-compatible store
-    # when s3_endpoint is set (else the local store only).
+    # when s3.endpoint is set (else the local store only).
     database_url: str = ""
-    s3_endpoint: str = ""
-    s3_bucket: str = "cweb"
-    s3_region: str = "us-east-1"
-    s3_access_key: str = ""
-    s3_secret_key: str = ""
+    s3: S3Settings = field(default_factory=S3Settings)
     # This node's id (X-Cweb-Node, /_cweb/nodes; default the host name) and
     # the URL other nodes reach it at (default http://<its address>:<port>).
     node_id: str = ""
@@ -144,11 +141,8 @@ class Settings:
             job_event_retention_s=env_float(env, "CWEB_JOB_EVENT_RETENTION_S", 30 * 86400.0),
             job_lease_s=max(1.0, env_float(env, "CWEB_JOB_LEASE_S", 30.0)),
             database_url=env_secret(env, "CWEB_DATABASE_URL"),
-            s3_endpoint=env.get("CWEB_S3_ENDPOINT", ""),
-            s3_bucket=env.get("CWEB_S3_BUCKET", "cweb"),
-            s3_region=env.get("CWEB_S3_REGION", "us-east-1"),
-            s3_access_key=env_secret(env, "CWEB_S3_ACCESS_KEY"),
-            s3_secret_key=env_secret(env, "CWEB_S3_SECRET_KEY"),
+            # The same variables python -m builder reads.
+            s3=S3Settings.from_env(env),
             node_id=env.get("CWEB_NODE_ID", ""),
             node_url=env.get("CWEB_NODE_URL", ""),
             node_header=env.get("CWEB_NODE_HEADER", "1") != "0",

@@ -19,10 +19,9 @@ path (http://host:8333/bucket/key), which every such store serves.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from builder import limits
@@ -31,9 +30,9 @@ from runtime.env import env_secret
 
 __all__ = ["ObjectStore", "S3Settings"]
 
-# Error codes that mean "no such object" (GET says NoSuchKey, HEAD only 404).
-_MISSING = {"NoSuchKey", "404", "NotFound"}
-_NO_BUCKET = {"NoSuchBucket"}
+# Error codes that mean "no such object" (GET says NoSuchKey, HEAD only 404;
+# a bucket not created yet holds nothing either).
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,12 @@ class ObjectStore:
     """get/put by key in one bucket; the bucket is created on first use when missing."""
 
     def __init__(self, settings: S3Settings) -> None:
+        # Here, not at the top: a server without an object store (the
+        # default) never pays boto3's import (0.3 s), and api/settings.py
+        # reads S3Settings from this module.
+        import boto3
+        from botocore.config import Config
+
         self.settings = settings
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint.rstrip("/")
@@ -112,7 +117,7 @@ class ObjectStore:
             try:
                 self._client.head_bucket(Bucket=self.bucket)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                if exc.response.get("Error", {}).get("Code") not in _MISSING:
                     raise self._fail("checking bucket", self.bucket, exc) from exc
                 try:
                     self._client.create_bucket(Bucket=self.bucket)
@@ -124,18 +129,23 @@ class ObjectStore:
                 raise self._fail("checking bucket", self.bucket, exc) from exc
             self._bucket_ready = True
 
+    def _read(self, what: str, key: str, call: Callable[..., dict]) -> dict | None:
+        """call(Bucket=, Key=)'s answer, None when there is no such object."""
+        try:
+            return call(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            raise self._fail(what, key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail(what, key, exc) from exc
+
     def get(self, key: str, max_bytes: int) -> bytes | None:
         """The object's bytes, None when there is none. One larger than
         max_bytes is refused (ObjectStoreUnavailable), never read whole."""
-        try:
-            resp = self._client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in _MISSING or code in _NO_BUCKET:
-                return None
-            raise self._fail("GET", key, exc) from exc
-        except BotoCoreError as exc:
-            raise self._fail("GET", key, exc) from exc
+        resp = self._read("GET", key, self._client.get_object)
+        if resp is None:
+            return None
         body = resp["Body"]
         try:
             if int(resp.get("ContentLength") or 0) > max_bytes:
@@ -150,16 +160,7 @@ class ObjectStore:
         return data
 
     def exists(self, key: str) -> bool:
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in _MISSING or code in _NO_BUCKET:
-                return False
-            raise self._fail("HEAD", key, exc) from exc
-        except BotoCoreError as exc:
-            raise self._fail("HEAD", key, exc) from exc
-        return True
+        return self._read("HEAD", key, self._client.head_object) is not None
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.ensure_bucket()
